@@ -1,0 +1,1 @@
+"""The engine: tokenization, templates, sampling and generation. No gRPC here."""

@@ -1,0 +1,79 @@
+"""Plain data passed between the transport and the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 means greedy (argmax)
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means no limit
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # 1.0 means off; applies to prompt and generated tokens
+    frequency_penalty: float = 0.0  # OpenAI semantics, over generated tokens
+    presence_penalty: float = 0.0  # OpenAI semantics, over generated tokens
+    seed: Optional[int] = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    model: str
+    prompt: Optional[str] = None
+    messages: tuple[ChatMessage, ...] = ()
+    raw: bool = False
+    max_tokens: Optional[int] = None  # None: up to the end of the context
+    stop: tuple[str, ...] = ()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    token_bytes: bytes
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    token_bytes: bytes
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """One piece of a generation: whole UTF-8 text and the tokens it came from.
+
+    The last chunk of a generation has ``finish_reason`` and ``usage`` set.
+    """
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: Optional[FinishReason] = None
+    usage: Optional[Usage] = None

@@ -1,0 +1,56 @@
+# Two commands from a fresh clone:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BUF_VERSION := 1.75.0
+BUF    := .tools/node_modules/.bin/buf
+GRPC_ADDRESS ?= 127.0.0.1:50051
+EDGE_BIND    ?= 127.0.0.1:8000
+
+.PHONY: run test setup model proto proto-check lint-proto bench bench-peer clean help
+
+help:
+	@echo "make run     set up, pull the default model, start the gRPC service ($(GRPC_ADDRESS)) and the edge ($(EDGE_BIND))"
+	@echo "make test    set up and run every test (proto lint, stub drift, unit, gRPC, end to end)"
+	@echo "make bench   benchmark in-process / gRPC / edge / llama-cpp-python, table + bench/results/bench.png"
+	@echo "make proto   regenerate the Python stubs from protos/"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[engine,edge,dev]'
+	touch $@
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+setup: $(VENV)/.installed
+
+model: setup
+	$(PY) -m inference_service pull
+
+run: setup model
+	@echo "gRPC service on $(GRPC_ADDRESS), OpenAI edge on http://$(EDGE_BIND) -- Ctrl-C stops both"
+	@trap 'kill 0' INT TERM; \
+	$(PY) -m inference_service serve --address $(GRPC_ADDRESS) & \
+	INFERENCE_TARGET=$(GRPC_ADDRESS) EDGE_BIND=$(EDGE_BIND) $(PY) -m rest_edge & \
+	wait
+
+# Regenerates inference_service/v1/*_pb2*.py from the proto (the stubs are committed).
+proto: setup
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. \
+		protos/inference_service/v1/inference.proto
+
+lint-proto: $(BUF)
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+
+test: setup model lint-proto
+	$(PY) -m pytest
+
+bench: setup model
+	bash bench/install_peer.sh
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .tools bench/results

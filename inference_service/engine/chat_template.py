@@ -1,0 +1,55 @@
+"""Chat templates: the model's own Jinja template, rendered in a sandbox."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Sequence
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from inference_service.engine.types import ChatMessage
+from inference_service.errors import InvalidRequest
+
+ROLES = ("system", "user", "assistant")
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(message)
+
+
+class ChatTemplate:
+    """Renders a list of messages the way the model was trained to read them.
+
+    Same conventions as Hugging Face's ``apply_chat_template``: ``trim_blocks`` and
+    ``lstrip_blocks``, a ``raise_exception`` helper, ``bos_token``/``eos_token``
+    variables, and ``add_generation_prompt`` to open the assistant's turn.
+    """
+
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = ""):
+        self.source = source
+        self._bos_token = bos_token
+        self._eos_token = eos_token
+
+    @cached_property
+    def _template(self):
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise_exception
+        return env.from_string(self.source)
+
+    def render(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True) -> str:
+        for i, message in enumerate(messages):
+            if message.role not in ROLES:
+                raise InvalidRequest(
+                    f"messages[{i}].role must be one of {', '.join(ROLES)}, not {message.role!r}",
+                    param=f"messages[{i}].role",
+                )
+        try:
+            return self._template.render(
+                messages=[{"role": m.role, "content": m.content} for m in messages],
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self._bos_token,
+                eos_token=self._eos_token,
+            )
+        except TemplateError as exc:  # the template itself refused these messages
+            raise InvalidRequest(f"the model's chat template rejected the messages: {exc}", "messages") from exc

@@ -1,0 +1,306 @@
+"""The engine: turns a GenerationRequest into a stream of GenerationChunks.
+
+Plain Python, no transport. Each generation runs on a producer thread that holds its
+model slot in a ``with`` block and checks the cancel event before every token (and
+between prompt batches); the consumer only reads a queue. So a consumer that vanishes
+without closing its iterator (as gRPC does with a cancelled handler) still frees the
+slot at once: cancellation is driven by the event, never by garbage collection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from inference_service.engine.chat_template import ChatTemplate
+from inference_service.engine.model_context import ModelContext
+from inference_service.engine.sampler import Sampler
+from inference_service.engine.scheduler import SlotScheduler, Ticket
+from inference_service.engine.text_stream import TextStreamer
+from inference_service.engine.tokenizer import TextTokenizer
+from inference_service.engine.types import (
+    ChatMessage,
+    GenerationChunk,
+    GenerationRequest,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from inference_service.engine.validation import validate_request
+from inference_service.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from inference_service.models.registry import ModelFile
+
+log = logging.getLogger(__name__)
+
+# Control tokens that end a turn in the chat formats we know (llama.cpp's "end of generation").
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    context_length: int = 4096
+    batch_size: int = 512
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    slots: int = 1
+    max_waiting: int = 32
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    name: str
+    created: int
+    owned_by: str
+    context_length: int
+    has_chat_template: bool
+
+
+@dataclass(frozen=True)
+class PreparedGeneration:
+    request: GenerationRequest
+    prompt_ids: list[int]
+    max_tokens: int
+
+
+class LoadedModel:
+    """A model's tokenizer, template and slots."""
+
+    def __init__(self, model_file: ModelFile, config: EngineConfig):
+        self.name = model_file.name
+        self.file = model_file
+        self.config = config
+        self.tokenizer = TextTokenizer.from_gguf(model_file.source_path)
+        vocab = self.tokenizer.vocab
+        self.context_length = config.context_length
+        self.template = None
+        if vocab.chat_template:
+            def token(i):
+                return vocab.tokens[i] if i is not None and 0 <= i < len(vocab.tokens) else ""
+            self.template = ChatTemplate(vocab.chat_template, token(vocab.bos_token_id), token(vocab.eos_token_id))
+        eot = {self.tokenizer.token_id(t) for t in END_OF_TURN_TOKENS}
+        eot.add(vocab.eos_token_id)
+        self.end_of_turn_ids = frozenset(i for i in eot if i is not None)
+        contexts = [
+            ModelContext(
+                model_file.loadable_path,
+                context_length=config.context_length,
+                batch_size=config.batch_size,
+                threads=config.threads,
+            )
+            for _ in range(config.slots)
+        ]
+        self.vocab_size = contexts[0].vocab_size
+        self.scheduler = SlotScheduler(contexts, max_waiting=config.max_waiting)
+        self.created = int(model_file.source_path.stat().st_mtime)
+
+    def describe(self) -> ModelDescription:
+        return ModelDescription(
+            name=self.name,
+            created=self.created,
+            owned_by=self.file.owned_by,
+            context_length=self.context_length,
+            has_chat_template=self.template is not None,
+        )
+
+    def render(self, request: GenerationRequest) -> str:
+        if request.messages:
+            if self.template is None:
+                raise InvalidRequest(f"model {self.name!r} has no chat template; send a prompt instead", "messages")
+            return self.template.render(request.messages)
+        assert request.prompt is not None
+        if request.raw or self.template is None:
+            return request.prompt
+        return self.template.render([ChatMessage("user", request.prompt)])
+
+    def threads_per_slot(self) -> int:
+        """Splits the machine's threads among the slots computing now (oversubscription is ruinous)."""
+        return max(1, self.config.threads // max(1, self.scheduler.busy_now()))
+
+
+_DONE = object()
+
+
+class Engine:
+    def __init__(self, models: Sequence[LoadedModel]):
+        self._models = {m.name: m for m in models}
+
+    @classmethod
+    def load(cls, model_files: Sequence[ModelFile], config: EngineConfig | None = None) -> "Engine":
+        config = config or EngineConfig()
+        return cls([LoadedModel(f, config) for f in model_files])
+
+    def models(self) -> list[ModelDescription]:
+        return [m.describe() for m in self._models.values()]
+
+    def model(self, name: str) -> LoadedModel:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFound(f"model {name!r} not found; served: {', '.join(self._models) or 'none'}") from None
+
+    def tokenize(self, model_name: str, text: str = "", messages: Sequence[ChatMessage] = ()) -> tuple[list[int], list[str]]:
+        model = self.model(model_name)
+        if messages:
+            if model.template is None:
+                raise InvalidRequest(f"model {model_name!r} has no chat template", "messages")
+            text = model.template.render(messages)
+        ids = model.tokenizer.encode(text)
+        return ids, [model.tokenizer.vocab.tokens[i] for i in ids]
+
+    def prepare(self, request: GenerationRequest) -> PreparedGeneration:
+        """Everything knowable before the first token: validation, template, tokens, context fit."""
+        model = self.model(request.model)
+        validate_request(request, model.vocab_size)
+        prompt_ids = model.tokenizer.encode(model.render(request))
+        if not prompt_ids:
+            raise InvalidRequest("the prompt is empty", "prompt")
+        n_prompt = len(prompt_ids)
+        context = model.context_length
+        room = context - n_prompt
+        wanted = request.max_tokens if request.max_tokens is not None else max(room, 1)
+        if n_prompt + wanted > context:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{n_prompt + wanted} tokens ({n_prompt} in the prompt, {wanted} for the completion). "
+                "Please reduce the length of the prompt or max_tokens."
+            )
+        return PreparedGeneration(request=request, prompt_ids=prompt_ids, max_tokens=wanted)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        cancelled: threading.Event | None = None,
+        deadline: float | None = None,
+    ) -> Iterator[GenerationChunk]:
+        """Streams chunks; errors knowable up front are raised before the first chunk.
+
+        ``deadline`` is a ``time.monotonic()`` value bounding the wait for a slot.
+        Closing the iterator, or setting ``cancelled``, stops generation before the next token.
+        """
+        prepared = self.prepare(request)
+        model = self._models[request.model]
+        ticket = model.scheduler.enqueue(prepared.prompt_ids)  # QueueFull raised here, synchronously
+        cancelled = cancelled or threading.Event()
+        results: queue.SimpleQueue = queue.SimpleQueue()
+        producer = threading.Thread(
+            target=self._produce,
+            args=(model, prepared, ticket, cancelled, deadline, results),
+            name=f"generate-{request.request_id or ticket.number}",
+            daemon=True,
+        )
+        return self._consume(producer, results, cancelled, model)
+
+    @staticmethod
+    def _consume(producer, results, cancelled, model) -> Iterator[GenerationChunk]:
+        producer.start()
+        try:
+            while True:
+                item = results.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancelled.set()
+            model.scheduler.wake()
+
+    def _produce(self, model, prepared, ticket: Ticket, cancelled, deadline, results) -> None:
+        try:
+            with model.scheduler.lease(ticket, cancelled=cancelled, deadline=deadline) as context:
+                for chunk in _run_in_slot(model, context, prepared, cancelled):
+                    results.put(chunk)
+        except BaseException as exc:  # handed to the consumer, which raises it in its own thread
+            results.put(exc)
+        finally:
+            results.put(_DONE)
+
+    def warm_up(self) -> None:
+        """Runs one short generation per model so the first real request is not the slow one."""
+        for model in self._models.values():
+            request = GenerationRequest(model=model.name, prompt="Hello", raw=True, max_tokens=1,
+                                        sampling=SamplingParams(temperature=0.0))
+            for _ in self.generate(request):
+                pass
+
+
+def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGeneration, cancelled) -> Iterator[GenerationChunk]:
+    from inference_service.errors import Cancelled
+
+    request = prepared.request
+    prompt = prepared.prompt_ids
+    started = time.monotonic()
+    reused = context.reusable_prefix(prompt)
+    context.truncate(reused)
+    context.evaluate(prompt[reused:], cancelled=cancelled, threads=model.threads_per_slot)
+    prompt_seconds = time.monotonic() - started
+
+    tokenizer = model.tokenizer
+    sampling = request.sampling
+    sampler = Sampler(sampling, model.vocab_size, prompt)
+    streamer = TextStreamer(tokenizer.token_bytes, request.stop)
+    end_of_turn = model.end_of_turn_ids
+    generated = 0
+    pending_ids: list[int] = []
+    pending_logprobs: list[TokenLogprob] = []
+    finish_reason = None
+    text = ""
+    while True:
+        sampled = sampler.sample(context.logits())
+        token_id = sampled.token_id
+        if token_id in end_of_turn:
+            finish_reason = "stop"
+            text = streamer.flush()
+            break
+        sampler.accept(token_id)
+        generated += 1
+        pending_ids.append(token_id)
+        if sampling.logprobs:
+            pending_logprobs.append(_token_logprob(tokenizer, sampled))
+        step = streamer.push(token_id)
+        text = step.text
+        if step.stopped:
+            finish_reason = "stop"
+            break
+        if generated >= prepared.max_tokens:
+            finish_reason = "length"
+            text += streamer.flush()
+            break
+        if text:
+            yield GenerationChunk(text=text, token_ids=tuple(pending_ids), logprobs=tuple(pending_logprobs))
+            pending_ids.clear()
+            pending_logprobs.clear()
+        if cancelled.is_set():
+            raise Cancelled("cancelled during generation")
+        context.evaluate((token_id,), threads=model.threads_per_slot)
+
+    log.debug(
+        "request %s: %d prompt tokens (%d cached) in %.3fs, %d generated in %.3fs, finish %s",
+        request.request_id, len(prompt), reused, prompt_seconds, generated,
+        time.monotonic() - started - prompt_seconds, finish_reason,
+    )
+    yield GenerationChunk(
+        text=text,
+        token_ids=tuple(pending_ids),
+        logprobs=tuple(pending_logprobs),
+        finish_reason=finish_reason,
+        usage=Usage(prompt_tokens=len(prompt), completion_tokens=generated, cached_prompt_tokens=reused),
+    )
+
+
+def _token_logprob(tokenizer: TextTokenizer, sampled) -> TokenLogprob:
+    return TokenLogprob(
+        token_id=sampled.token_id,
+        token=tokenizer.token_text(sampled.token_id),
+        logprob=sampled.logprob,
+        token_bytes=tokenizer.token_bytes(sampled.token_id),
+        top_logprobs=tuple(
+            TopLogprob(token_id=i, token=tokenizer.token_text(i), logprob=lp, token_bytes=tokenizer.token_bytes(i))
+            for i, lp in sampled.top_logprobs
+        ),
+    )

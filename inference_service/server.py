@@ -1,0 +1,210 @@
+"""The gRPC transport: a thin servicer over the engine, plus health and reflection.
+
+The servicer only translates: protobuf in, engine call, protobuf out, and domain errors
+to status codes (one table, ``STATUS_FOR_ERROR``). No generation logic lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from inference_service import convert
+from inference_service.engine.types import ChatMessage
+from inference_service.errors import (
+    Cancelled,
+    ContextLengthExceeded,
+    DeadlineExceeded,
+    InferenceError,
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotFound,
+    QueueFull,
+)
+from inference_service.v1 import inference_pb2 as pb
+from inference_service.v1 import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+RETRY_AFTER_SECONDS = 1
+
+# Most specific first: ContextLengthExceeded is also an InvalidRequest.
+STATUS_FOR_ERROR: list[tuple[type[InferenceError], grpc.StatusCode]] = [
+    (ContextLengthExceeded, grpc.StatusCode.OUT_OF_RANGE),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Cancelled, grpc.StatusCode.CANCELLED),
+    (ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def status_for(error: InferenceError) -> grpc.StatusCode:
+    for error_type, code in STATUS_FOR_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, error: Exception) -> None:
+    if not isinstance(error, InferenceError):
+        log.exception("unexpected error", exc_info=error)
+        context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    code = status_for(error)
+    metadata = []
+    param = getattr(error, "param", None)
+    if param:
+        metadata.append(("error-param", param))
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        metadata.append(("retry-after", str(RETRY_AFTER_SECONDS)))
+    if metadata:
+        context.set_trailing_metadata(tuple(metadata))
+    context.abort(code, str(error))
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    def __init__(self, engine, draining: threading.Event | None = None):
+        self._engine = engine
+        self._draining = draining or threading.Event()
+
+    def Generate(self, request, context):
+        if self._draining.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the service is shutting down")
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        try:
+            domain_request = convert.request_from_proto(request)
+            for chunk in self._engine.generate(domain_request, cancelled=cancelled, deadline=deadline):
+                yield convert.chunk_to_proto(chunk, request.model)
+        except Cancelled:
+            return  # the client is gone; nobody reads a status
+        except Exception as error:  # noqa: BLE001 - every error becomes a status, never a traceback
+            _abort(context, error)
+
+    def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[convert.model_to_proto(m) for m in self._engine.models()])
+
+    def Tokenize(self, request, context):
+        try:
+            messages = [ChatMessage(m.role, m.content) for m in request.messages]
+            ids, tokens = self._engine.tokenize(request.model, request.text, messages)
+        except Exception as error:  # noqa: BLE001
+            _abort(context, error)
+        return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    draining: threading.Event
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, status)
+
+    def drain_and_stop(self, grace: float) -> None:
+        """Health NOT_SERVING, refuse new generations, let in-flight streams finish within ``grace``."""
+        self.draining.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def create_server(
+    engine,
+    address: str = "127.0.0.1:50051",
+    *,
+    max_workers: int = 64,
+    serving: bool = True,
+) -> RunningServer:
+    """Builds and starts a server; ``address`` may use port 0 for an ephemeral port.
+
+    ``engine`` is anything with ``generate``, ``models`` and ``tokenize`` (tests inject fakes).
+    With ``serving=False`` health stays NOT_SERVING until ``set_serving(True)`` (model loading).
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    draining = threading.Event()
+    pb_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine, draining), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    server.start()
+    running = RunningServer(server=server, port=port, health=health_servicer, draining=draining)
+    running.set_serving(serving)
+    return running
+
+
+class _LazyEngine:
+    """Stands in while the model loads, so health can answer NOT_SERVING meanwhile."""
+
+    def __init__(self):
+        self.engine = None
+
+    def __getattr__(self, name):
+        if self.engine is None:
+            raise ModelLoadError("the model is still loading")
+        return getattr(self.engine, name)
+
+
+def serve(
+    model_specs: list[str],
+    address: str,
+    engine_config,
+    grace: float,
+    on_ready: Callable[[RunningServer], None] | None = None,
+) -> None:
+    """Binds first (health NOT_SERVING), loads and warms the models, serves until SIGTERM/SIGINT."""
+    from inference_service.engine.engine import Engine
+    from inference_service.models.registry import ModelRegistry
+
+    lazy = _LazyEngine()
+    running = create_server(lazy, address, serving=False)
+    log.info("listening on %s (NOT_SERVING while loading)", address)
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        log.info("signal %s: draining (grace %.0fs)", signum, grace)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        registry = ModelRegistry()
+        model_files = [registry.resolve(spec) for spec in model_specs]
+        engine = Engine.load(model_files, engine_config)
+        engine.warm_up()
+    except InferenceError as error:
+        running.server.stop(0)
+        raise SystemExit(f"error: {error}") from None
+    lazy.engine = engine
+    running.set_serving(True)
+    log.info("serving %s on %s", ", ".join(m.name for m in engine.models()), address)
+    if on_ready:
+        on_ready(running)
+    stop.wait()
+    running.drain_and_stop(grace)
+    log.info("stopped")

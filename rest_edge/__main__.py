@@ -1,0 +1,72 @@
+"""``python -m rest_edge --target HOST:PORT --bind HOST:PORT``: the edge on gunicorn.
+
+Settings come from ``rest_edge.gunicorn_conf``; flags override them. The app is built in each
+worker after the fork (``create_app`` in ``load``), so the gRPC channel never crosses a fork.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from typing import Any, Optional
+
+from gunicorn.app.base import BaseApplication
+
+from rest_edge.app import resolve_target
+
+
+class EdgeApplication(BaseApplication):
+    def __init__(self, options: dict[str, Any], app_kwargs: dict[str, Any]):
+        self._options = options
+        self._app_kwargs = app_kwargs
+        super().__init__()
+
+    def load_config(self) -> None:
+        conf = vars(importlib.import_module("rest_edge.gunicorn_conf"))
+        for key, value in conf.items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
+        for key, value in self._options.items():
+            if value is not None:
+                self.cfg.set(key, value)
+
+    def load(self):
+        from rest_edge.app import create_app
+
+        return create_app(**self._app_kwargs)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rest_edge", description="OpenAI-compatible REST edge.")
+    parser.add_argument("--target", default=None,
+                        help="inference service HOST:PORT (env INFERENCE_TARGET, default 127.0.0.1:50051)")
+    parser.add_argument("--bind", default=None, help="address to listen on (env EDGE_BIND, default 127.0.0.1:8000)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (env EDGE_WORKERS, default 2)")
+    parser.add_argument("--threads", type=int, default=None, help="threads per worker (env EDGE_THREADS, default 8)")
+    parser.add_argument("--request-timeout", type=float, default=None,
+                        help="deadline of a generation in seconds (env EDGE_REQUEST_TIMEOUT, default 600)")
+    parser.add_argument("--max-body-bytes", type=int, default=None,
+                        help="largest request body (env EDGE_MAX_BODY_BYTES, default 1 MiB)")
+    parser.add_argument("--log-level", default=None, help="gunicorn log level (env EDGE_LOG_LEVEL, default info)")
+    args = parser.parse_args(argv)
+
+    target = resolve_target(args.target)
+    os.environ["INFERENCE_TARGET"] = target  # workers (and reloads) see the same target
+    options: dict[str, Any] = {
+        "bind": args.bind,
+        "workers": args.workers,
+        "threads": args.threads,
+        "loglevel": args.log_level,
+        "timeout": int(args.request_timeout) + 60 if args.request_timeout else None,
+    }
+    app_kwargs = {
+        "target": target,
+        "max_body_bytes": args.max_body_bytes,
+        "request_timeout": args.request_timeout,
+    }
+    EdgeApplication(options, app_kwargs).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Optional API keys: when configured, /v1/* requires ``Authorization: Bearer <key>``."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Iterable
+
+import falcon
+
+from rest_edge.errors import RequestError
+
+
+class ApiKeyAuth:
+    """Falcon middleware; /health and /metrics stay open (probes and scrapers)."""
+
+    def __init__(self, keys: Iterable[str]):
+        self._keys = [k.encode("utf-8") for k in keys if k]
+
+    def _valid(self, token: str) -> bool:
+        candidate = token.encode("utf-8")
+        # Compare against every key (no early exit) so timing does not tell which matched.
+        found = False
+        for key in self._keys:
+            found |= hmac.compare_digest(candidate, key)
+        return found
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if not self._keys or not (req.path == "/v1" or req.path.startswith("/v1/")):
+            return
+        header = req.get_header("Authorization") or ""
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise RequestError(
+                401,
+                "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY'.",
+                code="missing_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not self._valid(token):
+            raise RequestError(
+                401, "Incorrect API key provided.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+            )

@@ -1,0 +1,209 @@
+"""Errors of the REST edge: one domain exception, the gRPC→HTTP table, OpenAI error bodies.
+
+Everything the edge answers with an error goes through :class:`RequestError`, whose body is
+OpenAI's ``{"error":{"message","type","param","code"}}``. Falcon error handlers at the bottom
+turn it (and Falcon's own HTTP errors, and anything unexpected) into a response; no traceback
+ever reaches a client, unexpected exceptions are logged with theirs server-side only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import falcon
+import grpc
+
+from rest_edge import wire
+
+log = logging.getLogger("rest_edge")
+
+# HTTP status → OpenAI error ``type``. Clients (the openai SDK included) switch on the HTTP
+# status; the type names follow OpenAI where it has one.
+ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    411: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type(status: int) -> str:
+    if status >= 500 or status == 499:
+        return "server_error"
+    return ERROR_TYPES.get(status, "invalid_request_error")
+
+
+class RequestError(Exception):
+    """A request that gets an OpenAI error body instead of a completion.
+
+    Raised by validation (translate), by the gRPC client (a failed RPC) and by resources.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: Optional[str] = None,
+        code: Optional[str] = None,
+        type: Optional[str] = None,  # noqa: A002 - OpenAI's field name
+        headers: Optional[Mapping[str, str]] = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or error_type(status)
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return wire.error_body(self.message, self.type, self.param, self.code)
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestError(status={self.status}, message={self.message!r}, param={self.param!r},"
+            f" code={self.code!r}, type={self.type!r})"
+        )
+
+
+def invalid(message: str, param: Optional[str] = None, code: Optional[str] = None) -> RequestError:
+    """A 400 invalid_request_error."""
+    return RequestError(400, message, param=param, code=code)
+
+
+# --- gRPC status → HTTP ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GrpcMapping:
+    http_status: int
+    code: Optional[str] = None
+    # When set, this fixed message replaces the service's details (which may carry internal
+    # information such as addresses or exception text); the details are logged instead.
+    generic_message: Optional[str] = None
+
+
+_INTERNAL = "The server had an error while processing your request."
+
+GRPC_TO_HTTP: dict[grpc.StatusCode, GrpcMapping] = {
+    # OK never arrives as an error; if it ever does, it is a bug somewhere: 500.
+    grpc.StatusCode.OK: GrpcMapping(500, generic_message=_INTERNAL),
+    grpc.StatusCode.CANCELLED: GrpcMapping(499, code="cancelled", generic_message="The request was cancelled."),
+    grpc.StatusCode.UNKNOWN: GrpcMapping(500, generic_message=_INTERNAL),
+    grpc.StatusCode.INVALID_ARGUMENT: GrpcMapping(400),
+    grpc.StatusCode.DEADLINE_EXCEEDED: GrpcMapping(504, code="timeout", generic_message="The request timed out."),
+    grpc.StatusCode.NOT_FOUND: GrpcMapping(404, code="model_not_found"),
+    grpc.StatusCode.ALREADY_EXISTS: GrpcMapping(409),
+    grpc.StatusCode.PERMISSION_DENIED: GrpcMapping(403),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: GrpcMapping(429, code="rate_limit_exceeded"),
+    grpc.StatusCode.FAILED_PRECONDITION: GrpcMapping(400),
+    grpc.StatusCode.ABORTED: GrpcMapping(409),
+    grpc.StatusCode.OUT_OF_RANGE: GrpcMapping(400, code="context_length_exceeded"),
+    grpc.StatusCode.UNIMPLEMENTED: GrpcMapping(501, generic_message="This operation is not supported by the inference service."),
+    grpc.StatusCode.INTERNAL: GrpcMapping(500, generic_message=_INTERNAL),
+    grpc.StatusCode.UNAVAILABLE: GrpcMapping(503, code="service_unavailable", generic_message="The inference service is unavailable. Please retry later."),
+    grpc.StatusCode.DATA_LOSS: GrpcMapping(500, generic_message=_INTERNAL),
+    grpc.StatusCode.UNAUTHENTICATED: GrpcMapping(401),
+}
+
+# Trailing metadata keys the inference service may send with an error status.
+PARAM_KEY = "error-param"
+RETRY_AFTER_KEY = "retry-after"
+DEFAULT_RETRY_AFTER = "1"
+
+_DEFAULT_PARAM = {
+    grpc.StatusCode.NOT_FOUND: "model",
+}
+
+
+def _metadata_value(metadata: Optional[Sequence[Any]], key: str) -> Optional[str]:
+    for item in metadata or ():
+        k, v = item[0], item[1]
+        if k == key:
+            return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+    return None
+
+
+def from_grpc(
+    code: Optional[grpc.StatusCode],
+    details: Optional[str],
+    trailing_metadata: Optional[Sequence[Any]] = None,
+) -> RequestError:
+    """The RequestError for a failed RPC: status, type, code, param per the table."""
+    if code is None:
+        code = grpc.StatusCode.UNKNOWN
+    mapping = GRPC_TO_HTTP.get(code) or GRPC_TO_HTTP[grpc.StatusCode.UNKNOWN]
+    status = mapping.http_status
+    param = _metadata_value(trailing_metadata, PARAM_KEY) or _DEFAULT_PARAM.get(code)
+    if mapping.generic_message is not None:
+        if code is grpc.StatusCode.CANCELLED:
+            log.info("inference RPC cancelled: %s", details)
+        else:
+            log.error("inference RPC failed: %s: %s", code.name, details)
+        message = mapping.generic_message
+    else:
+        message = details or code.name.replace("_", " ").lower()
+    headers = {}
+    if status == 429:
+        headers["Retry-After"] = _metadata_value(trailing_metadata, RETRY_AFTER_KEY) or DEFAULT_RETRY_AFTER
+    return RequestError(status, message, param=param, code=mapping.code, headers=headers)
+
+
+def internal_error() -> RequestError:
+    return RequestError(500, _INTERNAL)
+
+
+# --- Falcon error handlers ---------------------------------------------------------------
+
+# Status lines Falcon does not know (it would say "499 Unknown").
+_STATUS_LINES = {499: "499 Client Closed Request"}
+
+
+def _write_error(resp: falcon.Response, err: RequestError) -> None:
+    resp.status = _STATUS_LINES.get(err.status, err.status)
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = wire.dumps(err.body()).encode("utf-8")
+    resp.stream = None
+    for name, value in err.headers.items():
+        resp.set_header(name, value)
+
+
+def handle_request_error(req: falcon.Request, resp: falcon.Response, ex: RequestError, params: Any) -> None:
+    if ex.status >= 500:
+        log.warning("%s %s -> %d %s", req.method, req.path, ex.status, ex.message)
+    else:
+        log.info("%s %s -> %d %s (param=%s)", req.method, req.path, ex.status, ex.message, ex.param)
+    _write_error(resp, ex)
+
+
+def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: Any) -> None:
+    """Falcon's own errors (unknown route, wrong method, ...) with OpenAI bodies."""
+    status = ex.status_code
+    message = ex.description or ex.title or "Request failed."
+    if status == 404 and not ex.description:
+        message = f"Unknown request URL: {req.method} {req.path}."
+    elif status == 405 and not ex.description:
+        message = f"Method {req.method} is not allowed for {req.path}."
+    err = RequestError(status, message, headers=ex.headers or None)
+    _write_error(resp, err)
+
+
+def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+    """Anything unexpected: logged with its traceback here, a generic 500 for the client."""
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    _write_error(resp, internal_error())
+
+
+def install(app: falcon.App) -> None:
+    # Falcon picks the most specific handler by the exception's MRO.
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, handle_http_error)
+    app.add_error_handler(RequestError, handle_request_error)

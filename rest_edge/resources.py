@@ -1,0 +1,171 @@
+"""Falcon resources: thin HTTP adapters over an injected inference client.
+
+The client is anything with ``generate(request, timeout) -> call`` (iterable of
+GenerateResponse, with ``cancel()``), ``list_models() -> [ModelInfo]`` and ``health() -> bool``;
+its failures are :class:`RequestError`. Tests inject a fake.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from typing import Any, Callable, Optional, Protocol
+
+import falcon
+
+from inference_service.v1 import inference_pb2 as pb
+
+from rest_edge import streaming, translate, wire
+from rest_edge.errors import RequestError
+from rest_edge.metrics import Metrics
+
+log = logging.getLogger("rest_edge")
+
+
+class Client(Protocol):
+    def generate(self, request: pb.GenerateRequest, timeout: Optional[float] = None) -> Any: ...
+    def list_models(self, timeout: Optional[float] = None) -> list: ...
+    def health(self, timeout: Optional[float] = None) -> bool: ...
+
+
+# One id per response: a per-process counter starting at a random point, so ids are unique
+# within a worker and unlikely to repeat across workers.
+_counter = itertools.count(random.SystemRandom().randrange(1_000, 1_000_000_000))
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{next(_counter)}"
+
+
+def read_body(req: falcon.Request, limit: int) -> bytes:
+    """The raw request body, at most ``limit`` bytes (else 413)."""
+    length = req.content_length
+    if length is not None:
+        if length > limit:
+            raise RequestError(413, f"The request body is too large: {length} bytes; the limit is {limit} bytes.")
+        return req.bounded_stream.read()
+    if req.env.get("wsgi.input_terminated"):  # chunked request body, the server ends the input
+        data = req.stream.read(limit + 1)
+        if len(data) > limit:
+            raise RequestError(413, f"The request body is too large; the limit is {limit} bytes.")
+        return data
+    return b""
+
+
+def _json(resp: falcon.Response, obj: Any, status: int = 200) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = wire.dumps(obj).encode("utf-8")
+
+
+class GenerationResource:
+    """POST /v1/completions or /v1/chat/completions, stream true or false."""
+
+    def __init__(
+        self,
+        client: Client,
+        shape: streaming.Shape,
+        parse: Callable[[dict], translate.ParsedRequest],
+        *,
+        max_body_bytes: int,
+        request_timeout: Optional[float],
+        metrics: Optional[Metrics] = None,
+    ):
+        self._client = client
+        self._shape = shape
+        self._parse = parse
+        self._max_body_bytes = max_body_bytes
+        self._request_timeout = request_timeout
+        self._metrics = metrics
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        parsed = self._parse(translate.parse_json_body(read_body(req, self._max_body_bytes)))
+        rid = new_id(self._shape.id_prefix)
+        parsed.request.request_id = rid
+        call = self._client.generate(parsed.request, timeout=self._request_timeout)
+        events = translate.events(call)
+
+        if not parsed.stream:
+            try:
+                body = streaming.collect(self._shape, events, id=rid, model=parsed.model, logprobs=parsed.logprobs)
+            finally:
+                call.cancel()
+            _json(resp, body)
+            return
+
+        # The status line goes out before the body iterator runs: take the first event here,
+        # so that everything knowable before the first token gets its real HTTP status.
+        try:
+            first = next(events)
+        except BaseException:
+            call.cancel()
+            raise
+        resp.content_type = "text/event-stream"
+        resp.set_header("Cache-Control", "no-cache")
+        resp.set_header("X-Accel-Buffering", "no")
+        resp.stream = streaming.sse_stream(
+            self._shape,
+            first,
+            events,
+            call,
+            id=rid,
+            model=parsed.model,
+            include_usage=parsed.include_usage,
+            logprobs=parsed.logprobs,
+            on_error=self._count_stream_error(req.uri_template),
+        )
+
+    def _count_stream_error(self, route: Optional[str]) -> Optional[Callable[[RequestError], None]]:
+        if self._metrics is None:
+            return None
+        counter = self._metrics.stream_errors
+        return lambda err: counter.labels(route or "unmatched", str(err.status)).inc()
+
+
+def _model_not_found(name: str) -> RequestError:
+    return RequestError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
+
+
+class ModelsResource:
+    """GET /v1/models."""
+
+    def __init__(self, client: Client):
+        self._client = client
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        models = [translate.model_object(m) for m in self._client.list_models()]
+        _json(resp, wire.model_list(models))
+
+
+class ModelResource:
+    """GET /v1/models/{model}; names contain ':' and '.' (and may contain '/')."""
+
+    def __init__(self, client: Client):
+        self._client = client
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
+        for info in self._client.list_models():
+            if info.name == model:
+                _json(resp, translate.model_object(info))
+                return
+        raise _model_not_found(model)
+
+
+class HealthResource:
+    """GET /health: 200 when the inference service reports SERVING, else 503."""
+
+    def __init__(self, client: Client):
+        self._client = client
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            ok = self._client.health()
+        except Exception:
+            log.exception("health check failed")
+            ok = False
+        resp.set_header("Cache-Control", "no-store")
+        if ok:
+            _json(resp, {"status": "ok"})
+        else:
+            _json(resp, {"status": "unavailable"}, status=503)

@@ -1,0 +1,543 @@
+"""Translation between OpenAI JSON and the inference_service.v1 protobuf messages, both ways.
+
+Pure functions, no I/O: request bodies (already-decoded JSON objects) become
+``GenerateRequest`` messages after validation, which raises :class:`RequestError` (400, naming
+the field in ``param``); ``GenerateResponse`` streams become text/finish events; log
+probabilities, usage and model infos become their OpenAI shapes.
+
+Fields are set on the protobuf only when the client sent them: the optional fields of the
+proto stay unset otherwise and the service applies OpenAI's defaults (temperature 1, top_p 1,
+no penalties). ``null`` counts as absent, as OpenAI treats it. Unknown fields are ignored;
+fields the product does not support are rejected by name rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Optional, Union
+
+from inference_service.v1 import inference_pb2 as pb
+
+from rest_edge import wire
+from rest_edge.errors import RequestError, invalid
+
+UINT32_MAX = 2**32 - 1
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_STOP = 4
+MAX_TOP_LOGPROBS = 20
+# OpenAI's value for a log probability that is minus infinity (JSON has no -Infinity).
+LOGPROB_FLOOR = -9999.0
+
+CHAT_ROLES = ("system", "user", "assistant")
+# Roles accepted as another name of a supported one (OpenAI's newer name for system).
+ROLE_ALIASES = {"developer": "system"}
+
+
+@dataclass
+class ParsedRequest:
+    """A validated generation request: the protobuf to send and how to answer."""
+
+    request: pb.GenerateRequest
+    model: str
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: bool = False  # answer with a ``logprobs`` key
+
+
+# --- body ---------------------------------------------------------------------------------
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_body(data: bytes) -> dict:
+    """A request body as a JSON object, or a 400."""
+    if not data or not data.strip():
+        raise invalid("The request body is empty; expected a JSON object.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid("The request body is not valid UTF-8.") from None
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise invalid(f"The request body is not valid JSON: {_short(exc)}") from None
+    if not isinstance(body, dict):
+        raise invalid(f"The request body must be a JSON object, not {_json_type(body)}.")
+    return body
+
+
+def _short(exc: Exception) -> str:
+    msg = str(exc) or type(exc).__name__
+    return msg if len(msg) <= 200 else msg[:200] + "…"
+
+
+# --- typed field readers ------------------------------------------------------------------
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _type_error(param: str, expected: str, value: Any) -> RequestError:
+    return invalid(
+        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _range_error(param: str, constraint: str, value: Any) -> RequestError:
+    return invalid(
+        f"Invalid '{param}': expected a value {constraint}, but got {value!r} instead.",
+        param=param,
+        code="invalid_value",
+    )
+
+
+def _opt_bool(body: dict, name: str) -> Optional[bool]:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise _type_error(name, "a boolean", value)
+    return value
+
+
+def _opt_int(body: dict, name: str, lo: int, hi: int, param: Optional[str] = None) -> Optional[int]:
+    param = param or name
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 256.0 is an integer in JSON's eyes
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(param, "an integer", value)
+    if value < lo:
+        raise _range_error(param, f">= {lo}", value)
+    if value > hi:
+        raise _range_error(param, f"<= {hi}", value)
+    return value
+
+
+def _opt_number(body: dict, name: str, lo: float, hi: float, *, lo_open: bool = False) -> Optional[float]:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _type_error(name, "a number", value)
+    value = float(value)
+    too_low = value <= lo if lo_open else value < lo
+    if not math.isfinite(value) or too_low or value > hi:
+        low = f"> {_fmt(lo)}" if lo_open else f">= {_fmt(lo)}"
+        raise _range_error(name, f"{low} and <= {_fmt(hi)}", body[name])
+    return value
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _required_str(body: dict, name: str) -> str:
+    value = body.get(name)
+    if value is None:
+        raise invalid(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
+    if not isinstance(value, str):
+        raise _type_error(name, "a string", value)
+    if not value:
+        raise invalid(f"Invalid '{name}': must not be empty.", param=name, code="invalid_value")
+    return value
+
+
+# --- unsupported fields -------------------------------------------------------------------
+
+def _unsupported(param: str, message: str) -> RequestError:
+    return invalid(message, param=param, code="unsupported_parameter")
+
+
+def check_unsupported(body: dict) -> None:
+    """Reject, by name, fields that would change the answer in ways the product cannot honour."""
+    n = body.get("n")
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise _type_error("n", "an integer", n)
+        if n < 1:
+            raise _range_error("n", ">= 1", n)
+        if n > 1:
+            raise _unsupported("n", f"Unsupported value for 'n': only 1 choice per request is supported, got {n}.")
+    for name in ("tools", "functions"):
+        if body.get(name):
+            raise _unsupported(name, f"Unsupported parameter: '{name}'. Tool and function calling are not supported.")
+    for name in ("tool_choice", "function_call"):
+        value = body.get(name)
+        if value is not None and value not in ("none", "auto"):
+            raise _unsupported(name, f"Unsupported parameter: '{name}'. Tool and function calling are not supported.")
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        raise _unsupported(
+            "response_format",
+            f"Unsupported value for 'response_format': only {{\"type\": \"text\"}} is supported, got {kind!r}.",
+        )
+    suffix = body.get("suffix")
+    if suffix is not None and suffix != "":
+        raise _unsupported("suffix", "Unsupported parameter: 'suffix'. Insertion (suffix) is not supported.")
+    echo = _opt_bool(body, "echo")
+    if echo:
+        raise _unsupported("echo", "Unsupported parameter: 'echo'. Echoing the prompt is not supported.")
+    best_of = body.get("best_of")
+    if best_of is not None:
+        if isinstance(best_of, bool) or not isinstance(best_of, int):
+            raise _type_error("best_of", "an integer", best_of)
+        if best_of < 1:
+            raise _range_error("best_of", ">= 1", best_of)
+        if best_of > 1:
+            raise _unsupported("best_of", f"Unsupported value for 'best_of': only 1 is supported, got {best_of}.")
+
+
+# --- shared fields ------------------------------------------------------------------------
+
+def _stop(body: dict) -> list[str]:
+    value = body.get("stop")
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if not isinstance(value, list):
+        raise _type_error("stop", "a string or an array of strings", value)
+    if len(value) > MAX_STOP:
+        raise invalid(
+            f"Invalid 'stop': expected an array of at most {MAX_STOP} strings, but got {len(value)}.",
+            param="stop",
+            code="invalid_value",
+        )
+    for item in value:
+        if not isinstance(item, str):
+            raise _type_error("stop", "a string or an array of strings", item)
+    return [s for s in value if s]
+
+
+def _logit_bias(body: dict) -> dict[int, float]:
+    value = body.get("logit_bias")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _type_error("logit_bias", "an object mapping token ids to numbers", value)
+    bias: dict[int, float] = {}
+    for key, b in value.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            token = -1
+        if not 0 <= token <= INT32_MAX or str(key).strip() != str(token):
+            raise invalid(
+                f"Invalid 'logit_bias': keys must be token ids (non-negative integers as strings), got {key!r}.",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        if isinstance(b, bool) or not isinstance(b, (int, float)):
+            raise _type_error("logit_bias", "numbers as values", b)
+        if not -100 <= b <= 100:
+            raise invalid(
+                f"Invalid 'logit_bias': values must be between -100 and 100, got {b!r} for token {key}.",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        bias[token] = float(b)
+    return bias
+
+
+def _common(body: dict, req: pb.GenerateRequest) -> tuple[bool, bool]:
+    """Fields shared by both endpoints; returns (stream, include_usage)."""
+    stream = bool(_opt_bool(body, "stream"))
+    include_usage = False
+    opts = body.get("stream_options")
+    if opts is not None:
+        if not isinstance(opts, dict):
+            raise _type_error("stream_options", "an object", opts)
+        value = opts.get("include_usage")
+        if value is not None and not isinstance(value, bool):
+            raise _type_error("stream_options.include_usage", "a boolean", value)
+        include_usage = bool(value) and stream
+
+    for name, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0), ("min_p", 0.0, 1.0),
+                         ("frequency_penalty", -2.0, 2.0), ("presence_penalty", -2.0, 2.0)):
+        value = _opt_number(body, name, lo, hi)
+        if value is not None:
+            setattr(req, name, value)
+    rep = _opt_number(body, "repetition_penalty", 0.0, 2.0, lo_open=True)
+    if rep is not None:
+        req.repetition_penalty = rep
+
+    top_k = body.get("top_k")
+    if top_k == -1:  # a common spelling of "no limit" (vLLM); the proto's is 0
+        req.top_k = 0
+    else:
+        value = _opt_int(body, "top_k", 0, UINT32_MAX)
+        if value is not None:
+            req.top_k = value
+
+    seed = _opt_int(body, "seed", INT64_MIN, INT64_MAX)
+    if seed is not None:
+        req.seed = seed
+    req.stop.extend(_stop(body))
+    for token, b in _logit_bias(body).items():
+        req.logit_bias[token] = b
+    return stream, include_usage
+
+
+# --- /v1/completions ----------------------------------------------------------------------
+
+def _prompt(body: dict) -> str:
+    value = body.get("prompt")
+    if value is None:
+        raise invalid("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        if len(value) == 1 and isinstance(value[0], str):
+            return value[0]
+        if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise invalid("Unsupported 'prompt': token-id prompts are not supported; send a string.",
+                          param="prompt", code="unsupported_parameter")
+        raise invalid(
+            f"Invalid 'prompt': expected a string or an array of exactly one string, got an array of {len(value)}.",
+            param="prompt",
+            code="invalid_value",
+        )
+    raise _type_error("prompt", "a string or an array of one string", value)
+
+
+def completion_request(body: dict) -> ParsedRequest:
+    """POST /v1/completions body → GenerateRequest."""
+    model = _required_str(body, "model")
+    prompt = _prompt(body)
+    check_unsupported(body)
+    req = pb.GenerateRequest(model=model, prompt=prompt)
+    raw = _opt_bool(body, "raw")
+    if raw:
+        req.raw = True
+    max_tokens = _opt_int(body, "max_tokens", 1, UINT32_MAX)
+    if max_tokens is not None:
+        req.max_tokens = max_tokens
+    # Completions: ``logprobs`` is the number of most likely alternatives per token.
+    logprobs = _opt_int(body, "logprobs", 0, MAX_TOP_LOGPROBS)
+    if logprobs is not None:
+        req.logprobs = True
+        req.top_logprobs = logprobs
+    stream, include_usage = _common(body, req)
+    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs is not None)
+
+
+# --- /v1/chat/completions -----------------------------------------------------------------
+
+def _content(value: Any, param: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        texts = []
+        for j, part in enumerate(value):
+            part_param = f"{param}[{j}]"
+            if not isinstance(part, dict):
+                raise _type_error(part_param, "a content part object", part)
+            kind = part.get("type")
+            if kind != "text":
+                raise invalid(
+                    f"Unsupported content part type {kind!r} in '{part_param}': only 'text' parts are supported.",
+                    param=param,
+                    code="unsupported_parameter",
+                )
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _type_error(f"{part_param}.text", "a string", text)
+            texts.append(text)
+        # Parts are concatenated as they are, like text-generation-inference does.
+        return "".join(texts)
+    raise _type_error(param, "a string or an array of content parts", value)
+
+
+def _messages(body: dict) -> list[pb.ChatMessage]:
+    value = body.get("messages")
+    if value is None:
+        raise invalid("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+    if not isinstance(value, list):
+        raise _type_error("messages", "an array", value)
+    if not value:
+        raise invalid("Invalid 'messages': expected a non-empty array.", param="messages", code="invalid_value")
+    out = []
+    for i, msg in enumerate(value):
+        param = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise _type_error(param, "an object", msg)
+        role = msg.get("role")
+        if not isinstance(role, str):
+            if role is None:
+                raise invalid(f"Missing required parameter: '{param}.role'.", param=f"{param}.role",
+                              code="missing_required_parameter")
+            raise _type_error(f"{param}.role", "a string", role)
+        role = ROLE_ALIASES.get(role, role)
+        if role not in CHAT_ROLES:
+            raise invalid(
+                f"Unsupported value for '{param}.role': {role!r}; supported roles are system, user and assistant.",
+                param=f"{param}.role",
+                code="unsupported_parameter",
+            )
+        for name in ("tool_calls", "function_call"):
+            if msg.get(name):
+                raise _unsupported(f"{param}.{name}", f"Unsupported parameter: '{param}.{name}'. Tool and function calling are not supported.")
+        content = msg.get("content")
+        if content is None:
+            if role != "assistant":
+                raise invalid(f"Missing required parameter: '{param}.content'.", param=f"{param}.content",
+                              code="missing_required_parameter")
+            content = ""
+        out.append(pb.ChatMessage(role=role, content=_content(content, f"{param}.content")))
+    return out
+
+
+def chat_request(body: dict) -> ParsedRequest:
+    """POST /v1/chat/completions body → GenerateRequest."""
+    model = _required_str(body, "model")
+    messages = _messages(body)
+    check_unsupported(body)
+    req = pb.GenerateRequest(model=model, messages=messages)
+    if body.get("max_completion_tokens") is not None:
+        max_tokens = _opt_int(body, "max_completion_tokens", 1, UINT32_MAX)
+    else:
+        max_tokens = _opt_int(body, "max_tokens", 1, UINT32_MAX)
+    if max_tokens is not None:
+        req.max_tokens = max_tokens
+    logprobs = bool(_opt_bool(body, "logprobs"))
+    top_logprobs = _opt_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if top_logprobs is not None and not logprobs:
+        raise invalid("Invalid 'top_logprobs': 'logprobs' must be true when 'top_logprobs' is set.",
+                      param="top_logprobs", code="invalid_value")
+    if logprobs:
+        req.logprobs = True
+        req.top_logprobs = top_logprobs or 0
+    stream, include_usage = _common(body, req)
+    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs)
+
+
+# --- responses: GenerateResponse stream → events ------------------------------------------
+
+@dataclass(frozen=True)
+class Text:
+    """A piece of whole UTF-8 text, with the log probabilities of the tokens it came from."""
+
+    text: str
+    logprobs: tuple = ()
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The end of a generation; ``logprobs`` are those of tokens that produced no text."""
+
+    finish_reason: str
+    usage: dict
+    logprobs: tuple = ()
+
+
+Event = Union[Text, Finish]
+
+_FINISH_REASONS = {
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+}
+
+
+def finish_reason(value: int) -> str:
+    return _FINISH_REASONS.get(value, "stop")
+
+
+def usage(u: pb.Usage) -> dict:
+    return wire.usage_object(u.prompt_tokens, u.completion_tokens, cached_tokens=u.cached_prompt_tokens)
+
+
+def events(messages: Iterable[pb.GenerateResponse]) -> Iterator[Event]:
+    """A GenerateResponse stream as events: ``Text`` for each non-empty text, then one ``Finish``.
+
+    A last message that carries text gives its ``Text`` first. A stream that ends without a
+    last message is an error of the service.
+    """
+    pending: list = []
+    for msg in messages:
+        pending.extend(msg.logprobs)
+        if msg.text:
+            yield Text(msg.text, tuple(pending))
+            pending = []
+        if msg.finish_reason != pb.FINISH_REASON_UNSPECIFIED or msg.HasField("usage"):
+            yield Finish(finish_reason(msg.finish_reason), usage(msg.usage), tuple(pending))
+            return
+    raise RequestError(500, "The inference service ended the generation without finishing it.")
+
+
+# --- responses: log probabilities ---------------------------------------------------------
+
+def _logprob(value: float) -> float:
+    if math.isnan(value) or value == -math.inf:
+        return LOGPROB_FLOOR
+    # The proto carries float32: print the shortest decimal that float32 holds.
+    return float(f"{value:.7g}")
+
+
+def _bytes(token: str, token_bytes: bytes) -> list[int]:
+    return list(token_bytes) if token_bytes else list(token.encode("utf-8"))
+
+
+def chat_logprobs(entries: Iterable[pb.TokenLogprob]) -> dict:
+    """``choices[].logprobs`` of a chat response or chunk."""
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": _logprob(lp.logprob),
+                "bytes": _bytes(lp.token, lp.token_bytes),
+                "top_logprobs": [
+                    {"token": t.token, "logprob": _logprob(t.logprob), "bytes": _bytes(t.token, t.token_bytes)}
+                    for t in lp.top_logprobs
+                ],
+            }
+            for lp in entries
+        ]
+    }
+
+
+def completion_logprobs(entries: Iterable[pb.TokenLogprob], offset: int = 0) -> tuple[dict, int]:
+    """``choices[].logprobs`` of a completion; ``text_offset`` counts characters from ``offset``.
+
+    Returns the object and the offset after its tokens (for the next chunk of a stream).
+    """
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for lp in entries:
+        tokens.append(lp.token)
+        token_logprobs.append(_logprob(lp.logprob))
+        alternatives: dict[str, float] = {}
+        for t in lp.top_logprobs:
+            alternatives.setdefault(t.token, _logprob(t.logprob))
+        top.append(alternatives)
+        offsets.append(offset)
+        offset += len(lp.token)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}, offset
+
+
+# --- models ----------------------------------------------------------------------------------
+
+def model_object(info: pb.ModelInfo) -> dict:
+    return wire.model_object(info.name, info.created, info.owned_by or "library")

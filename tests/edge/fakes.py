@@ -1,0 +1,184 @@
+"""Test doubles for the edge: a fake inference client and a fake gRPC servicer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+from typing import Any, Iterable, Optional
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from inference_service.v1 import inference_pb2 as pb
+from inference_service.v1 import inference_pb2_grpc as pb_grpc
+
+from rest_edge import errors
+
+STOP = pb.FINISH_REASON_STOP
+LENGTH = pb.FINISH_REASON_LENGTH
+
+
+def piece(text: str, token_ids: Iterable[int] = (1,), logprobs: Iterable[pb.TokenLogprob] = ()) -> pb.GenerateResponse:
+    return pb.GenerateResponse(text=text, token_ids=list(token_ids), logprobs=list(logprobs), model="")
+
+
+def last(text: str = "", reason: int = STOP, prompt: int = 5, completion: int = 3, cached: int = 0,
+         logprobs: Iterable[pb.TokenLogprob] = ()) -> pb.GenerateResponse:
+    return pb.GenerateResponse(
+        text=text,
+        token_ids=[2] if text else [],
+        logprobs=list(logprobs),
+        finish_reason=reason,
+        usage=pb.Usage(prompt_tokens=prompt, completion_tokens=completion, cached_prompt_tokens=cached),
+    )
+
+
+def rpc_error(code: grpc.StatusCode, details: str = "", **metadata: str) -> errors.RequestError:
+    """What the real client raises for a failed RPC."""
+    return errors.from_grpc(code, details, tuple(metadata.items()))
+
+
+class FakeCall:
+    """A Generate call scripted with messages and exceptions (raised when reached)."""
+
+    def __init__(self, items: Iterable[Any]):
+        self._items = iter(items)
+        self.cancelled = 0
+        self.consumed = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self._items)
+        self.consumed += 1
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def cancel(self):
+        self.cancelled += 1
+        return True
+
+
+class FakeClient:
+    """The client interface of the resources, scripted per test."""
+
+    def __init__(
+        self,
+        script: Any = (),
+        *,
+        models: Iterable[pb.ModelInfo] = (),
+        healthy: Any = True,
+        generate_error: Optional[BaseException] = None,
+        models_error: Optional[BaseException] = None,
+    ):
+        self.script = script
+        self.models = list(models)
+        self.healthy = healthy
+        self.generate_error = generate_error
+        self.models_error = models_error
+        self.requests: list[pb.GenerateRequest] = []
+        self.timeouts: list[Optional[float]] = []
+        self.calls: list[FakeCall] = []
+
+    def generate(self, request: pb.GenerateRequest, timeout: Optional[float] = None) -> FakeCall:
+        self.requests.append(request)
+        self.timeouts.append(timeout)
+        if self.generate_error is not None:
+            raise self.generate_error
+        items = self.script(request) if callable(self.script) else list(self.script)
+        call = FakeCall(items)
+        self.calls.append(call)
+        return call
+
+    def list_models(self, timeout: Optional[float] = None) -> list[pb.ModelInfo]:
+        if self.models_error is not None:
+            raise self.models_error
+        return list(self.models)
+
+    def health(self, timeout: Optional[float] = None) -> bool:
+        if isinstance(self.healthy, BaseException):
+            raise self.healthy
+        return self.healthy
+
+
+# --- a real gRPC server with a fake servicer ------------------------------------------------
+
+class FakeServicer(pb_grpc.InferenceServiceServicer):
+    """Behaviour chosen by the request's model name:
+
+    ``ok``: "Hel", "lo" then a last message with "!" · ``bad``: INVALID_ARGUMENT with
+    error-param ``temperature`` · ``full``: RESOURCE_EXHAUSTED with retry-after 3 ·
+    ``long``: OUT_OF_RANGE · ``missing``: NOT_FOUND · ``crash``: an exception in the handler ·
+    ``midway``: one piece, then INTERNAL · ``slow``: a piece every 50 ms until cancelled (or
+    1000 pieces) · ``sleepy``: sleeps 5 s before the first piece (for deadlines).
+    """
+
+    def __init__(self):
+        self.requests: list[pb.GenerateRequest] = []
+        self.cancelled = threading.Event()
+        self.started = threading.Event()
+        self.metadata: list[tuple] = []
+
+    def Generate(self, request, context):
+        self.requests.append(request)
+        self.metadata.append(tuple(context.invocation_metadata()))
+        model = request.model
+        if model == "ok":
+            yield pb.GenerateResponse(text="Hel", token_ids=[1], model="ok")
+            yield pb.GenerateResponse(text="lo", token_ids=[2], model="ok")
+            yield pb.GenerateResponse(
+                text="!", token_ids=[3], model="ok", finish_reason=pb.FINISH_REASON_STOP,
+                usage=pb.Usage(prompt_tokens=4, completion_tokens=3, cached_prompt_tokens=1),
+            )
+        elif model == "bad":
+            context.set_trailing_metadata((("error-param", "temperature"),))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "temperature must be between 0 and 2")
+        elif model == "full":
+            context.set_trailing_metadata((("retry-after", "3"),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the queue is full")
+        elif model == "long":
+            context.abort(grpc.StatusCode.OUT_OF_RANGE, "prompt (9000 tokens) + max_tokens exceeds the context (8192)")
+        elif model == "missing":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"model '{model}' not found")
+        elif model == "crash":
+            raise RuntimeError("secret internal detail /home/x/model.gguf")
+        elif model == "midway":
+            yield pb.GenerateResponse(text="partial", token_ids=[1])
+            context.abort(grpc.StatusCode.INTERNAL, "engine blew up: secret")
+        elif model == "slow":
+            done = threading.Event()
+            context.add_callback(done.set)
+            context.add_callback(self.cancelled.set)
+            self.started.set()
+            for i in range(1000):
+                if done.is_set():
+                    return
+                yield pb.GenerateResponse(text=f"t{i} ", token_ids=[i])
+                time.sleep(0.05)
+            yield pb.GenerateResponse(finish_reason=pb.FINISH_REASON_LENGTH, usage=pb.Usage(prompt_tokens=1, completion_tokens=1000))
+        elif model == "sleepy":
+            time.sleep(5)
+            yield pb.GenerateResponse(text="late", finish_reason=pb.FINISH_REASON_STOP, usage=pb.Usage())
+        else:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"model '{model}' not found")
+
+    def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[
+            pb.ModelInfo(name="smollm2:135m", created=1700000000, owned_by="library", context_length=8192,
+                         has_chat_template=True),
+            pb.ModelInfo(name="qwen2.5:0.5b-instruct", created=1700000001, owned_by="library"),
+        ])
+
+
+def start_server(servicer: FakeServicer) -> tuple[grpc.Server, int, health.HealthServicer]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port, health_servicer

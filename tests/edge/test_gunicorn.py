@@ -1,0 +1,121 @@
+"""The edge on real gunicorn (gthread, rest_edge.gunicorn_conf) in front of a fake gRPC service.
+
+Shows what falcon.testing cannot: frames arrive incrementally, a client that disconnects
+cancels its RPC, and the official openai client understands the answers and the errors.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.edge.fakes import FakeServicer, start_server
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory):
+    servicer = FakeServicer()
+    server, grpc_port, _ = start_server(servicer)
+    port = _free_port()
+    env = dict(os.environ, INFERENCE_TARGET=f"127.0.0.1:{grpc_port}", EDGE_WORKERS="1", EDGE_THREADS="4",
+               EDGE_BIND=f"127.0.0.1:{port}", EDGE_API_KEYS="")
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    log_path = tmp_path_factory.mktemp("edge") / "gunicorn.log"
+    log_file = open(log_path, "wb")
+    proc = subprocess.Popen([str(gunicorn), "-c", "python:rest_edge.gunicorn_conf"], cwd=REPO, env=env,
+                            stdout=log_file, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"gunicorn did not come up: {log_path.read_text(errors='replace')}")
+            time.sleep(0.1)
+        yield base, servicer
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log_file.close()
+        server.stop(None)
+
+
+def test_frames_arrive_incrementally_and_disconnect_cancels(edge):
+    base, servicer = edge
+    servicer.cancelled.clear()
+    body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.Client(timeout=10) as http:
+        with http.stream("POST", f"{base}/v1/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            assert resp.headers["content-type"] == "text/event-stream"
+            assert resp.headers["x-accel-buffering"] == "no"
+            lines = resp.iter_lines()
+            got = [next(l for l in lines if l) for _ in range(3)]
+            # the generation runs for ~50 s; three frames within the timeout prove streaming
+            assert all(g.startswith('data: {"id":"chatcmpl-') for g in got)
+            assert not servicer.cancelled.is_set()
+        # leaving the block closes the connection mid-stream
+    assert servicer.cancelled.wait(10), "the RPC was not cancelled after the client left"
+
+
+def test_openai_client_stream_and_non_stream(edge):
+    base, _ = edge
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    chat = client.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}])
+    assert chat.choices[0].message.content == "Hello!"
+    assert chat.usage.prompt_tokens_details.cached_tokens == 1
+    chunks = list(client.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}],
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == "Hello!"
+    assert chunks[-1].usage.total_tokens == 7
+    comp = client.completions.create(model="ok", prompt="hi")
+    assert comp.choices[0].text == "Hello!" and comp.choices[0].finish_reason == "stop"
+    assert [m.id for m in client.models.list()] == ["smollm2:135m", "qwen2.5:0.5b-instruct"]
+    assert client.models.retrieve("smollm2:135m").id == "smollm2:135m"
+
+
+@pytest.mark.parametrize("model, exc", [
+    ("bad", openai.BadRequestError),
+    ("long", openai.BadRequestError),
+    ("missing", openai.NotFoundError),
+    ("full", openai.RateLimitError),
+    ("crash", openai.InternalServerError),
+])
+def test_openai_client_errors(edge, model, exc):
+    base, _ = edge
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(exc) as info:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], stream=True)
+    assert "Traceback" not in str(info.value) and "secret" not in str(info.value)
+
+
+def test_openai_client_rejects_unsupported(edge):
+    base, _ = edge
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}], n=2)
+    assert info.value.param == "n"

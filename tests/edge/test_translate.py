@@ -1,0 +1,375 @@
+"""OpenAI JSON ↔ protobuf translation: pure functions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from inference_service.v1 import inference_pb2 as pb
+from rest_edge import translate
+from rest_edge.errors import RequestError
+from tests.edge.fakes import FakeCall, last, piece
+
+OPTIONAL_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                   "frequency_penalty", "presence_penalty", "seed")
+
+
+def chat(**fields):
+    body = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "hi"}]}
+    body.update(fields)
+    return translate.chat_request(body)
+
+
+def comp(**fields):
+    body = {"model": "smollm2:135m", "prompt": "Once upon"}
+    body.update(fields)
+    return translate.completion_request(body)
+
+
+def rejected(fn, **fields) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        fn(**fields)
+    assert info.value.status == 400
+    assert info.value.type == "invalid_request_error"
+    return info.value
+
+
+# --- body --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data", [b"", b"   ", b"{", b"not json", b"\xff\xfe", b'{"a": NaN}', b'{"a": Infinity}'])
+def test_body_that_is_not_json_is_rejected(data):
+    with pytest.raises(RequestError) as info:
+        translate.parse_json_body(data)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("data", [b"[]", b'"x"', b"1", b"null", b"true"])
+def test_body_that_is_not_an_object_is_rejected(data):
+    with pytest.raises(RequestError) as info:
+        translate.parse_json_body(data)
+    assert "JSON object" in info.value.message
+
+
+def test_body_object_is_parsed_with_utf8():
+    assert translate.parse_json_body('{"prompt":"你好"}'.encode()) == {"prompt": "你好"}
+
+
+# --- defaults ------------------------------------------------------------------------------------
+
+def test_defaults_leave_optional_fields_unset():
+    for parsed in (chat(), comp()):
+        req = parsed.request
+        for name in OPTIONAL_FIELDS:
+            assert not req.HasField(name), name
+        assert list(req.stop) == [] and dict(req.logit_bias) == {}
+        assert req.logprobs is False and req.top_logprobs == 0 and req.raw is False
+        assert parsed.stream is False and parsed.include_usage is False and parsed.logprobs is False
+
+
+def test_null_counts_as_absent():
+    parsed = chat(**{name: None for name in OPTIONAL_FIELDS}, stop=None, logit_bias=None, stream=None,
+                  stream_options=None, n=None, tools=None, response_format=None, logprobs=None,
+                  top_logprobs=None, max_completion_tokens=None)
+    for name in OPTIONAL_FIELDS:
+        assert not parsed.request.HasField(name)
+
+
+def test_chat_request_fields():
+    parsed = chat(messages=[{"role": "system", "content": "be brief"},
+                            {"role": "user", "content": "hi"},
+                            {"role": "assistant", "content": "hello"},
+                            {"role": "user", "content": "again"}])
+    req = parsed.request
+    assert req.model == "smollm2:135m" and req.prompt == ""
+    assert [(m.role, m.content) for m in req.messages] == [
+        ("system", "be brief"), ("user", "hi"), ("assistant", "hello"), ("user", "again")]
+
+
+def test_completion_request_fields():
+    req = comp(raw=True).request
+    assert req.prompt == "Once upon" and len(req.messages) == 0 and req.raw is True
+    assert comp(prompt=["only one"]).request.prompt == "only one"
+    assert comp(raw=False).request.raw is False
+
+
+def test_every_sampling_field_is_set_when_sent():
+    fields = dict(max_tokens=16, temperature=0.5, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1,
+                  frequency_penalty=0.5, presence_penalty=-0.5, seed=42, stop=["\n", "END"],
+                  logit_bias={"50256": -100, "15": 2.5})
+    for parsed in (chat(**fields), comp(**fields)):
+        req = parsed.request
+        assert req.max_tokens == 16
+        assert req.temperature == pytest.approx(0.5) and req.top_p == pytest.approx(0.9)
+        assert req.top_k == 40 and req.min_p == pytest.approx(0.05)
+        assert req.repetition_penalty == pytest.approx(1.1)
+        assert req.frequency_penalty == pytest.approx(0.5) and req.presence_penalty == pytest.approx(-0.5)
+        assert req.seed == 42
+        assert list(req.stop) == ["\n", "END"]
+        assert dict(req.logit_bias) == {50256: -100.0, 15: 2.5}
+
+
+def test_temperature_zero_is_sent_as_zero_not_absent():
+    req = chat(temperature=0).request
+    assert req.HasField("temperature") and req.temperature == 0.0
+
+
+def test_ints_accepted_for_floats_and_integral_floats_for_ints():
+    req = chat(temperature=1, max_tokens=8.0).request
+    assert req.temperature == 1.0 and req.max_tokens == 8
+
+
+def test_top_k_minus_one_means_no_limit():
+    assert chat(top_k=-1).request.top_k == 0
+
+
+def test_negative_seed_is_accepted():
+    assert chat(seed=-5).request.seed == -5
+
+
+def test_stop_as_string_or_list():
+    assert list(chat(stop="###").request.stop) == ["###"]
+    assert list(chat(stop=["a", "b", "c", "d"]).request.stop) == ["a", "b", "c", "d"]
+    assert list(chat(stop=[]).request.stop) == []
+    assert list(chat(stop="").request.stop) == []
+
+
+def test_max_completion_tokens_wins_over_max_tokens_on_chat():
+    assert chat(max_completion_tokens=7).request.max_tokens == 7
+    assert chat(max_completion_tokens=7, max_tokens=9).request.max_tokens == 7
+    assert chat(max_tokens=9).request.max_tokens == 9
+
+
+def test_content_parts_are_joined():
+    parsed = chat(messages=[{"role": "user", "content": [{"type": "text", "text": "Hello, "},
+                                                         {"type": "text", "text": "world"}]}])
+    assert parsed.request.messages[0].content == "Hello, world"
+
+
+def test_developer_role_is_system_and_assistant_null_content_is_empty():
+    req = chat(messages=[{"role": "developer", "content": "rules"}, {"role": "user", "content": "q"},
+                         {"role": "assistant", "content": None}]).request
+    assert [(m.role, m.content) for m in req.messages] == [("system", "rules"), ("user", "q"), ("assistant", "")]
+
+
+def test_unknown_fields_are_ignored():
+    parsed = chat(user="me", metadata={"a": 1}, store=False, parallel_tool_calls=False, whatever=[1, 2])
+    assert parsed.request.model == "smollm2:135m"
+
+
+def test_stream_and_include_usage():
+    parsed = chat(stream=True, stream_options={"include_usage": True})
+    assert parsed.stream and parsed.include_usage
+    assert chat(stream=True, stream_options={}).include_usage is False
+    # include_usage only matters for streams
+    assert chat(stream=False, stream_options={"include_usage": True}).include_usage is False
+
+
+def test_chat_logprobs():
+    parsed = chat(logprobs=True, top_logprobs=3)
+    assert parsed.logprobs and parsed.request.logprobs and parsed.request.top_logprobs == 3
+    parsed = chat(logprobs=True)
+    assert parsed.request.logprobs and parsed.request.top_logprobs == 0
+    assert chat(logprobs=False).logprobs is False
+
+
+def test_completion_logprobs_is_the_number_of_alternatives():
+    parsed = comp(logprobs=5)
+    assert parsed.logprobs and parsed.request.logprobs and parsed.request.top_logprobs == 5
+    parsed = comp(logprobs=0)
+    assert parsed.logprobs and parsed.request.logprobs and parsed.request.top_logprobs == 0
+
+
+# --- rejections --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fields, param", [
+    ({"n": 2}, "n"),
+    ({"n": 0}, "n"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"function_call": {"name": "f"}}, "function_call"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
+    ({"response_format": "text"}, "response_format"),
+    ({"suffix": "tail"}, "suffix"),
+    ({"echo": True}, "echo"),
+    ({"best_of": 3}, "best_of"),
+])
+def test_unsupported_fields_are_rejected_by_name(fields, param):
+    for fn in (chat, comp):
+        err = rejected(fn, **fields)
+        assert err.param == param, (fn, fields)
+        assert param in err.message
+
+
+@pytest.mark.parametrize("fields", [
+    {"n": 1}, {"tools": []}, {"functions": []}, {"tool_choice": "none"}, {"tool_choice": "auto"},
+    {"response_format": {"type": "text"}}, {"suffix": ""}, {"echo": False}, {"best_of": 1},
+])
+def test_harmless_values_of_unsupported_fields_pass(fields):
+    chat(**fields)
+    comp(**fields)
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"temperature": "hot"}, "temperature"),
+    ({"temperature": True}, "temperature"),
+    ({"temperature": 2.5}, "temperature"),
+    ({"temperature": -0.1}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"top_p": -1}, "top_p"),
+    ({"frequency_penalty": 3}, "frequency_penalty"),
+    ({"presence_penalty": -2.1}, "presence_penalty"),
+    ({"min_p": 2}, "min_p"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"repetition_penalty": 3}, "repetition_penalty"),
+    ({"top_k": -2}, "top_k"),
+    ({"top_k": 1.5}, "top_k"),
+    ({"max_tokens": -1}, "max_tokens"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": "10"}, "max_tokens"),
+    ({"max_tokens": 2**32}, "max_tokens"),
+    ({"seed": "x"}, "seed"),
+    ({"seed": 2**63}, "seed"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stop": 5}, "stop"),
+    ({"stop": ["a", 1]}, "stop"),
+    ({"logit_bias": {"abc": 1}}, "logit_bias"),
+    ({"logit_bias": {"-3": 1}}, "logit_bias"),
+    ({"logit_bias": {"5": 101}}, "logit_bias"),
+    ({"logit_bias": {"5": "x"}}, "logit_bias"),
+    ({"logit_bias": [1]}, "logit_bias"),
+    ({"stream": "yes"}, "stream"),
+    ({"stream": True, "stream_options": "x"}, "stream_options"),
+    ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+    ({"model": 5}, "model"),
+    ({"model": ""}, "model"),
+    ({"n": "2"}, "n"),
+    ({"echo": "yes"}, "echo"),
+])
+def test_bad_values_are_rejected_naming_the_field(fields, param):
+    for fn in (chat, comp):
+        err = rejected(fn, **fields)
+        assert err.param == param, (fn, fields, err)
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+    ({"logprobs": 3}, "logprobs"),
+    ({"max_completion_tokens": 0}, "max_completion_tokens"),
+    ({"messages": None}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": "hi"}, "messages"),
+    ({"messages": ["hi"]}, "messages[0]"),
+    ({"messages": [{"content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user"}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages[0].content"),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]}, "messages[0].tool_calls"),
+])
+def test_chat_specific_rejections(fields, param):
+    assert rejected(chat, **fields).param == param
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"logprobs": 21}, "logprobs"),
+    ({"logprobs": True}, "logprobs"),
+    ({"prompt": None}, "prompt"),
+    ({"prompt": 5}, "prompt"),
+    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": [1, 2, 3]}, "prompt"),
+    ({"raw": "yes"}, "raw"),
+])
+def test_completion_specific_rejections(fields, param):
+    assert rejected(comp, **fields).param == param
+
+
+def test_missing_model_is_rejected():
+    with pytest.raises(RequestError) as info:
+        translate.chat_request({"messages": [{"role": "user", "content": "x"}]})
+    assert info.value.param == "model" and info.value.code == "missing_required_parameter"
+    with pytest.raises(RequestError) as info:
+        translate.completion_request({"prompt": "x"})
+    assert info.value.param == "model"
+
+
+# --- responses ----------------------------------------------------------------------------------
+
+def test_events_text_then_finish():
+    events = list(translate.events(FakeCall([piece("a"), piece("b"), last(prompt=4, completion=2, cached=1)])))
+    assert events == [translate.Text("a"), translate.Text("b"),
+                      translate.Finish("stop", {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6,
+                                                "prompt_tokens_details": {"cached_tokens": 1}})]
+
+
+def test_events_last_message_with_text_gives_text_first():
+    events = list(translate.events(FakeCall([piece("a"), last("b", reason=pb.FINISH_REASON_LENGTH)])))
+    assert [type(e).__name__ for e in events] == ["Text", "Text", "Finish"]
+    assert events[1].text == "b" and events[2].finish_reason == "length"
+
+
+def test_events_only_a_last_message():
+    events = list(translate.events(FakeCall([last()])))
+    assert len(events) == 1 and isinstance(events[0], translate.Finish)
+
+
+def test_events_without_a_last_message_is_an_error():
+    with pytest.raises(RequestError) as info:
+        list(translate.events(FakeCall([piece("a")])))
+    assert info.value.status == 500
+
+
+def test_events_stop_after_the_last_message():
+    call = FakeCall([last(), piece("ignored")])
+    assert len(list(translate.events(call))) == 1
+    assert call.consumed == 1
+
+
+def test_events_carry_logprobs_of_tokens_without_text_forward():
+    lp = [pb.TokenLogprob(token="a", logprob=-0.5), pb.TokenLogprob(token="b", logprob=-1.0)]
+    events = list(translate.events(FakeCall([piece("", logprobs=lp[:1]), piece("x", logprobs=lp[1:]), last()])))
+    assert [e.token for e in events[0].logprobs] == ["a", "b"]
+
+
+def _token_logprob():
+    return pb.TokenLogprob(
+        token_id=7, token="你", logprob=-0.1, token_bytes="你".encode(),
+        top_logprobs=[pb.TopLogprob(token_id=7, token="你", logprob=-0.1, token_bytes="你".encode()),
+                      pb.TopLogprob(token_id=8, token="您", logprob=float("-inf"))],
+    )
+
+
+def test_chat_logprobs_shape():
+    out = translate.chat_logprobs([_token_logprob()])
+    assert out == {"content": [{
+        "token": "你", "logprob": -0.1, "bytes": [228, 189, 160],
+        "top_logprobs": [{"token": "你", "logprob": -0.1, "bytes": [228, 189, 160]},
+                         {"token": "您", "logprob": -9999.0, "bytes": list("您".encode())}],
+    }]}
+    assert list(out["content"][0]) == ["token", "logprob", "bytes", "top_logprobs"]
+
+
+def test_completion_logprobs_shape_and_offsets():
+    lp2 = pb.TokenLogprob(token="好", logprob=-2.0)
+    out, offset = translate.completion_logprobs([_token_logprob(), lp2], offset=3)
+    assert out == {"tokens": ["你", "好"], "token_logprobs": [-0.1, -2.0],
+                   "top_logprobs": [{"你": -0.1, "您": -9999.0}, {}], "text_offset": [3, 4]}
+    assert offset == 5
+
+
+def test_logprob_values_are_finite_and_short():
+    assert translate._logprob(float("nan")) == -9999.0
+    assert translate._logprob(-math.inf) == -9999.0
+    assert translate._logprob(pb.TokenLogprob(logprob=-0.1).logprob) == -0.1
+
+
+def test_model_object():
+    info = pb.ModelInfo(name="smollm2:135m", created=1700000000, owned_by="library", context_length=8192)
+    assert translate.model_object(info) == {"id": "smollm2:135m", "object": "model", "created": 1700000000,
+                                            "owned_by": "library"}

@@ -1,0 +1,1 @@
+"""Benchmark harness: see bench/openai_load.py and bench/report.py."""

@@ -1,0 +1,194 @@
+"""Benchmark report: fixed-width table, PNG bar chart, raw JSON.
+
+    from bench.report import write_report
+    write_report({"engine": {...metrics...}, "grpc": {...}, "rest": {...}, "peer": {...}},
+                 reference="peer", meta={...}, raw={...})
+
+Rows are metrics (see METRICS: unknown metric names are appended as plain rows), columns are
+systems, then one ratio column per non-reference system: value / reference value, computed
+from the numbers of this one run. A ratio is suffixed "+" when that system is better than the
+reference on that row and "-" when worse (direction from METRICS).
+
+Outputs bench/results/bench.png (matplotlib, Agg) and bench/results/bench.json.
+Re-render a saved run: python bench/report.py bench/results/bench.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# key, label, unit, better ("higher" | "lower" | None)
+METRICS: list[tuple[str, str, str, Optional[str]]] = [
+    ("ttft_ms", "TTFT, single stream", "ms", "lower"),
+    ("decode_tps", "decode, single stream", "tok/s", "higher"),
+    ("stream_total_s", "single stream total", "s", "lower"),
+    ("agg_tps_c1", "aggregate, 1 stream", "tok/s", "higher"),
+    ("agg_tps_c2", "aggregate, 2 streams", "tok/s", "higher"),
+    ("agg_tps_c4", "aggregate, 4 streams", "tok/s", "higher"),
+    ("agg_tps_c8", "aggregate, 8 streams", "tok/s", "higher"),
+    ("ttft_p50_ms_c1", "TTFT p50, 1 stream", "ms", "lower"),
+    ("ttft_p50_ms_c2", "TTFT p50, 2 streams", "ms", "lower"),
+    ("ttft_p50_ms_c4", "TTFT p50, 4 streams", "ms", "lower"),
+    ("ttft_p50_ms_c8", "TTFT p50, 8 streams", "ms", "lower"),
+    ("chat_prompt_tokens", "chat prompt size", "tok", None),
+    ("chat_ttft_cold_ms", "chat TTFT, cold history", "ms", "lower"),
+    ("chat_ttft_next_ms", "chat TTFT, next turn", "ms", "lower"),
+    ("chat_cold_over_next", "chat cold / next", "x", "higher"),
+    ("rss_start_mb", "RSS after load", "MB", "lower"),
+    ("rss_peak_mb", "peak RSS during run", "MB", "lower"),
+    ("failed_requests", "failed requests", "", "lower"),
+]
+_KNOWN = {m[0] for m in METRICS}
+# in the table but not the chart
+NOT_CHARTED = {"ttft_p50_ms_c1", "ttft_p50_ms_c2", "ttft_p50_ms_c4", "chat_prompt_tokens",
+               "failed_requests"}
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fmt(v: Any) -> str:
+    if not _is_num(v):
+        return "-"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def _rows(systems: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, str, Optional[str]]]:
+    rows = [m for m in METRICS if any(_is_num(s.get(m[0])) for s in systems.values())]
+    extra = sorted({k for s in systems.values() for k, v in s.items()
+                    if k not in _KNOWN and _is_num(v)})
+    rows += [(k, k, "", None) for k in extra]
+    return rows
+
+
+def ratio(value: Any, ref: Any, better: Optional[str]) -> str:
+    if not (_is_num(value) and _is_num(ref)) or ref == 0:
+        return "-"
+    r = value / ref
+    mark = ""
+    if better and not math.isclose(r, 1.0, rel_tol=0.02):
+        mark = "+" if (r > 1) == (better == "higher") else "-"
+    return f"{r:.2f}x{mark}"
+
+
+def format_table(systems: Mapping[str, Mapping[str, Any]],
+                 reference: Optional[str] = None) -> str:
+    names = list(systems)
+    if reference is not None and reference not in systems:
+        reference = None
+    others = [n for n in names if n != reference] if reference else []
+    rows = _rows(systems)
+    label_w = max([len("metric (unit)")] + [len(f"{l} ({u})") if u else len(l)
+                                            for _, l, u, _ in rows])
+    col_w = max([9] + [len(n) for n in names])
+    rat_heads = [f"{n}/{reference}" for n in others]
+    rat_w = max([8] + [len(h) for h in rat_heads])
+    head = f"{'metric (unit)':<{label_w}}  " + "  ".join(f"{n:>{col_w}}" for n in names)
+    if rat_heads:
+        head += "  |  " + "  ".join(f"{h:>{rat_w}}" for h in rat_heads)
+    lines = [head, "-" * len(head)]
+    for key, label, unit, better in rows:
+        lab = f"{label} ({unit})" if unit else label
+        line = f"{lab:<{label_w}}  " + "  ".join(
+            f"{_fmt(systems[n].get(key)):>{col_w}}" for n in names)
+        if rat_heads:
+            ref = systems[reference].get(key)
+            line += "  |  " + "  ".join(
+                f"{ratio(systems[n].get(key), ref, better):>{rat_w}}" for n in others)
+        lines.append(line)
+    if rat_heads:
+        lines.append("")
+        lines.append(f"ratios: system / {reference}, this run; '+' better than {reference}, "
+                     f"'-' worse (within 2%: no mark)")
+    return "\n".join(lines)
+
+
+def save_chart(systems: Mapping[str, Mapping[str, Any]], path: Path,
+               title: str = "LLM serving benchmark") -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(systems)
+    rows = [r for r in _rows(systems) if r[0] in _KNOWN and r[0] not in NOT_CHARTED]
+    ncols = 4
+    nrows = max(1, math.ceil(len(rows) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, label, unit, better) in zip(axes.flat, rows):
+        vals = [systems[n].get(key) for n in names]
+        heights = [v if _is_num(v) else 0.0 for v in vals]
+        bars = ax.bar(range(len(names)), heights,
+                      color=[colours[i % len(colours)] for i in range(len(names))])
+        for b, v in zip(bars, vals):
+            ax.annotate(_fmt(v), (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=8, xytext=(0, 2),
+                        textcoords="offset points")
+        hint = {"higher": "  (higher better)", "lower": "  (lower better)"}.get(better, "")
+        ax.set_title(f"{label}{hint}", fontsize=9)
+        ax.set_ylabel(unit, fontsize=8)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, fontsize=8, rotation=15)
+        ax.tick_params(axis="y", labelsize=7)
+        top = max(heights) if heights else 0
+        ax.set_ylim(0, top * 1.18 if top > 0 else 1)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(systems: Mapping[str, Mapping[str, Any]], *, reference: Optional[str] = None,
+                 meta: Optional[Mapping[str, Any]] = None, raw: Optional[Mapping] = None,
+                 out_dir: Path = RESULTS_DIR, print_table: bool = True) -> dict:
+    """Print the table, write bench.json and bench.png under out_dir; returns the JSON doc."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = format_table(systems, reference)
+    if print_table:
+        print(table)
+    doc = {"meta": dict(meta or {}), "reference": reference,
+           "systems": {k: dict(v) for k, v in systems.items()},
+           "table": table.splitlines(), "raw": raw or {}}
+    (out_dir / "bench.json").write_text(json.dumps(doc, indent=2, default=str))
+    m = meta or {}
+    title = "LLM serving benchmark"
+    if m.get("model"):
+        title += f" - {m['model']}"
+    if m.get("when"):
+        title += f" - {m['when']}"
+    png = save_chart(systems, out_dir / "bench.png", title)
+    if print_table:
+        print(f"\nwrote {out_dir / 'bench.json'} and {png}")
+    return doc
+
+
+def main(argv: list[str]) -> int:
+    src = Path(argv[1]) if len(argv) > 1 else RESULTS_DIR / "bench.json"
+    doc = json.loads(src.read_text())
+    write_report(doc["systems"], reference=doc.get("reference"), meta=doc.get("meta"),
+                 raw=doc.get("raw"), out_dir=src.parent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -38,3 +38,7 @@ class DeadlineExceeded(InferenceError):
 
 class Cancelled(InferenceError):
     """The caller went away."""
+
+
+class ServiceUnavailable(InferenceError):
+    """The service cannot take requests now (loading a model, or shutting down)."""

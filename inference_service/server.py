@@ -29,6 +29,7 @@ from inference_service.errors import (
     ModelLoadError,
     ModelNotFound,
     QueueFull,
+    ServiceUnavailable,
 )
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
@@ -46,6 +47,7 @@ STATUS_FOR_ERROR: list[tuple[type[InferenceError], grpc.StatusCode]] = [
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Cancelled, grpc.StatusCode.CANCELLED),
+    (ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
@@ -80,7 +82,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     def Generate(self, request, context):
         if self._draining.is_set():
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the service is shutting down")
+            _abort(context, ServiceUnavailable("the service is shutting down"))
         cancelled = threading.Event()
         context.add_callback(cancelled.set)
         remaining = context.time_remaining()
@@ -95,7 +97,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             _abort(context, error)
 
     def ListModels(self, request, context):
-        return pb.ListModelsResponse(models=[convert.model_to_proto(m) for m in self._engine.models()])
+        try:
+            models = self._engine.models()
+        except Exception as error:  # noqa: BLE001
+            _abort(context, error)
+        return pb.ListModelsResponse(models=[convert.model_to_proto(m) for m in models])
 
     def Tokenize(self, request, context):
         try:
@@ -166,7 +172,7 @@ class _LazyEngine:
 
     def __getattr__(self, name):
         if self.engine is None:
-            raise ModelLoadError("the model is still loading")
+            raise ServiceUnavailable("the model is still loading; retry shortly")
         return getattr(self.engine, name)
 
 

@@ -193,11 +193,13 @@ class Engine:
             name=f"generate-{request.request_id or ticket.number}",
             daemon=True,
         )
-        return self._consume(producer, results, cancelled, model)
+        # Started here, not at the first next(): a consumer that never iterates must not
+        # leave its ticket blocking the queue.
+        producer.start()
+        return self._consume(results, cancelled, model)
 
     @staticmethod
-    def _consume(producer, results, cancelled, model) -> Iterator[GenerationChunk]:
-        producer.start()
+    def _consume(results, cancelled, model) -> Iterator[GenerationChunk]:
         try:
             while True:
                 item = results.get()

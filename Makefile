@@ -1,4 +1,5 @@
 # Two commands from a fresh clone:  `make run`  and  `make test`.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -31,10 +32,10 @@ model: setup
 
 run: setup model
 	@echo "gRPC service on $(GRPC_ADDRESS), OpenAI edge on http://$(EDGE_BIND) -- Ctrl-C stops both"
-	@trap 'kill 0' INT TERM; \
-	$(PY) -m inference_service serve --address $(GRPC_ADDRESS) & \
-	INFERENCE_TARGET=$(GRPC_ADDRESS) EDGE_BIND=$(EDGE_BIND) $(PY) -m rest_edge & \
-	wait
+	@$(PY) -m inference_service serve --address $(GRPC_ADDRESS) & service=$$!; \
+	INFERENCE_TARGET=$(GRPC_ADDRESS) EDGE_BIND=$(EDGE_BIND) $(PY) -m rest_edge & edge=$$!; \
+	trap 'kill -TERM $$service $$edge 2>/dev/null; wait' INT TERM; \
+	wait -n; kill -TERM $$service $$edge 2>/dev/null; wait
 
 # Regenerates inference_service/v1/*_pb2*.py from the proto (the stubs are committed).
 proto: setup

@@ -190,11 +190,12 @@ def serve(
     lazy = _LazyEngine()
     running = create_server(lazy, address, serving=False)
     log.info("listening on %s (NOT_SERVING while loading)", address)
-    stop = threading.Event()
+    # A signal handler must not take locks (Event.set does): a signal landing while the main
+    # thread holds the same lock deadlocks. It only records the signal; the main thread polls.
+    received: list[int] = []
 
     def request_stop(signum, frame):
-        log.info("signal %s: draining (grace %.0fs)", signum, grace)
-        stop.set()
+        received.append(signum)
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
@@ -211,6 +212,8 @@ def serve(
     log.info("serving %s on %s", ", ".join(m.name for m in engine.models()), address)
     if on_ready:
         on_ready(running)
-    stop.wait()
+    while not received:
+        time.sleep(0.1)
+    log.info("signal %s: draining (grace %.0fs)", received[0], grace)
     running.drain_and_stop(grace)
     log.info("stopped")

@@ -1,28 +1,36 @@
-"""Load and latency measurements for any OpenAI-compatible streaming endpoint.
+"""Load and latency measurements for OpenAI-compatible streaming endpoints (and, through
+the StreamFn hook, for any other transport).
 
 Talks raw HTTP (httpx) to ``/v1/chat/completions`` with ``stream: true`` and timestamps every
 server-sent-events line as it arrives, so the figures are what a client sees:
 
 * :func:`measure_stream` - one streamed chat completion: time to first token (first frame with
-  content), decode tokens/s, total time, token counts.
+  content), decode tokens/s = (completion_tokens - 1) / (t_last - t_first), total time.
+  Completion tokens come from the ``stream_options.include_usage`` frame when the server
+  sends one, else from the number of content frames.
+* :func:`measure_single` - median of a few single streams after a warm-up.
 * :func:`measure_concurrency` - N streams at once (threads), aggregate tokens/s.
 * :func:`measure_chat_turn` - a chat with a ~1,000-token history: time to first token cold
   (history never seen by the server) and for the next turn (same history plus one more
   exchange), and their ratio - how well the server reuses its prompt cache.
-* :class:`PeakMemory` - peak resident memory of a server process and its children, sampled
-  from /proc while a measurement runs.
-* :func:`start_peer` - context manager that runs llama-cpp-python's own OpenAI server on the
-  same GGUF file, waits for readiness (GET /v1/models) and stops it afterwards.
-* :func:`run_suite` - all of the above against one endpoint, as one flat dict of metrics
-  (the format :mod:`bench.report` prints and charts).
+* :class:`PeakMemory` - peak RSS of a server process and its children, sampled from /proc.
+* :class:`CpuAudit` - CPU used by other processes meanwhile (a contaminated run shows).
+* :func:`start_peer` / :func:`start_server` - run llama-cpp-python's own OpenAI server (or
+  any server command), wait for GET /v1/models, stop it afterwards.
+* :func:`run_benchmark` - every phase for several :class:`Target` s, interleaved phase by
+  phase; :func:`run_suite` - the same for one URL. Output feeds :mod:`bench.report`.
 
-Everything returns plain dataclasses / dicts. Every loop is bounded in count and time, and
-only loopback addresses are accepted as targets.
+Measurement functions take a base URL + model, or a StreamFn ``(messages, max_tokens) ->
+StreamResult``: a gRPC or in-process engine adapter fills a StreamResult's perf_counter()
+timestamps and counters and calls :func:`finish_result`.
 
-CLI (prints JSON)::
+Everything returns plain dataclasses / dicts. Loops are bounded in count and time, and only
+loopback addresses are accepted as HTTP targets.
 
-    python bench/openai_load.py --base-url http://127.0.0.1:8000 --model smollm2:135m --pid 1234
+CLI (prints the table, writes bench/results/bench.{json,png})::
+
     python bench/openai_load.py --peer --model-file /path/SmolLM2-135M-Instruct.Q4_1.gguf
+    python bench/openai_load.py --base-url http://127.0.0.1:8000 --model smollm2:135m --pid N
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 from urllib.parse import urlsplit
 
 import httpx
@@ -78,14 +86,6 @@ def _median(xs: Sequence[float]) -> Optional[float]:
     return statistics.median(xs) if xs else None
 
 
-def _percentile(xs: Sequence[float], q: float) -> Optional[float]:
-    xs = sorted(x for x in xs if x is not None)
-    if not xs:
-        return None
-    k = min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))
-    return xs[k]
-
-
 def _ms(x: Optional[float]) -> Optional[float]:
     return None if x is None else x * 1000.0
 
@@ -107,6 +107,18 @@ def cpu_busy_fraction(seconds: float = 1.0) -> Optional[float]:
     except (OSError, ValueError, IndexError):
         return None
     return round(1.0 - (i1 - i0) / max(1, t1 - t0), 3)
+
+
+def wait_for_quiet(max_busy: float = 0.15, timeout_s: float = 120.0,
+                   window_s: float = 2.0) -> Optional[float]:
+    """Wait (bounded) until the machine's CPU use over ``window_s`` is at most ``max_busy``.
+    Returns the last busy fraction seen; the caller decides whether to go on anyway.
+    On 2 cores one other busy process wrecks llama.cpp-style spinning thread pools."""
+    end = time.monotonic() + timeout_s
+    busy = cpu_busy_fraction(window_s)
+    while busy is not None and busy > max_busy and time.monotonic() < end:
+        busy = cpu_busy_fraction(window_s)
+    return busy
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +217,7 @@ def measure_stream(
             if resp.status_code != 200:
                 resp.read()
                 res.error = f"HTTP {resp.status_code}: {resp.text[:300]}"
-                return res
+                return finish_result(res)
             done = False
             for line in resp.iter_lines():
                 now = time.perf_counter()
@@ -253,22 +265,31 @@ def measure_stream(
         if own_client:
             client.close()
     res.text = "".join(pieces)
+    return finish_result(res, usage_completion)
+
+
+def finish_result(res: StreamResult, usage_completion_tokens: Optional[int] = None
+                  ) -> StreamResult:
+    """Derive ttft_s, total_s, completion_tokens, decode_tps and ok from the timestamps and
+    counters a transport filled in (t_start, t_first, t_last, t_end, content_frames, error).
+    ``usage_completion_tokens``: the server's own count, preferred over content frames."""
     if res.t_end is None:
         res.t_end = time.perf_counter()
     res.total_s = res.t_end - res.t_start
     if res.t_first is not None:
         res.ttft_s = res.t_first - res.t_start
-    if usage_completion is not None:
-        res.completion_tokens = int(usage_completion)
+    if usage_completion_tokens is not None:
+        res.completion_tokens = int(usage_completion_tokens)
         res.token_source = "usage"
     else:
         res.completion_tokens = res.content_frames
+        res.token_source = "frames"
     if (res.t_first is not None and res.t_last is not None and res.t_last > res.t_first
             and res.completion_tokens > 1):
         res.decode_tps = (res.completion_tokens - 1) / (res.t_last - res.t_first)
-    res.ok = res.error is None and res.t_first is not None
     if res.error is None and res.t_first is None:
         res.error = "no content frame"
+    res.ok = res.error is None
     return res
 
 
@@ -321,12 +342,12 @@ def chat_history(history_tokens: int = 1000, nonce: str = "", turns: int = 4,
 
     The nonce goes first in the system message, so a server's prompt cache cannot hold any of
     this history before it is sent (only the chat template's opening tokens are shared).
-    Sizing assumes ~20 tokens per filler sentence plus template overhead (SmolLM2's
-    tokenizer splits digits one by one); the actual count is reported by the server's usage
-    where available.
+    Sizing: ~20 tokens per filler sentence and ~120 tokens of template, system prompt and
+    wrapping (SmolLM2's tokenizer splits digits one by one), so the whole rendered prompt is
+    about ``history_tokens``; the actual count is reported from the server's usage.
     """
     rng = random.Random(seed)
-    total_sentences = max(2 * turns, round(history_tokens / 20))
+    total_sentences = max(2 * turns, round((history_tokens - 120) / 20))
     sizes = [total_sentences // (2 * turns) + (1 if k < total_sentences % (2 * turns) else 0)
              for k in range(2 * turns)]
     msgs = [{"role": "system",
@@ -341,29 +362,99 @@ def chat_history(history_tokens: int = 1000, nonce: str = "", turns: int = 4,
 
 
 # --------------------------------------------------------------------------------------------
+# targets: anything that can stream one chat completion
+
+
+StreamFn = Callable[[list, int], StreamResult]   # (messages, max_tokens) -> StreamResult
+
+
+def http_stream_fn(base_url: str, model: str, *, include_usage: bool = True,
+                   timeout_s: float = 300.0, temperature: float = 0.0,
+                   seed: Optional[int] = 1234, extra: Optional[dict] = None) -> StreamFn:
+    """A StreamFn for an OpenAI-compatible endpoint; one httpx client per calling thread.
+
+    Other transports (gRPC, the engine in-process) plug into measure_single /
+    measure_concurrency / measure_chat_turn / run_benchmark by providing their own StreamFn
+    that fills a StreamResult with perf_counter() timestamps (t_start, t_first, t_last, t_end)
+    and calls finish_result(res) at the end.
+    """
+    base_url = check_loopback(base_url)
+    local = threading.local()
+    clients: list[httpx.Client] = []
+
+    def fn(messages: list, max_tokens: int) -> StreamResult:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=5.0))
+            clients.append(client)
+        return measure_stream(base_url, model, messages, max_tokens, temperature=temperature,
+                              seed=seed, include_usage=include_usage, extra=extra,
+                              timeout_s=timeout_s, client=client)
+
+    fn.close = lambda: [c.close() for c in clients]  # type: ignore[attr-defined]
+    return fn
+
+
+def http_prompt_counter(base_url: str, model: str) -> Callable[[list], Optional[int]]:
+    """prompt_tokens via a non-streamed 1-token request (for servers without stream usage)."""
+    url = check_loopback(base_url) + "/v1/chat/completions"
+
+    def count(messages: list) -> Optional[int]:
+        try:
+            r = httpx.post(url, json={"model": model, "messages": messages, "max_tokens": 1,
+                                      "temperature": 0.0}, timeout=120.0)
+            if r.status_code == 200:
+                return (r.json().get("usage") or {}).get("prompt_tokens")
+        except (httpx.HTTPError, ValueError):
+            pass
+        return None
+
+    return count
+
+
+def _as_fn(target: Any, model: Optional[str], include_usage: bool = True,
+           timeout_s: float = 300.0) -> StreamFn:
+    if callable(target):
+        return target
+    if not model:
+        raise ValueError("a URL target needs a model name")
+    return http_stream_fn(target, model, include_usage=include_usage, timeout_s=timeout_s)
+
+
+@dataclass
+class Target:
+    """One system under test: a name, how to stream, and optionally the server's pid (memory,
+    CPU accounting) and a prompt-token counter (when streams carry no usage)."""
+    name: str
+    stream_fn: StreamFn
+    pid: Optional[int] = None
+    count_prompt_tokens: Optional[Callable[[list], Optional[int]]] = None
+    info: dict = field(default_factory=dict)
+
+
+def http_target(name: str, base_url: str, model: str, pid: Optional[int] = None, *,
+                include_usage: bool = True, **info) -> Target:
+    return Target(name=name, stream_fn=http_stream_fn(base_url, model,
+                                                      include_usage=include_usage),
+                  pid=pid, count_prompt_tokens=http_prompt_counter(base_url, model),
+                  info={"base_url": base_url, "model": model, **info})
+
+
+# --------------------------------------------------------------------------------------------
 # single stream, repeated
 
 
-def measure_single(
-    base_url: str,
-    model: str,
-    *,
-    max_tokens: int = 128,
-    repeats: int = 3,
-    warmup: int = 1,
-    timeout_s: float = 120.0,
-    include_usage: bool = True,
-) -> dict:
-    """Median over ``repeats`` single streams (after ``warmup`` untimed ones)."""
+def measure_single(target: Any, model: Optional[str] = None, *, max_tokens: int = 128,
+                   repeats: int = 3, warmup: int = 1, include_usage: bool = True) -> dict:
+    """Median over ``repeats`` single streams (after ``warmup`` untimed ones).
+    ``target``: a base URL (with ``model``) or a StreamFn."""
+    fn = _as_fn(target, model, include_usage)
     nonce = uuid.uuid4().hex[:8]
     runs: list[StreamResult] = []
-    with httpx.Client(timeout=httpx.Timeout(timeout_s, connect=5.0)) as client:
-        for i in range(warmup + repeats):
-            r = measure_stream(base_url, model, stream_prompt(i, nonce), max_tokens,
-                               timeout_s=timeout_s, client=client,
-                               include_usage=include_usage)
-            if i >= warmup:
-                runs.append(r)
+    for i in range(warmup + repeats):
+        r = fn(stream_prompt(i, nonce), max_tokens)
+        if i >= warmup:
+            runs.append(r)
     ok = [r for r in runs if r.ok]
     return {
         "ttft_ms": _ms(_median([r.ttft_s for r in ok])),
@@ -394,51 +485,42 @@ class ConcurrencyResult:
     streams: list = field(default_factory=list)
 
 
-def measure_concurrency(
-    base_url: str,
-    model: str,
-    n: int,
-    *,
-    max_tokens: int = 128,
-    timeout_s: float = 300.0,
-    include_usage: bool = True,
-    nonce: Optional[str] = None,
-) -> ConcurrencyResult:
+def measure_concurrency(target: Any, model: Optional[str] = None, n: int = 1, *,
+                        max_tokens: int = 128, timeout_s: float = 300.0,
+                        include_usage: bool = True, nonce: Optional[str] = None
+                        ) -> ConcurrencyResult:
     """Run ``n`` streams at once, one thread each, released together by a barrier.
-
-    aggregate tokens/s = sum of completion tokens / (last stream end - first stream start).
-    """
+    aggregate tokens/s = completion tokens of the streams that finished properly /
+    (last stream end - first stream start). ``target``: a base URL (with ``model``) or a
+    StreamFn (called from n threads at once)."""
     if not 1 <= n <= 64:
         raise ValueError("n must be in 1..64")
+    fn = _as_fn(target, model, include_usage, timeout_s)
     nonce = nonce or uuid.uuid4().hex[:8]
     results: list[Optional[StreamResult]] = [None] * n
     barrier = threading.Barrier(n, timeout=30)
 
     def worker(i: int) -> None:
-        with httpx.Client(timeout=httpx.Timeout(timeout_s, connect=5.0)) as client:
-            try:
-                barrier.wait()
-            except threading.BrokenBarrierError:
-                results[i] = StreamResult(ok=False, error="barrier broken")
-                return
-            results[i] = measure_stream(base_url, model, stream_prompt(i, nonce), max_tokens,
-                                        timeout_s=timeout_s, client=client,
-                                        include_usage=include_usage)
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            results[i] = StreamResult(ok=False, error="barrier broken")
+            return
+        try:
+            results[i] = fn(stream_prompt(i, nonce), max_tokens)
+        except Exception as e:  # a StreamFn of another transport may raise
+            results[i] = StreamResult(ok=False, error=f"{type(e).__name__}: {e}")
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + timeout_s + 60
     for t in threads:
-        t.join(timeout_s + 60)
+        t.join(max(0.1, deadline - time.monotonic()))
     rs = [r if r is not None else StreamResult(ok=False, error="thread did not finish")
           for r in results]
     ok = [r for r in rs if r.ok]
-    if ok:
-        t0 = min(r.t_start for r in ok)
-        t1 = max(r.t_end for r in ok)
-        wall = t1 - t0
-    else:
-        wall = 0.0
+    wall = (max(r.t_end for r in ok) - min(r.t_start for r in ok)) if ok else 0.0
     total = sum(r.completion_tokens for r in ok)
     ttfts = [r.ttft_s for r in ok]
     return ConcurrencyResult(
@@ -471,65 +553,46 @@ class ChatTurnResult:
     samples: list = field(default_factory=list)
 
 
-def _count_prompt_tokens(base_url: str, model: str, messages: list[dict],
-                         client: httpx.Client) -> Optional[int]:
-    """prompt_tokens via a non-streamed 1-token request (for servers without stream usage)."""
-    try:
-        r = client.post(check_loopback(base_url) + "/v1/chat/completions", json={
-            "model": model, "messages": messages, "max_tokens": 1, "temperature": 0.0})
-        if r.status_code == 200:
-            return (r.json().get("usage") or {}).get("prompt_tokens")
-    except (httpx.HTTPError, ValueError):
-        pass
-    return None
+def measure_chat_turn(target: Any, model: Optional[str] = None, *,
+                      history_tokens: int = 1000, max_tokens: int = 32, repeats: int = 3,
+                      include_usage: bool = True,
+                      count_prompt_tokens: Optional[Callable[[list], Optional[int]]] = None
+                      ) -> ChatTurnResult:
+    """TTFT of a chat's first request with a ~``history_tokens`` history (cold: a fresh
+    nonce at the start makes it unknown to the server) and of the next turn (that history,
+    the model's reply, one more short user message). Medians over ``repeats`` fresh
+    histories; cold/next is the ratio of the medians.
 
-
-def measure_chat_turn(
-    base_url: str,
-    model: str,
-    *,
-    history_tokens: int = 1000,
-    max_tokens: int = 32,
-    repeats: int = 3,
-    timeout_s: float = 120.0,
-    include_usage: bool = True,
-    count_tokens: bool = True,
-) -> ChatTurnResult:
-    """TTFT of a chat's first request with a ~``history_tokens`` history (cold: a fresh nonce
-    makes it unknown to the server) and of the next turn (that history, the model's reply,
-    one more short user message). Median over ``repeats`` fresh histories.
+    Prompt sizes come from stream usage, else from ``count_prompt_tokens`` (called after the
+    timed requests, so it cannot warm anything measured; for a URL target it defaults to a
+    non-streamed 1-token request).
     """
-    samples = []
-    errors = []
-    with httpx.Client(timeout=httpx.Timeout(timeout_s, connect=5.0)) as client:
-        for rep in range(repeats):
-            nonce = uuid.uuid4().hex
-            history = chat_history(history_tokens, nonce=nonce)
-            cold_msgs = history + [{"role": "user",
-                                    "content": "Which places did the notes mention?"}]
-            cold = measure_stream(base_url, model, cold_msgs, max_tokens, client=client,
-                                  timeout_s=timeout_s, include_usage=include_usage)
-            if not cold.ok:
-                errors.append(f"cold: {cold.error}")
-                continue
-            next_msgs = cold_msgs + [
-                {"role": "assistant", "content": cold.text},
-                {"role": "user", "content": "Thanks. And which years?"},
-            ]
-            nxt = measure_stream(base_url, model, next_msgs, max_tokens, client=client,
-                                 timeout_s=timeout_s, include_usage=include_usage)
-            if not nxt.ok:
-                errors.append(f"next: {nxt.error}")
-                continue
-            pt_cold, pt_next = cold.prompt_tokens, nxt.prompt_tokens
-            if count_tokens and rep == 0 and (pt_cold is None or pt_next is None):
-                # after the timed requests, so it cannot warm anything that was measured
-                pt_cold = pt_cold or _count_prompt_tokens(base_url, model, cold_msgs, client)
-                pt_next = pt_next or _count_prompt_tokens(base_url, model, next_msgs, client)
-            samples.append({
-                "ttft_cold_ms": _ms(cold.ttft_s), "ttft_next_ms": _ms(nxt.ttft_s),
-                "prompt_tokens_cold": pt_cold, "prompt_tokens_next": pt_next,
-            })
+    fn = _as_fn(target, model, include_usage)
+    if count_prompt_tokens is None and not callable(target) and model:
+        count_prompt_tokens = http_prompt_counter(target, model)
+    samples, errors = [], []
+    for rep in range(repeats):
+        history = chat_history(history_tokens, nonce=uuid.uuid4().hex)
+        cold_msgs = history + [{"role": "user",
+                                "content": "Which places did the notes mention?"}]
+        cold = fn(cold_msgs, max_tokens)
+        if not cold.ok:
+            errors.append(f"cold: {cold.error}")
+            continue
+        next_msgs = cold_msgs + [
+            {"role": "assistant", "content": cold.text},
+            {"role": "user", "content": "Thanks. And which years?"},
+        ]
+        nxt = fn(next_msgs, max_tokens)
+        if not nxt.ok:
+            errors.append(f"next: {nxt.error}")
+            continue
+        pt_cold, pt_next = cold.prompt_tokens, nxt.prompt_tokens
+        if count_prompt_tokens and rep == 0:
+            pt_cold = pt_cold or count_prompt_tokens(cold_msgs)
+            pt_next = pt_next or count_prompt_tokens(next_msgs)
+        samples.append({"ttft_cold_ms": _ms(cold.ttft_s), "ttft_next_ms": _ms(nxt.ttft_s),
+                        "prompt_tokens_cold": pt_cold, "prompt_tokens_next": pt_next})
     cold_ms = _median([s["ttft_cold_ms"] for s in samples])
     next_ms = _median([s["ttft_next_ms"] for s in samples])
     return ChatTurnResult(
@@ -661,6 +724,60 @@ class PeakMemory:
         }
 
 
+def _proc_ticks(pid: int) -> int:
+    """utime + stime of one process (all its threads), in clock ticks; 0 if gone."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class CpuAudit:
+    """How much CPU went to processes other than the server tree and this client while a
+    measurement ran: a contaminated run is visible in the numbers, not only suspected.
+
+    with CpuAudit(server_pid) as cpu: ...;  cpu.result() -> dict (percent of all cores)
+    """
+
+    def __init__(self, pid: Optional[int]):
+        self.pid = pid
+        self._ours: dict[int, int] = {}
+
+    def _snap_ours(self) -> None:
+        pids = (process_tree(self.pid) if self.pid else []) + [os.getpid()]
+        for p in pids:
+            self._ours[p] = max(self._ours.get(p, 0), _proc_ticks(p))
+
+    def __enter__(self) -> "CpuAudit":
+        self.t0, self.i0 = _cpu_times()
+        self._snap_ours()
+        self._ours0 = dict(self._ours)
+        self.w0 = time.monotonic()
+        return self
+
+    def sample(self) -> None:
+        """Call now and then (e.g. between tests) so short-lived server children count."""
+        self._snap_ours()
+
+    def __exit__(self, *exc) -> None:
+        self._snap_ours()
+        self.t1, self.i1 = _cpu_times()
+        self.w1 = time.monotonic()
+
+    def result(self) -> dict:
+        total = max(1, self.t1 - self.t0)
+        busy = total - (self.i1 - self.i0)
+        ours = sum(v - self._ours0.get(p, 0) for p, v in self._ours.items())
+        foreign = max(0, busy - ours)
+        return {
+            "busy_pct": round(100.0 * busy / total, 1),
+            "ours_pct": round(100.0 * min(ours, busy) / total, 1),
+            "foreign_pct": round(100.0 * foreign / total, 1),
+            "wall_s": round(self.w1 - self.w0, 1),
+        }
+
+
 # --------------------------------------------------------------------------------------------
 # the peer: llama-cpp-python's own OpenAI server
 
@@ -785,71 +902,120 @@ def start_peer(model_file: str, port: Optional[int] = None, *, alias: str = DEFA
 
 
 # --------------------------------------------------------------------------------------------
-# everything against one endpoint
+# the whole suite, one or several systems, phases interleaved
 
 
-def run_suite(
-    base_url: str,
-    model: str,
+def _phases(concurrency: Sequence[int], max_tokens: int, single_repeats: int,
+            chat_repeats: int, history_tokens: int) -> list[tuple[str, Callable]]:
+    """(name, run(target) -> (metrics, raw, errors)) for each phase of the suite."""
+
+    def single(t: Target):
+        s = measure_single(t.stream_fn, max_tokens=max_tokens, repeats=single_repeats)
+        return ({"ttft_ms": s["ttft_ms"], "decode_tps": s["decode_tps"],
+                 "stream_total_s": s["total_s"]}, s, s["errors"])
+
+    def conc(n: int):
+        def run(t: Target):
+            c = measure_concurrency(t.stream_fn, n=n, max_tokens=max_tokens)
+            return ({f"agg_tps_c{n}": c.aggregate_tps, f"ttft_p50_ms_c{n}": c.ttft_ms_p50},
+                    dataclasses.asdict(c), c.errors)
+        return run
+
+    def chat(t: Target):
+        c = measure_chat_turn(t.stream_fn, history_tokens=history_tokens,
+                              repeats=chat_repeats,
+                              count_prompt_tokens=t.count_prompt_tokens)
+        return ({"chat_ttft_cold_ms": c.ttft_cold_ms, "chat_ttft_next_ms": c.ttft_next_ms,
+                 "chat_cold_over_next": c.cold_over_next,
+                 "chat_prompt_tokens": c.prompt_tokens_cold},
+                dataclasses.asdict(c), c.errors)
+
+    return ([("single", single)] + [(f"c{n}", conc(n)) for n in concurrency]
+            + [("chat", chat)])
+
+
+def run_benchmark(
+    targets: Sequence[Target],
     *,
-    pid: Optional[int] = None,
+    rounds: int = 1,
     max_tokens: int = 128,
     concurrency: Sequence[int] = (1, 2, 4, 8),
     single_repeats: int = 3,
     chat_repeats: int = 3,
     history_tokens: int = 1000,
-    include_usage: bool = True,
-    log=print,
+    log: Callable[[str], Any] = print,
 ) -> dict:
-    """Single stream, concurrency sweep and chat-turn test against one endpoint.
+    """Run every phase (single stream, each concurrency level, chat turn) for every target.
 
-    Returns {"metrics": {flat name: number}, "raw": {...}}; metric names are the ones
-    bench/report.py knows (see report.METRICS).
+    Phases are interleaved: phase by phase, ``rounds`` times, each round visiting the targets
+    in a rotated order, so drift in the machine's speed (on a shared 2-core VM it can halve
+    within seconds) hits every system alike. A system's figure is the median over rounds.
+    Peak memory is sampled for every target with a pid over the whole run; the CPU used by
+    processes other than the target's server tree and this process is recorded per phase.
+
+    Returns {"systems": {name: {metric: value}}, "raw": {name: {...}}} - the first is what
+    bench.report.write_report takes.
     """
-    base_url = check_loopback(base_url)
-    metrics: dict[str, Any] = {}
-    raw: dict[str, Any] = {"cpu_busy_before": cpu_busy_fraction(1.0)}
-    errors: list[str] = []
-    mem = PeakMemory(pid) if pid else None
-    if mem:
-        mem.__enter__()
+    phases = _phases(concurrency, max_tokens, single_repeats, chat_repeats, history_tokens)
+    raw: dict[str, dict] = {t.name: {"info": t.info, "phases": {}, "errors": [],
+                                     "cpu_phases": {}} for t in targets}
+    per_round: dict[str, dict[str, list]] = {t.name: {} for t in targets}
+    busy = cpu_busy_fraction(1.0)
+    if busy is not None and busy > 0.15:
+        log(f"WARNING: machine {busy:.0%} busy before the run: figures will be skewed")
+    mems = {t.name: PeakMemory(t.pid).__enter__() for t in targets if t.pid}
     try:
-        log(f"  single stream x{single_repeats} (max_tokens {max_tokens}) ...")
-        single = measure_single(base_url, model, max_tokens=max_tokens,
-                                repeats=single_repeats, include_usage=include_usage)
-        raw["single"] = single
-        metrics["ttft_ms"] = single["ttft_ms"]
-        metrics["decode_tps"] = single["decode_tps"]
-        metrics["stream_total_s"] = single["total_s"]
-        metrics["token_source"] = single["token_source"]
-        raw["concurrency"] = {}
-        for n in concurrency:
-            log(f"  {n} concurrent streams ...")
-            c = measure_concurrency(base_url, model, n, max_tokens=max_tokens,
-                                    include_usage=include_usage)
-            raw["concurrency"][str(n)] = dataclasses.asdict(c)
-            metrics[f"agg_tps_c{n}"] = c.aggregate_tps
-            metrics[f"ttft_p50_ms_c{n}"] = c.ttft_ms_p50
-            errors.extend(f"c{n}: {e}" for e in c.errors)
-        log(f"  chat turn (history ~{history_tokens} tokens) x{chat_repeats} ...")
-        ct = measure_chat_turn(base_url, model, history_tokens=history_tokens,
-                               repeats=chat_repeats, include_usage=include_usage)
-        raw["chat_turn"] = dataclasses.asdict(ct)
-        metrics["chat_ttft_cold_ms"] = ct.ttft_cold_ms
-        metrics["chat_ttft_next_ms"] = ct.ttft_next_ms
-        metrics["chat_cold_over_next"] = ct.cold_over_next
-        metrics["chat_prompt_tokens"] = ct.prompt_tokens_cold
-        errors.extend(f"single: {e}" for e in single["errors"])
-        errors.extend(f"chat: {e}" for e in ct.errors)
+        for pname, prun in phases:
+            for r in range(rounds):
+                k = r % len(targets)
+                for t in list(targets[k:]) + list(targets[:k]):
+                    log(f"  [{pname} round {r + 1}/{rounds}] {t.name}")
+                    with CpuAudit(t.pid) as audit:
+                        metrics, detail, errors = prun(t)
+                    cpu = audit.result()
+                    if cpu["foreign_pct"] > 10:
+                        log(f"    other processes used {cpu['foreign_pct']}% CPU meanwhile")
+                    raw[t.name]["phases"].setdefault(pname, []).append(detail)
+                    raw[t.name]["cpu_phases"].setdefault(pname, []).append(cpu)
+                    raw[t.name]["errors"].extend(f"{pname}: {e}" for e in errors)
+                    for key, v in metrics.items():
+                        per_round[t.name].setdefault(key, []).append(v)
     finally:
-        metrics["failed_requests"] = len(errors)
-        raw["errors"] = errors
-        if mem:
-            mem.__exit__(None, None, None)
-            raw["memory"] = mem.result()
-            metrics["rss_start_mb"] = raw["memory"]["start_rss_mb"]
-            metrics["rss_peak_mb"] = raw["memory"]["peak_rss_mb"]
-    return {"metrics": metrics, "raw": raw}
+        for m in mems.values():
+            m.__exit__(None, None, None)
+    systems: dict[str, dict] = {}
+    for t in targets:
+        m: dict[str, Any] = {key: _median(vals) for key, vals in per_round[t.name].items()}
+        # cold/next from the medians of its parts, like a single round does
+        if m.get("chat_ttft_cold_ms") and m.get("chat_ttft_next_ms"):
+            m["chat_cold_over_next"] = m["chat_ttft_cold_ms"] / m["chat_ttft_next_ms"]
+        m["failed_requests"] = len(raw[t.name]["errors"])
+        cpus = [c for cs in raw[t.name]["cpu_phases"].values() for c in cs]
+        wall = sum(c["wall_s"] for c in cpus)
+        m["foreign_cpu_pct"] = (round(sum(c["foreign_pct"] * c["wall_s"] for c in cpus)
+                                      / wall, 1) if wall else None)
+        if t.name in mems:
+            raw[t.name]["memory"] = mems[t.name].result()
+            m["rss_start_mb"] = raw[t.name]["memory"]["start_rss_mb"]
+            m["rss_peak_mb"] = raw[t.name]["memory"]["peak_rss_mb"]
+        raw[t.name]["per_round"] = per_round[t.name]
+        systems[t.name] = m
+    return {"systems": systems, "raw": raw, "cpu_busy_before": busy}
+
+
+def run_suite(base_url: str, model: str, *, pid: Optional[int] = None, name: str = "server",
+              include_usage: bool = True, **kw) -> dict:
+    """run_benchmark for one OpenAI-compatible endpoint -> {"metrics": ..., "raw": ...}."""
+    t = http_target(name, base_url, model, pid, include_usage=include_usage)
+    try:
+        out = run_benchmark([t], **kw)
+    finally:
+        t.stream_fn.close()  # type: ignore[attr-defined]
+    return {"metrics": out["systems"][name], "raw": out["raw"][name]}
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
 
 
 def _parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -860,97 +1026,58 @@ def _parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                      help="start llama-cpp-python's server (.bench-venv) on --model-file")
     ap.add_argument("--model-file", help="GGUF file for --peer")
     ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--pid", type=int, help="server pid for peak-memory sampling")
-    ap.add_argument("--tests", default="single,concurrency,chat")
+    ap.add_argument("--name", default=None, help="system name in the report")
+    ap.add_argument("--pid", type=int, help="server pid for memory/CPU accounting")
     ap.add_argument("--concurrency", default="1,2,4,8")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="single-stream and chat repeats")
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--history-tokens", type=int, default=1000)
     ap.add_argument("--no-usage", action="store_true",
                     help="do not send stream_options.include_usage")
     ap.add_argument("--peer-log", default="/tmp/bench_peer.log")
-    ap.add_argument("--json", help="also write the result to this file")
-    ap.add_argument("--report", metavar="NAME",
-                    help="run the full suite and write bench/results/bench.{json,png} with "
-                         "this endpoint as the one system NAME (via bench/report.py)")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                    help="first wait up to SECONDS for the CPU to be at most 15%% busy")
+    ap.add_argument("--out-dir", default=None,
+                    help="write bench.json + bench.png here (default bench/results)")
     args = ap.parse_args(argv)
     if args.peer and not args.model_file:
         ap.error("--peer needs --model-file")
     return args
 
 
-def _cli(args: argparse.Namespace, base_url: str, pid: Optional[int]) -> dict:
-    tests = set(args.tests.split(","))
-    inc = not args.no_usage
-    out: dict[str, Any] = {"base_url": base_url, "model": args.model}
-    mem = PeakMemory(pid) if pid else None
-    if mem:
-        mem.__enter__()
-    try:
-        if "single" in tests:
-            out["single"] = measure_single(base_url, args.model, max_tokens=args.max_tokens,
-                                           repeats=args.repeats, include_usage=inc)
-            out["single"].pop("runs")
-            print("single:", json.dumps(out["single"]), file=sys.stderr)
-        if "concurrency" in tests:
-            out["concurrency"] = {}
-            for n in (int(x) for x in args.concurrency.split(",")):
-                c = dataclasses.asdict(measure_concurrency(
-                    base_url, args.model, n, max_tokens=args.max_tokens, include_usage=inc))
-                c.pop("streams")
-                out["concurrency"][n] = c
-                print(f"concurrency {n}:", json.dumps(c), file=sys.stderr)
-        if "chat" in tests:
-            out["chat_turn"] = dataclasses.asdict(measure_chat_turn(
-                base_url, args.model, history_tokens=args.history_tokens,
-                repeats=args.repeats, include_usage=inc))
-            print("chat_turn:", json.dumps(out["chat_turn"]), file=sys.stderr)
-    finally:
-        if mem:
-            mem.__exit__(None, None, None)
-            out["memory"] = mem.result()
-    return out
-
-
-def _report(args: argparse.Namespace, base_url: str, pid: Optional[int],
-            argv: Optional[list] = None) -> dict:
+def _run_cli(args: argparse.Namespace, base_url: str, pid: Optional[int],
+             argv: Optional[list] = None) -> dict:
     sys.path.insert(0, str(REPO_ROOT))
-    from bench.report import write_report
+    from bench.report import RESULTS_DIR, write_report
 
-    r = run_suite(base_url, args.model, pid=pid, max_tokens=args.max_tokens,
-                  concurrency=[int(x) for x in args.concurrency.split(",")],
-                  single_repeats=args.repeats, chat_repeats=args.repeats,
-                  history_tokens=args.history_tokens, include_usage=not args.no_usage,
-                  log=lambda m: print(m, file=sys.stderr))
-    r["raw"]["argv"] = argv
+    name = args.name or ("peer" if args.peer else "server")
+    t = http_target(name, base_url, args.model, pid, include_usage=not args.no_usage,
+                    argv=argv)
+    out = run_benchmark([t], rounds=args.rounds, max_tokens=args.max_tokens,
+                        concurrency=[int(x) for x in args.concurrency.split(",")],
+                        single_repeats=args.repeats, chat_repeats=args.repeats,
+                        history_tokens=args.history_tokens,
+                        log=lambda m: print(m, file=sys.stderr))
     meta = {"model": args.model, "when": time.strftime("%Y-%m-%d %H:%M"),
-            "model_file": args.model_file, "cores": os.cpu_count()}
-    return write_report({args.report: r["metrics"]}, meta=meta,
-                        raw={args.report: r["raw"]})
+            "model_file": args.model_file, "cores": os.cpu_count(),
+            "cpu_busy_before": out["cpu_busy_before"]}
+    return write_report(out["systems"], meta=meta, raw=out["raw"],
+                        out_dir=Path(args.out_dir) if args.out_dir else RESULTS_DIR)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse_args(argv)
-    if args.report:
-        if args.peer:
-            with start_peer(args.model_file, alias=args.model, log_path=args.peer_log) as h:
-                _report(args, h.base_url, h.pid, h.argv)
-        else:
-            _report(args, check_loopback(args.base_url), args.pid)
-        return 0
+    if args.wait_quiet > 0:
+        busy = wait_for_quiet(0.15, args.wait_quiet)
+        print(f"cpu busy before start: {busy}", file=sys.stderr)
     if args.peer:
         with start_peer(args.model_file, alias=args.model, log_path=args.peer_log) as h:
             print(f"peer ready at {h.base_url} (pid {h.pid}, {h.load_s:.1f}s)",
                   file=sys.stderr)
-            out = _cli(args, h.base_url, h.pid)
-            out["peer_argv"] = h.argv
+            _run_cli(args, h.base_url, h.pid, h.argv)
     else:
-        out = _cli(args, check_loopback(args.base_url), args.pid)
-    text = json.dumps(out, indent=2, default=str)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text)
+        _run_cli(args, check_loopback(args.base_url), args.pid)
     return 0
 
 

@@ -44,11 +44,12 @@ METRICS: list[tuple[str, str, str, Optional[str]]] = [
     ("rss_start_mb", "RSS after load", "MB", "lower"),
     ("rss_peak_mb", "peak RSS during run", "MB", "lower"),
     ("failed_requests", "failed requests", "", "lower"),
+    ("foreign_cpu_pct", "CPU used by other processes", "%", None),
 ]
 _KNOWN = {m[0] for m in METRICS}
 # in the table but not the chart
 NOT_CHARTED = {"ttft_p50_ms_c1", "ttft_p50_ms_c2", "ttft_p50_ms_c4", "chat_prompt_tokens",
-               "failed_requests"}
+               "failed_requests", "foreign_cpu_pct"}
 
 
 def _is_num(v: Any) -> bool:
@@ -58,6 +59,8 @@ def _is_num(v: Any) -> bool:
 def _fmt(v: Any) -> str:
     if not _is_num(v):
         return "-"
+    if isinstance(v, int):
+        return f"{v:,}"
     a = abs(v)
     if a >= 1000:
         return f"{v:,.0f}"

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from inference_service.errors import InferenceError
 from inference_service.models.registry import DEFAULT_MODEL, ModelRegistry
 
 
@@ -46,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(["serve", *(argv or sys.argv[1:])])
 
     registry = ModelRegistry()
-    if args.command == "pull":
-        print(registry.pull(args.name))
-        return 0
-    if args.command == "path":
-        print(registry.pull(args.name))
+    if args.command in ("pull", "path"):
+        try:
+            print(registry.pull(args.name))
+        except InferenceError as error:  # a user's mistake or a failed download: no traceback
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "list":
         for name in registry.known_names():

@@ -16,8 +16,8 @@ class InvalidRequest(InferenceError):
 class ContextLengthExceeded(InvalidRequest):
     """The prompt plus max_tokens does not fit the model's context."""
 
-    def __init__(self, message: str):
-        super().__init__(message, param="messages")
+    def __init__(self, message: str, param: str = "messages"):
+        super().__init__(message, param=param)
 
 
 class ModelNotFound(InferenceError):

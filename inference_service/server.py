@@ -79,14 +79,36 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def __init__(self, engine, draining: threading.Event | None = None):
         self._engine = engine
         self._draining = draining or threading.Event()
+        self._in_flight = 0  # Generate calls not yet terminated
+        self._idle = threading.Condition()
+
+    def _track(self, context) -> None:
+        """Counts the call until it terminates (the callback fires even if gRPC drops the generator)."""
+        with self._idle:
+            self._in_flight += 1
+
+        def done():
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+        if not context.add_callback(done):
+            done()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Waits until no Generate call is in flight; False if ``timeout`` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     def Generate(self, request, context):
+        self._track(context)
         if self._draining.is_set():
             _abort(context, ServiceUnavailable("the service is shutting down"))
         cancelled = threading.Event()
         context.add_callback(cancelled.set)
         remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
+        # Without a client deadline grpcio reports an enormous time_remaining: treat as none.
+        deadline = time.monotonic() + remaining if remaining is not None and remaining < 1e8 else None
         try:
             domain_request = convert.request_from_proto(request)
             for chunk in self._engine.generate(domain_request, cancelled=cancelled, deadline=deadline):
@@ -118,6 +140,7 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     draining: threading.Event
+    servicer: InferenceServicer | None = None
 
     def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -125,10 +148,18 @@ class RunningServer:
             self.health.set(service, status)
 
     def drain_and_stop(self, grace: float) -> None:
-        """Health NOT_SERVING, refuse new generations, let in-flight streams finish within ``grace``."""
+        """Health NOT_SERVING, refuse new generations, let in-flight streams finish within ``grace``.
+
+        The server keeps accepting calls until the in-flight generations are done, so a new
+        Generate meanwhile gets UNAVAILABLE from the servicer (gRPC's own shutdown answers
+        calls racing it with CANCELLED, which clients read as their own cancellation).
+        """
+        end = time.monotonic() + grace
         self.draining.set()
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        if self.servicer is not None:
+            self.servicer.wait_idle(grace)
+        self.server.stop(max(0.0, end - time.monotonic())).wait()
 
 
 def create_server(
@@ -148,7 +179,8 @@ def create_server(
         options=[("grpc.so_reuseport", 0)],
     )
     draining = threading.Event()
-    pb_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine, draining), server)
+    servicer = InferenceServicer(engine, draining)
+    pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -159,7 +191,7 @@ def create_server(
     if port == 0:
         raise OSError(f"could not bind {address}")
     server.start()
-    running = RunningServer(server=server, port=port, health=health_servicer, draining=draining)
+    running = RunningServer(server=server, port=port, health=health_servicer, draining=draining, servicer=servicer)
     running.set_serving(serving)
     return running
 

@@ -167,7 +167,8 @@ class Engine:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {context} tokens. However, you requested "
                 f"{n_prompt + wanted} tokens ({n_prompt} in the prompt, {wanted} for the completion). "
-                "Please reduce the length of the prompt or max_tokens."
+                "Please reduce the length of the prompt or max_tokens.",
+                param="messages" if request.messages else "prompt",
             )
         return PreparedGeneration(request=request, prompt_ids=prompt_ids, max_tokens=wanted)
 

@@ -80,10 +80,6 @@ class SlotScheduler(Generic[SlotT]):
             self._waiting.append(ticket)
             return ticket
 
-    def withdraw(self, ticket: Ticket) -> None:
-        with self._lock:
-            self._remove(ticket)
-
     def _remove(self, ticket: Ticket) -> None:
         try:
             self._waiting.remove(ticket)

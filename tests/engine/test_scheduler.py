@@ -1,0 +1,279 @@
+"""SlotScheduler with fake slots: prefix choice, FIFO, queue cap, cancellation, deadlines.
+
+No model, no timing assertions: threads are joined with generous safety timeouts only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Sequence
+
+import pytest
+
+from inference_service.engine.model_context import common_prefix_length
+from inference_service.engine.scheduler import SlotScheduler
+from inference_service.errors import Cancelled, DeadlineExceeded, QueueFull
+
+SAFETY = 30  # seconds; only ever a bound on a hang, never a measured limit
+
+
+class FakeSlot:
+    def __init__(self, name: str, cached: Sequence[int] = ()):
+        self.name = name
+        self.cached = list(cached)
+
+    def reusable_prefix(self, prompt: Sequence[int]) -> int:
+        return common_prefix_length(self.cached, prompt)
+
+    def __repr__(self) -> str:
+        return f"FakeSlot({self.name})"
+
+
+def hold(scheduler: SlotScheduler, prompt: Sequence[int] = (0,)):
+    """Enqueues and leases at once; returns (slot, context manager) so the test releases it."""
+    ticket = scheduler.enqueue(prompt)
+    lease = scheduler.lease(ticket)
+    slot = lease.__enter__()
+    return slot, lease
+
+
+def release(lease) -> None:
+    lease.__exit__(None, None, None)
+
+
+def wait_until(predicate, what: str) -> None:
+    end = time.monotonic() + SAFETY
+    while not predicate():
+        if time.monotonic() > end:
+            pytest.fail(f"never happened: {what}")
+        time.sleep(0.005)
+
+
+class Waiter(threading.Thread):
+    """Leases a ticket in a thread and records what happened."""
+
+    def __init__(self, scheduler, ticket, *, cancelled=None, deadline=None, order=None, label=None, gate=None):
+        super().__init__(daemon=True)
+        self.scheduler, self.ticket = scheduler, ticket
+        self.cancelled, self.deadline = cancelled, deadline
+        self.order, self.label, self.gate = order, label, gate
+        self.slot = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.scheduler.lease(self.ticket, cancelled=self.cancelled, deadline=self.deadline) as slot:
+                self.slot = slot
+                if self.order is not None:
+                    self.order.append(self.label)
+                if self.gate is not None:
+                    self.gate.wait(SAFETY)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            self.error = exc
+
+
+def finish(thread: threading.Thread) -> None:
+    thread.join(SAFETY)
+    assert not thread.is_alive(), "thread still blocked"
+
+
+# --- prefix choice -------------------------------------------------------------
+
+
+def test_free_slot_with_longest_shared_prefix_is_chosen():
+    slots = [FakeSlot("a", [1, 2, 3]), FakeSlot("b", [1, 2, 3, 4, 5]), FakeSlot("c", [9, 9])]
+    scheduler = SlotScheduler(slots, max_waiting=4)
+    with scheduler.lease(scheduler.enqueue([1, 2, 3, 4, 5, 6])) as slot:
+        assert slot is slots[1]
+    with scheduler.lease(scheduler.enqueue([9, 9, 1])) as slot:
+        assert slot is slots[2]
+    with scheduler.lease(scheduler.enqueue([1, 2, 3, 7])) as slot:
+        assert slot is slots[0] or slot is slots[1]  # both share 3 tokens
+        assert slot.reusable_prefix([1, 2, 3, 7]) == 3
+
+
+def test_prefix_choice_only_among_free_slots():
+    slots = [FakeSlot("a", [1, 2]), FakeSlot("b", [1, 2, 3, 4])]
+    scheduler = SlotScheduler(slots, max_waiting=4)
+    held, lease = hold(scheduler, [1, 2, 3, 4, 5])
+    assert held is slots[1]
+    with scheduler.lease(scheduler.enqueue([1, 2, 3, 4, 5])) as slot:
+        assert slot is slots[0]  # the better slot is busy: the free one is used, not waited for
+    release(lease)
+    assert scheduler.busy == 0
+
+
+def test_slot_is_released_when_the_block_raises():
+    scheduler = SlotScheduler([FakeSlot("a")], max_waiting=1)
+    with pytest.raises(RuntimeError):
+        with scheduler.lease(scheduler.enqueue([1])):
+            assert scheduler.busy == 1
+            raise RuntimeError("boom")
+    assert (scheduler.busy, scheduler.waiting) == (0, 0)
+
+
+# --- FIFO ----------------------------------------------------------------------
+
+
+def test_waiters_get_the_slot_in_enqueue_order():
+    scheduler = SlotScheduler([FakeSlot("only")], max_waiting=8)
+    _, lease = hold(scheduler)
+    tickets = [scheduler.enqueue([i]) for i in range(1, 5)]
+    order: list[int] = []
+    # Threads start in reverse order; the queue, not thread timing, decides who goes first.
+    waiters = [Waiter(scheduler, t, order=order, label=i) for i, t in reversed(list(enumerate(tickets, 1)))]
+    for w in waiters:
+        w.start()
+    wait_until(lambda: scheduler.waiting == 4, "four waiters queued")
+    assert order == []
+    release(lease)
+    for w in waiters:
+        finish(w)
+    assert order == [1, 2, 3, 4]
+    assert all(w.error is None for w in waiters)
+    assert (scheduler.busy, scheduler.waiting) == (0, 0)
+
+
+def test_later_ticket_waits_even_if_a_slot_is_free_for_an_earlier_one():
+    scheduler = SlotScheduler([FakeSlot("only")], max_waiting=8)
+    first = scheduler.enqueue([1])
+    second = scheduler.enqueue([2])
+    gate = threading.Event()
+    order: list[str] = []
+    late = Waiter(scheduler, second, order=order, label="second")
+    late.start()
+    # The slot is free, but "second" is behind "first" in the queue: it must keep waiting.
+    # (A short join gives a broken scheduler the chance to hand it the slot; a correct one
+    # never does, so this cannot fail spuriously.)
+    late.join(0.2)
+    assert late.is_alive() and order == []
+    early = Waiter(scheduler, first, order=order, label="first", gate=gate)
+    early.start()
+    wait_until(lambda: order == ["first"], "first holds the slot")
+    assert order == ["first"]
+    gate.set()
+    finish(early)
+    finish(late)
+    assert order == ["first", "second"]
+
+
+# --- queue cap ------------------------------------------------------------------
+
+
+def test_queue_cap_raises_queue_full():
+    scheduler = SlotScheduler([FakeSlot("only")], max_waiting=2)
+    _, lease = hold(scheduler)
+    scheduler.enqueue([1])
+    scheduler.enqueue([2])
+    with pytest.raises(QueueFull) as info:
+        scheduler.enqueue([3])
+    assert "limit 2" in str(info.value)
+    assert scheduler.waiting == 2
+    release(lease)
+
+
+def test_request_that_can_start_at_once_never_gets_queue_full():
+    scheduler = SlotScheduler([FakeSlot("a"), FakeSlot("b")], max_waiting=0)
+    _, lease_a = hold(scheduler)  # a slot is free: no waiting room needed
+    _, lease_b = hold(scheduler)
+    assert scheduler.busy == 2
+    with pytest.raises(QueueFull):
+        scheduler.enqueue([1])  # no slot free and no waiting room
+    release(lease_a)
+    ticket = scheduler.enqueue([1])  # one slot free again: accepted despite max_waiting 0
+    with scheduler.lease(ticket) as slot:
+        assert slot.name == "a"
+    release(lease_b)
+
+
+def test_free_slots_count_against_tickets_not_yet_leased():
+    # Two tickets enqueued but not yet leased will take both free slots,
+    # so a third must wait and, with max_waiting 0, is refused.
+    scheduler = SlotScheduler([FakeSlot("a"), FakeSlot("b")], max_waiting=0)
+    scheduler.enqueue([1])
+    scheduler.enqueue([2])
+    with pytest.raises(QueueFull):
+        scheduler.enqueue([3])
+
+
+# --- cancellation and deadlines ---------------------------------------------------
+
+
+def test_cancelled_waiter_leaves_the_queue_and_raises_cancelled():
+    scheduler = SlotScheduler([FakeSlot("only")], max_waiting=1)
+    _, lease = hold(scheduler)
+    cancelled = threading.Event()
+    waiter = Waiter(scheduler, scheduler.enqueue([1]), cancelled=cancelled)
+    waiter.start()
+    assert scheduler.waiting == 1
+    with pytest.raises(QueueFull):
+        scheduler.enqueue([2])
+    cancelled.set()
+    scheduler.wake()
+    finish(waiter)
+    assert isinstance(waiter.error, Cancelled)
+    assert waiter.slot is None
+    assert scheduler.waiting == 0
+    scheduler.enqueue([3])  # the room it held is free again
+    release(lease)
+
+
+def test_already_cancelled_waiter_leaves_at_once():
+    scheduler = SlotScheduler([FakeSlot("only")], max_waiting=1)
+    _, lease = hold(scheduler)
+    ticket = scheduler.enqueue([1])
+    cancelled = threading.Event()
+    cancelled.set()
+    with pytest.raises(Cancelled):
+        with scheduler.lease(ticket, cancelled=cancelled):
+            pass
+    assert scheduler.waiting == 0
+    release(lease)
+
+
+def test_cancelled_waiter_does_not_block_the_one_behind_it():
+    scheduler = SlotScheduler([FakeSlot("only")], max_waiting=4)
+    _, lease = hold(scheduler)
+    cancelled = threading.Event()
+    first = Waiter(scheduler, scheduler.enqueue([1]), cancelled=cancelled)
+    order: list[str] = []
+    second = Waiter(scheduler, scheduler.enqueue([2]), order=order, label="second")
+    first.start()
+    second.start()
+    cancelled.set()
+    scheduler.wake()
+    finish(first)
+    assert isinstance(first.error, Cancelled)
+    release(lease)
+    finish(second)
+    assert second.error is None and order == ["second"]
+    assert (scheduler.busy, scheduler.waiting) == (0, 0)
+
+
+def test_deadline_passed_while_waiting_raises_deadline_exceeded():
+    scheduler = SlotScheduler([FakeSlot("only")], max_waiting=2)
+    _, lease = hold(scheduler)
+    ticket = scheduler.enqueue([1])
+    with pytest.raises(DeadlineExceeded):
+        with scheduler.lease(ticket, deadline=time.monotonic() - 1):
+            pass
+    assert scheduler.waiting == 0
+    release(lease)
+
+
+def test_deadline_reached_during_the_wait():
+    scheduler = SlotScheduler([FakeSlot("only")], max_waiting=2)
+    _, lease = hold(scheduler)
+    waiter = Waiter(scheduler, scheduler.enqueue([1]), deadline=time.monotonic() + 0.2)
+    waiter.start()
+    finish(waiter)  # the slot is never released meanwhile
+    assert isinstance(waiter.error, DeadlineExceeded)
+    assert scheduler.waiting == 0
+    release(lease)
+
+
+def test_free_slot_is_granted_even_with_a_deadline():
+    scheduler = SlotScheduler([FakeSlot("only")], max_waiting=0)
+    with scheduler.lease(scheduler.enqueue([1]), deadline=time.monotonic() + SAFETY) as slot:
+        assert slot.name == "only"

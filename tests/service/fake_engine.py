@@ -1,0 +1,143 @@
+"""A fake engine for the real gRPC server: scripted by the request's model name.
+
+It has the engine's interface (``generate``, ``models``, ``tokenize``) and honours the
+``cancelled`` event the servicer passes, like the real engine: it checks it before every
+chunk and records that it stopped.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from inference_service.engine.engine import ModelDescription
+from inference_service.engine.types import GenerationChunk, GenerationRequest, Usage
+from inference_service.errors import (
+    ContextLengthExceeded,
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotFound,
+    QueueFull,
+)
+
+_DONE = object()
+CHUNK_PAUSE = 0.02  # seconds between chunks of a "slow" stream (pacing only, never asserted)
+
+# Errors raised before the first chunk, by model name.
+ERRORS = {
+    "invalid": lambda: InvalidRequest("temperature must be in [0.0, 2.0], got 3.0", "temperature"),
+    "context": lambda: ContextLengthExceeded(
+        "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "
+        "(3000 in the prompt, 2000 for the completion)."
+    ),
+    "missing": lambda: ModelNotFound("model 'missing' not found; served: fake"),
+    "full": lambda: QueueFull("2 requests are already waiting for a model slot (limit 2); retry later"),
+    "expired": lambda: DeadlineExceeded("the deadline passed while waiting for a model slot"),
+    "loading": lambda: ModelLoadError("the model is still loading"),
+    "crash": lambda: RuntimeError('Traceback (most recent call last):\n  File "/secret/path.py", line 1'),
+}
+
+
+@dataclass
+class Call:
+    request: GenerationRequest
+    cancelled: threading.Event
+    deadline: float | None
+    chunks_sent: int = 0
+    stopped_by_cancel: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+class FakeEngine:
+    def __init__(self):
+        self.calls: list[Call] = []
+        self.call_started = threading.Semaphore(0)
+        self.release = threading.Event()  # lets "gated" streams finish
+
+    # --- engine interface ---------------------------------------------------------------
+
+    def models(self) -> list[ModelDescription]:
+        return [ModelDescription(name="fake", created=1700000000, owned_by="tests", context_length=4096, has_chat_template=True)]
+
+    def tokenize(self, model_name, text="", messages=()):
+        if model_name != "fake":
+            raise ModelNotFound(f"model {model_name!r} not found; served: fake")
+        source = text or "".join(m.content for m in messages)
+        return [ord(c) for c in source], list(source)
+
+    def generate(self, request: GenerationRequest, cancelled=None, deadline=None) -> Iterator[GenerationChunk]:
+        if request.model in ERRORS:
+            raise ERRORS[request.model]()
+        call = Call(request=request, cancelled=cancelled or threading.Event(), deadline=deadline)
+        self.calls.append(call)
+        self.call_started.release()
+        # Like the real engine, the work runs on its own thread driven by the cancel event:
+        # gRPC stops pulling from a cancelled handler's generator and never closes it.
+        results: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._produce, args=(call, results), daemon=True).start()
+        return self._consume(results)
+
+    @staticmethod
+    def _consume(results: queue.SimpleQueue) -> Iterator[GenerationChunk]:
+        while True:
+            item = results.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _produce(self, call: Call, results: queue.SimpleQueue) -> None:
+        try:
+            for chunk in self._script(call):
+                results.put(chunk)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            results.put(exc)
+        finally:
+            results.put(_DONE)
+
+    # --- scripted streams ----------------------------------------------------------------
+
+    def _script(self, call: Call) -> Iterator[GenerationChunk]:
+        behaviour = call.request.model
+        if behaviour == "midway":
+            yield GenerationChunk(text="partial", token_ids=(1,))
+            raise InvalidRequest("something about the request became clear late", "stop")
+        if behaviour == "midway-crash":
+            yield GenerationChunk(text="partial", token_ids=(1,))
+            raise RuntimeError("secret internal detail")
+        if behaviour == "gated":
+            # one chunk, then wait for the test to release the end
+            yield self._chunk(call, "first ")
+            while not self.release.wait(CHUNK_PAUSE):
+                if call.cancelled.is_set():
+                    call.stopped_by_cancel.set()
+                    return
+            yield self._last(call, "last")
+            return
+        # "slow" (default): many chunks, stopping before the next one once cancelled
+        total = call.request.max_tokens or 10_000
+        for i in range(total):
+            if call.cancelled.is_set():
+                call.stopped_by_cancel.set()
+                return
+            if i == total - 1:
+                yield self._last(call, f"t{i}")
+                return
+            yield self._chunk(call, f"t{i} ")
+            call.cancelled.wait(CHUNK_PAUSE)
+
+    def _chunk(self, call: Call, text: str) -> GenerationChunk:
+        call.chunks_sent += 1
+        return GenerationChunk(text=text, token_ids=(call.chunks_sent,))
+
+    def _last(self, call: Call, text: str) -> GenerationChunk:
+        call.chunks_sent += 1
+        call.finished.set()
+        return GenerationChunk(
+            text=text, token_ids=(call.chunks_sent,), finish_reason="stop",
+            usage=Usage(prompt_tokens=4, completion_tokens=call.chunks_sent, cached_prompt_tokens=1),
+        )

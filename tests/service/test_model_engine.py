@@ -1,0 +1,139 @@
+"""The real engine in process (default model, 2 slots, max_waiting 4): prefix reuse,
+cancellation and slot release, seen from the scheduler's side."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from inference_service.engine.types import ChatMessage, GenerationRequest, SamplingParams
+from inference_service.errors import Cancelled
+from tests.service.helpers import MODEL, NO_EOS, SAFETY, SYSTEM
+
+pytestmark = pytest.mark.model
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def chat_request(*turns, max_tokens=30, sampling=GREEDY) -> GenerationRequest:
+    return GenerationRequest(
+        model=MODEL, messages=tuple(ChatMessage(r, c) for r, c in turns), max_tokens=max_tokens, sampling=sampling
+    )
+
+
+def run(engine, req):
+    chunks = list(engine.generate(req))
+    return "".join(c.text for c in chunks), chunks[-1]
+
+
+def scheduler(engine):
+    return engine.model(MODEL).scheduler
+
+
+def wait_until(predicate, what: str) -> None:
+    end = time.monotonic() + SAFETY
+    while not predicate():
+        if time.monotonic() > end:
+            pytest.fail(f"never happened: {what}")
+        time.sleep(0.01)
+
+
+def occupy_both_slots(engine):
+    """Two unrelated raw generations holding both slots at once (so both caches change)."""
+    holders = []
+    for prompt in ("Once upon a time", "The weather today"):
+        req = GenerationRequest(model=MODEL, prompt=prompt, raw=True, max_tokens=400,
+                                sampling=SamplingParams(temperature=0.0, logit_bias=NO_EOS))
+        it = engine.generate(req)
+        next(it)  # now holds a slot
+        holders.append(it)
+    assert scheduler(engine).busy == 2
+    return holders
+
+
+def release(engine, holders) -> None:
+    for it in holders:
+        it.close()  # closing the iterator sets the cancel event
+    wait_until(lambda: scheduler(engine).busy == 0, "both slots released after close()")
+
+
+def test_next_turn_reuses_the_cached_prefix(engine):
+    first_turn = (SYSTEM, ("user", "What is the capital of France?"))
+    answer, last = run(engine, chat_request(*first_turn))
+    assert "Paris" in answer
+    first_prompt_tokens = last.usage.prompt_tokens
+
+    longer = chat_request(*first_turn, ("assistant", answer), ("user", "And what is the capital of Italy?"))
+    warm_text, warm = run(engine, longer)
+    # The slot that answered the first turn holds its prompt and answer.
+    assert warm.usage.cached_prompt_tokens >= first_prompt_tokens
+    assert warm.usage.prompt_tokens > warm.usage.cached_prompt_tokens
+
+    release(engine, occupy_both_slots(engine))  # both caches now hold unrelated raw text
+    cold_text, cold = run(engine, longer)
+    assert cold.usage.cached_prompt_tokens == 0
+    assert cold.usage.prompt_tokens == warm.usage.prompt_tokens
+    assert cold_text == warm_text
+    assert cold.usage.completion_tokens == warm.usage.completion_tokens
+    assert cold.finish_reason == warm.finish_reason
+
+
+def test_cached_tokens_still_count_as_prompt_tokens(engine):
+    req = chat_request(SYSTEM, ("user", "Name a color."), max_tokens=3)
+    _, first = run(engine, req)
+    _, second = run(engine, req)  # same prompt: all but the last prompt token come from the cache
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens
+    assert second.usage.cached_prompt_tokens == second.usage.prompt_tokens - 1
+
+
+def test_closing_the_iterator_frees_the_slot(engine):
+    holders = occupy_both_slots(engine)
+    release(engine, holders)
+    assert (scheduler(engine).busy, scheduler(engine).waiting) == (0, 0)
+    text, last = run(engine, chat_request(SYSTEM, ("user", "Hi"), max_tokens=3, sampling=SamplingParams(temperature=0.0, logit_bias=NO_EOS)))
+    assert last.finish_reason == "length" and last.usage.completion_tokens == 3
+
+
+def test_cancelled_waiter_leaves_the_queue_at_once(engine):
+    holders = occupy_both_slots(engine)
+    try:
+        cancelled = threading.Event()
+        outcome: list = []
+
+        def wait_for_slot():
+            try:
+                for _ in engine.generate(chat_request(SYSTEM, ("user", "Hi"), max_tokens=3), cancelled=cancelled):
+                    outcome.append("chunk")
+            except BaseException as exc:  # noqa: BLE001
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait_for_slot, daemon=True)
+        waiter.start()
+        wait_until(lambda: scheduler(engine).waiting == 1, "the third request waits")
+        cancelled.set()
+        waiter.join(SAFETY)
+        assert not waiter.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], Cancelled)
+        assert scheduler(engine).waiting == 0
+        assert scheduler(engine).busy == 2  # the running generations were not disturbed
+        for it in holders:
+            assert next(it).text is not None
+    finally:
+        release(engine, holders)
+
+
+def test_cancel_event_stops_a_running_generation(engine):
+    cancelled = threading.Event()
+    req = chat_request(SYSTEM, ("user", "Tell me a story."), max_tokens=400,
+                       sampling=SamplingParams(temperature=0.0, logit_bias=NO_EOS))
+    it = engine.generate(req, cancelled=cancelled)
+    received = [next(it), next(it)]
+    cancelled.set()
+    with pytest.raises(Cancelled):
+        for chunk in it:
+            received.append(chunk)
+            assert chunk.finish_reason is None, "a cancelled generation never finishes"
+    assert len(received) < 400
+    wait_until(lambda: scheduler(engine).busy == 0, "slot released after cancel")

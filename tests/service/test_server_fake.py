@@ -1,0 +1,293 @@
+"""The real gRPC server (ephemeral port) over a fake engine: cancellation, deadlines,
+status codes, health, reflection and draining.
+
+Waits use generous safety timeouts only; nothing is measured against the clock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from inference_service import server as server_module
+from inference_service.errors import Cancelled
+from inference_service.server import STATUS_FOR_ERROR, create_server
+from inference_service.v1 import inference_pb2 as pb
+from inference_service.v1 import inference_pb2_grpc as pb_grpc
+from tests.service.fake_engine import FakeEngine
+
+SAFETY = 30  # seconds: bounds a hang, never a measured limit
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Harness:
+    def __init__(self, serving: bool = True):
+        self.engine = FakeEngine()
+        self.running = create_server(self.engine, "127.0.0.1:0", serving=serving)
+        self.address = f"127.0.0.1:{self.running.port}"
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = pb_grpc.InferenceServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def generate(self, model: str = "slow", timeout: float | None = SAFETY, **fields):
+        return self.stub.Generate(pb.GenerateRequest(model=model, prompt="hi", **fields), timeout=timeout)
+
+    def next_call(self):
+        assert self.engine.call_started.acquire(timeout=SAFETY), "the engine was never called"
+        return self.engine.calls[-1]
+
+    def health_status(self, service: str = "") -> int:
+        return self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=SAFETY).status
+
+    def close(self) -> None:
+        self.engine.release.set()
+        self.channel.close()
+        self.running.server.stop(None)
+
+
+@pytest.fixture
+def harness():
+    h = Harness()
+    yield h
+    h.close()
+
+
+def rpc_failure(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in call:
+            pass
+    return info.value
+
+
+def trailing(error: grpc.RpcError) -> dict[str, str]:
+    return dict(error.trailing_metadata() or ())
+
+
+# --- streaming and cancellation ----------------------------------------------------------
+
+
+def test_stream_arrives_message_by_message(harness):
+    responses = list(harness.generate(max_tokens=3))
+    assert [r.text for r in responses] == ["t0 ", "t1 ", "t2"]
+    assert [list(r.token_ids) for r in responses] == [[1], [2], [3]]
+    assert [r.finish_reason for r in responses] == [0, 0, pb.FINISH_REASON_STOP]
+    assert all(r.model == "slow" for r in responses)
+    assert not responses[0].HasField("usage")
+    assert (responses[-1].usage.prompt_tokens, responses[-1].usage.completion_tokens, responses[-1].usage.cached_prompt_tokens) == (4, 3, 1)
+
+
+def test_request_reaches_the_engine_converted(harness):
+    list(harness.generate(max_tokens=1, temperature=0.0, stop=["x"], seed=7, request_id="abc"))
+    request = harness.engine.calls[0].request
+    assert (request.max_tokens, request.sampling.temperature, request.stop, request.sampling.seed, request.request_id) == (
+        1, 0.0, ("x",), 7, "abc")
+
+
+def test_client_cancel_sets_the_engines_event(harness):
+    call = harness.generate()
+    assert next(call).text == "t0 "
+    engine_call = harness.next_call()
+    assert not engine_call.cancelled.is_set()
+    call.cancel()
+    assert engine_call.cancelled.wait(SAFETY), "context.add_callback never fired"
+    assert engine_call.stopped_by_cancel.wait(SAFETY), "the engine kept generating"
+    assert not engine_call.finished.is_set()
+    with pytest.raises(grpc.RpcError) as info:
+        next(call)
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+
+
+def test_closing_the_channel_cancels_the_generation(harness):
+    channel = grpc.insecure_channel(harness.address)
+    call = pb_grpc.InferenceServiceStub(channel).Generate(pb.GenerateRequest(model="slow", prompt="hi"), timeout=SAFETY)
+    next(call)
+    engine_call = harness.next_call()
+    channel.close()
+    assert engine_call.cancelled.wait(SAFETY)
+    assert engine_call.stopped_by_cancel.wait(SAFETY)
+
+
+def test_client_deadline_is_deadline_exceeded_and_stops_the_engine(harness):
+    before = time.monotonic()
+    call = harness.generate(timeout=1.0)  # the slow stream would run for minutes
+    error = rpc_failure(call)
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    engine_call = harness.engine.calls[0]
+    assert engine_call.deadline is not None  # the servicer passes the client's deadline on
+    assert before < engine_call.deadline < before + SAFETY
+    assert engine_call.cancelled.wait(SAFETY)
+    assert engine_call.stopped_by_cancel.wait(SAFETY)
+
+
+def test_no_client_deadline_means_no_engine_deadline(harness):
+    list(harness.generate(max_tokens=1, timeout=None))
+    deadline = harness.engine.calls[0].deadline
+    # grpcio reports "no deadline" as a huge time_remaining(), so the engine sees either
+    # None or a deadline centuries away; both mean "wait as long as it takes".
+    assert deadline is None or deadline - time.monotonic() > 100 * 365 * 86400
+
+
+# --- domain errors to status codes ---------------------------------------------------------
+
+
+def test_invalid_request_names_the_param(harness):
+    error = rpc_failure(harness.generate("invalid"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "temperature must be in [0.0, 2.0], got 3.0"
+    assert trailing(error)["error-param"] == "temperature"
+    assert "retry-after" not in trailing(error)
+
+
+def test_context_length_exceeded_is_out_of_range(harness):
+    error = rpc_failure(harness.generate("context"))
+    assert error.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "4096" in error.details() and "5000" in error.details()
+    assert trailing(error)["error-param"] == "messages"
+
+
+def test_model_not_found(harness):
+    error = rpc_failure(harness.generate("missing"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details() == "model 'missing' not found; served: fake"
+    assert "error-param" not in trailing(error)
+
+
+def test_queue_full_is_resource_exhausted_with_retry_after(harness):
+    error = rpc_failure(harness.generate("full"))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limit 2" in error.details()
+    assert trailing(error)["retry-after"] == str(server_module.RETRY_AFTER_SECONDS)
+
+
+def test_deadline_exceeded_in_the_engine(harness):
+    error = rpc_failure(harness.generate("expired"))
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_model_still_loading_is_failed_precondition(harness):
+    error = rpc_failure(harness.generate("loading"))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_unexpected_exception_is_internal_without_details(harness):
+    error = rpc_failure(harness.generate("crash"))
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert error.details() == "internal error"
+    everything = error.details() + repr(error.trailing_metadata()) + repr(error.initial_metadata())
+    assert "Traceback" not in everything and "secret" not in everything
+
+
+@pytest.mark.parametrize(
+    "error_type, code",
+    [(t, c) for t, c in STATUS_FOR_ERROR if t is not Cancelled],
+    ids=[t.__name__ for t, _ in STATUS_FOR_ERROR if t is not Cancelled],
+)
+def test_every_row_of_the_status_table(harness, error_type, code, monkeypatch):
+    def raise_it(request, cancelled=None, deadline=None):
+        raise error_type("a message")
+
+    monkeypatch.setattr(harness.engine, "generate", raise_it)
+    error = rpc_failure(harness.generate())
+    assert error.code() == code
+    assert error.details() == "a message"
+
+
+def test_error_after_the_first_message(harness):
+    call = harness.generate("midway")
+    assert next(call).text == "partial"
+    with pytest.raises(grpc.RpcError) as info:
+        next(call)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert trailing(info.value)["error-param"] == "stop"
+
+
+def test_crash_after_the_first_message_is_internal(harness):
+    call = harness.generate("midway-crash")
+    assert next(call).text == "partial"
+    with pytest.raises(grpc.RpcError) as info:
+        next(call)
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INTERNAL, "internal error")
+
+
+def test_list_models_and_tokenize(harness):
+    models = harness.stub.ListModels(pb.ListModelsRequest(), timeout=SAFETY).models
+    assert [(m.name, m.context_length, m.has_chat_template, m.owned_by) for m in models] == [("fake", 4096, True, "tests")]
+    response = harness.stub.Tokenize(pb.TokenizeRequest(model="fake", text="ab"), timeout=SAFETY)
+    assert (list(response.token_ids), list(response.tokens)) == ([97, 98], ["a", "b"])
+    with pytest.raises(grpc.RpcError) as info:
+        harness.stub.Tokenize(pb.TokenizeRequest(model="nope", text="ab"), timeout=SAFETY)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- health, reflection, draining ----------------------------------------------------------
+
+
+def test_health_follows_serving_state():
+    h = Harness(serving=False)
+    try:
+        assert h.health_status() == NOT_SERVING
+        assert h.health_status("inference_service.v1.InferenceService") == NOT_SERVING
+        h.running.set_serving(True)
+        assert h.health_status() == SERVING
+        assert h.health_status("inference_service.v1.InferenceService") == SERVING
+        h.running.set_serving(False)
+        assert h.health_status() == NOT_SERVING
+    finally:
+        h.close()
+
+
+def test_reflection_lists_the_services(harness):
+    database = ProtoReflectionDescriptorDatabase(harness.channel)
+    services = set(database.get_services())
+    assert "inference_service.v1.InferenceService" in services
+    assert "grpc.health.v1.Health" in services
+    pool = DescriptorPool(database)
+    service = pool.FindServiceByName("inference_service.v1.InferenceService")
+    assert {m.name for m in service.methods} == {"Generate", "ListModels", "Tokenize"}
+    generate = service.methods_by_name["Generate"]
+    assert generate.server_streaming and not generate.client_streaming
+    assert generate.input_type.full_name == "inference_service.v1.GenerateRequest"
+
+
+def test_drain_refuses_new_generations_while_the_in_flight_stream_completes(harness):
+    watch = harness.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=SAFETY)
+    assert next(watch).status == SERVING
+
+    in_flight = harness.generate("gated")
+    assert next(in_flight).text == "first "
+    drainer = threading.Thread(target=harness.running.drain_and_stop, args=(SAFETY,), daemon=True)
+    drainer.start()
+
+    assert next(watch).status == NOT_SERVING
+    watch.cancel()  # an open watch would hold the graceful stop for the whole grace
+    assert harness.running.draining.is_set()
+
+    refused = rpc_failure(harness.generate(max_tokens=1))
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE
+    assert refused.details() == "the service is shutting down"
+    assert harness.health_status() == NOT_SERVING  # still answering while the stream finishes
+    assert drainer.is_alive()
+
+    harness.engine.release.set()
+    rest = list(in_flight)
+    assert [r.text for r in rest] == ["last"]
+    assert rest[-1].finish_reason == pb.FINISH_REASON_STOP
+    drainer.join(SAFETY)
+    assert not drainer.is_alive(), "the server did not stop after the stream completed"
+
+
+def test_draining_flag_alone_refuses_generate(harness):
+    harness.running.draining.set()
+    refused = rpc_failure(harness.generate(max_tokens=1))
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE
+    assert refused.details() == "the service is shutting down"
+    assert harness.engine.calls == []
+    # other RPCs still answer while draining
+    assert harness.stub.ListModels(pb.ListModelsRequest(), timeout=SAFETY).models[0].name == "fake"

@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"a packaged model name or NAME=PATH of a local GGUF file; repeatable (default {DEFAULT_MODEL})",
     )
     serve.add_argument("--context-length", type=int, default=_env_int("INFERENCE_CONTEXT_LENGTH", 4096))
-    serve.add_argument("--batch-size", type=int, default=_env_int("INFERENCE_BATCH_SIZE", 512))
+    serve.add_argument("--block-size", type=int, default=_env_int("INFERENCE_BLOCK_SIZE", 32),
+                       help="prompt evaluation block, also the unit of prefix reuse")
+    serve.add_argument("--prefix-reuse", choices=("exact", "all"), default=os.environ.get("INFERENCE_PREFIX_REUSE", "exact"),
+                       help="exact: reuse only what keeps results identical to a cold run (default); "
+                            "all: also reuse decoded tokens, like llama.cpp (faster next turns, cache-dependent text)")
     serve.add_argument("--threads", type=int, default=_env_int("INFERENCE_THREADS", os.cpu_count() or 1),
                        help="compute threads shared by the slots computing at once")
     serve.add_argument("--slots", type=int, default=_env_int("INFERENCE_SLOTS", 2),
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config = EngineConfig(
         context_length=args.context_length,
-        batch_size=args.batch_size,
+        block_size=args.block_size,
+        exact_prefix_reuse=args.prefix_reuse == "exact",
         threads=args.threads,
         slots=args.slots,
         max_waiting=args.max_waiting,

@@ -45,10 +45,13 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<
 @dataclass(frozen=True)
 class EngineConfig:
     context_length: int = 4096
-    batch_size: int = 512
+    # Prompt evaluation block: also the unit of exact prefix reuse. 16 to 512 evaluate
+    # at the same speed here (296-310 tok/s); 32 wastes the least on reuse.
+    block_size: int = 32
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    slots: int = 1
+    slots: int = 2
     max_waiting: int = 32
+    exact_prefix_reuse: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,9 @@ class LoadedModel:
             ModelContext(
                 model_file.loadable_path,
                 context_length=config.context_length,
-                batch_size=config.batch_size,
+                block_size=config.block_size,
                 threads=config.threads,
+                exact_reuse=config.exact_prefix_reuse,
             )
             for _ in range(config.slots)
         ]
@@ -215,9 +219,17 @@ class Engine:
 
     def _produce(self, model, prepared, ticket: Ticket, cancelled, deadline, results) -> None:
         try:
+            final = None
             with model.scheduler.lease(ticket, cancelled=cancelled, deadline=deadline) as context:
                 for chunk in _run_in_slot(model, context, prepared, cancelled):
-                    results.put(chunk)
+                    if chunk.finish_reason is None:
+                        results.put(chunk)
+                    else:
+                        final = chunk
+            # Delivered after the slot is free: a client that sends its next request as
+            # soon as this one ends must find the slot released, not still held.
+            if final is not None:
+                results.put(final)
         except BaseException as exc:  # handed to the consumer, which raises it in its own thread
             results.put(exc)
         finally:

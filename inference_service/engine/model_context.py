@@ -1,8 +1,8 @@
 """One ctransformers context: a KV cache that serves one sequence at a time.
 
 ctransformers is not thread-safe: an ``LLM`` object and its KV cache belong to one
-sequence. The scheduler gives each request a whole context; this class only knows
-which tokens its cache holds, so a new prompt can skip their shared prefix.
+sequence. The scheduler gives each request a whole context; this class knows which
+tokens its cache holds, so a new prompt can skip the part it shares with them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,31 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class ModelContext:
-    def __init__(self, path: Path, *, context_length: int, batch_size: int, threads: int):
+    """A ctransformers context and the tokens its KV cache holds.
+
+    Prompt evaluation is bit-for-bit reproducible only for the same evaluation schedule:
+    ggml's results for a token depend on the batch it was evaluated in (a token decoded
+    alone, or a prompt split at another point, gives slightly different logits, enough to
+    change a greedy answer). So prompts are always evaluated in blocks aligned to absolute
+    positions (multiples of ``block_size``), and with ``exact_reuse`` only whole blocks
+    that were evaluated as whole prompt blocks are reused. A request then gives the same
+    tokens whatever the cache held before it: the same seed, the same text. Thread count
+    does not change results (measured).
+
+    With ``exact_reuse=False`` every cached token is reused, tokens decoded one at a time
+    included, as llama.cpp's server does: faster next chat turns, but the text can then
+    depend on what the slot served before.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        context_length: int,
+        block_size: int,
+        threads: int,
+        exact_reuse: bool = True,
+    ):
         from ctransformers import AutoModelForCausalLM  # heavy import, engine side only
 
         try:
@@ -34,25 +58,32 @@ class ModelContext:
                 str(path),
                 model_type="llama",
                 context_length=context_length,
-                batch_size=batch_size,
+                batch_size=block_size,
                 threads=threads,
                 gpu_layers=0,
             )
         except (RuntimeError, ValueError, OSError) as exc:
             raise ModelLoadError(f"ctransformers could not load {path}: {exc}") from exc
         self.context_length = context_length
-        self.batch_size = batch_size
+        self.block_size = block_size
         self.threads = threads
+        self.exact_reuse = exact_reuse
         self.vocab_size = self._llm.vocab_size
         self.cached_tokens: list[int] = []
+        # Leading cached tokens evaluated as whole aligned prompt blocks (reproducible to reuse).
+        self.canonical_length = 0
 
     def reusable_prefix(self, prompt: Sequence[int]) -> int:
-        """How many leading prompt tokens this cache already holds.
+        """How many leading prompt tokens this cache can serve.
 
         At least one prompt token is always evaluated again, because sampling needs
         the logits that only an evaluation produces.
         """
-        return min(common_prefix_length(self.cached_tokens, prompt), len(prompt) - 1)
+        shared = min(common_prefix_length(self.cached_tokens, prompt), len(prompt) - 1)
+        if not self.exact_reuse:
+            return shared
+        shared = min(shared, self.canonical_length)
+        return shared - shared % self.block_size
 
     def evaluate(
         self,
@@ -61,30 +92,34 @@ class ModelContext:
         cancelled: threading.Event | None = None,
         threads: Callable[[], int] | None = None,
     ) -> None:
-        """Appends ``tokens`` to the cache, one batch at a time.
+        """Appends ``tokens`` to the cache in blocks aligned to absolute positions.
 
-        Cancellation is checked between batches, so a long prompt stops promptly.
+        Cancellation is checked between blocks, so a long prompt stops promptly.
         """
-        for start in range(0, len(tokens), self.batch_size):
+        block = self.block_size
+        done = 0
+        while done < len(tokens):
             if cancelled is not None and cancelled.is_set():
                 raise Cancelled("cancelled during prompt evaluation")
-            batch = tokens[start : start + self.batch_size]
-            array = (ctypes.c_int * len(batch))(*batch)
+            position = len(self.cached_tokens)
+            size = min(block - position % block, len(tokens) - done)
+            batch = tokens[done : done + size]
+            array = (ctypes.c_int * size)(*batch)
             ok = self._llm.ctransformers_llm_batch_eval(
-                array,
-                len(batch),
-                len(self.cached_tokens),
-                self.batch_size,
-                threads() if threads else self.threads,
+                array, size, position, block, threads() if threads else self.threads
             )
             if not ok:
-                self.cached_tokens.clear()  # the cache state is unknown now
+                self.truncate(0)  # the cache state is unknown now
                 raise RuntimeError("ctransformers failed to evaluate tokens")
             self.cached_tokens.extend(batch)
+            if size == block and self.canonical_length == position:
+                self.canonical_length = position + size
+            done += size
 
     def truncate(self, length: int) -> None:
         """Forgets cached tokens past ``length``; the next evaluation overwrites them."""
         del self.cached_tokens[length:]
+        self.canonical_length = min(self.canonical_length, length)
 
     def logits(self) -> np.ndarray:
         """The last evaluated position's logits: a zero-copy view, valid until the next evaluation."""

@@ -67,13 +67,14 @@ class SlotScheduler(Generic[SlotT]):
     def enqueue(self, prompt: Sequence[int]) -> Ticket:
         """Takes a place in the queue, or raises QueueFull when it would exceed the cap.
 
-        A request that can start at once does not count against the cap.
+        Requests that free slots will take at once do not count against the cap, even
+        before their threads have taken the slots.
         """
         with self._lock:
-            can_start_now = len(self._free) > len(self._waiting)
-            if not can_start_now and len(self._waiting) >= self._max_waiting:
+            queued_beyond_free = len(self._waiting) - len(self._free)
+            if queued_beyond_free >= self._max_waiting:
                 raise QueueFull(
-                    f"{len(self._waiting)} requests are already waiting for a model slot "
+                    f"{queued_beyond_free} requests are already waiting for a model slot "
                     f"(limit {self._max_waiting}); retry later"
                 )
             ticket = Ticket(prompt=prompt, number=next(self._numbers))

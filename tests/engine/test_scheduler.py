@@ -277,3 +277,13 @@ def test_free_slot_is_granted_even_with_a_deadline():
     scheduler = SlotScheduler([FakeSlot("only")], max_waiting=0)
     with scheduler.lease(scheduler.enqueue([1]), deadline=time.monotonic() + SAFETY) as slot:
         assert slot.name == "only"
+
+
+def test_a_burst_is_admitted_up_to_free_slots_plus_the_cap():
+    # Four requests arrive before any producer thread has leased a slot: two will start
+    # at once and two wait, which is within max_waiting 2; only the fifth is refused.
+    scheduler = SlotScheduler([FakeSlot("a"), FakeSlot("b")], max_waiting=2)
+    for prompt in ([1], [2], [3], [4]):
+        scheduler.enqueue(prompt)
+    with pytest.raises(QueueFull):
+        scheduler.enqueue([5])

@@ -37,6 +37,9 @@ def finished_lines(log: str, request_id: str) -> list[str]:
     return [line for line in log.splitlines() if f"request {request_id}: " in line and " finish " in line]
 
 
+BLOCK = 32  # the service's default --block-size
+
+
 def test_cancelled_stream_frees_the_only_slot(solo):
     with solo.channel() as channel:
         stub = pb_grpc.InferenceServiceStub(channel)
@@ -50,8 +53,10 @@ def test_cancelled_stream_frees_the_only_slot(solo):
         short = generate(stub, request(*STORY_TURNS, max_tokens=5, logit_bias=NO_EOS, request_id="short-after"))
         assert short.last.finish_reason == pb.FINISH_REASON_LENGTH
         assert short.last.usage.completion_tokens == 5
-        # Same slot, same prompt: the cache the cancelled request left behind is reused.
-        assert short.last.usage.cached_prompt_tokens == short.last.usage.prompt_tokens - 1
+        # Same slot, same prompt: the whole prompt blocks the cancelled request left behind
+        # are reused (exact reuse; at least one token is evaluated again).
+        n = short.last.usage.prompt_tokens
+        assert short.last.usage.cached_prompt_tokens == min(n - 1, n // BLOCK * BLOCK) // BLOCK * BLOCK
 
     log = solo.log()
     assert len(finished_lines(log, "short-after")) == 1, log[-3000:]

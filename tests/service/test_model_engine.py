@@ -12,6 +12,12 @@ from inference_service.engine.types import ChatMessage, GenerationRequest, Sampl
 from inference_service.errors import Cancelled
 from tests.service.helpers import MODEL, NO_EOS, SAFETY, SYSTEM
 
+LONG_SYSTEM = (
+    "system",
+    "You are a helpful assistant for a geography class. Answer in one short sentence, "
+    "name the city first, and do not add any commentary, lists or follow-up questions.",
+)
+
 pytestmark = pytest.mark.model
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -59,16 +65,23 @@ def release(engine, holders) -> None:
     wait_until(lambda: scheduler(engine).busy == 0, "both slots released after close()")
 
 
+def block_size(engine) -> int:
+    return engine.model(MODEL).config.block_size
+
+
 def test_next_turn_reuses_the_cached_prefix(engine):
-    first_turn = (SYSTEM, ("user", "What is the capital of France?"))
+    first_turn = (LONG_SYSTEM, ("user", "What is the capital of France?"))
     answer, last = run(engine, chat_request(*first_turn))
-    assert "Paris" in answer
     first_prompt_tokens = last.usage.prompt_tokens
+    block = block_size(engine)
+    assert first_prompt_tokens > block
 
     longer = chat_request(*first_turn, ("assistant", answer), ("user", "And what is the capital of Italy?"))
     warm_text, warm = run(engine, longer)
-    # The slot that answered the first turn holds its prompt and answer.
-    assert warm.usage.cached_prompt_tokens >= first_prompt_tokens
+    # Exact reuse: the whole prompt blocks of the first turn's prompt come from the cache;
+    # its last partial block and the answer (decoded one token at a time) are evaluated again
+    # so the result cannot depend on what the slot served before.
+    assert warm.usage.cached_prompt_tokens == first_prompt_tokens // block * block
     assert warm.usage.prompt_tokens > warm.usage.cached_prompt_tokens
 
     release(engine, occupy_both_slots(engine))  # both caches now hold unrelated raw text
@@ -81,11 +94,14 @@ def test_next_turn_reuses_the_cached_prefix(engine):
 
 
 def test_cached_tokens_still_count_as_prompt_tokens(engine):
-    req = chat_request(SYSTEM, ("user", "Name a color."), max_tokens=3)
+    req = chat_request(LONG_SYSTEM, ("user", "Name a color."), max_tokens=3)
     _, first = run(engine, req)
-    _, second = run(engine, req)  # same prompt: all but the last prompt token come from the cache
-    assert second.usage.prompt_tokens == first.usage.prompt_tokens
-    assert second.usage.cached_prompt_tokens == second.usage.prompt_tokens - 1
+    _, second = run(engine, req)  # same prompt: its whole blocks come from the cache
+    n = first.usage.prompt_tokens
+    block = block_size(engine)
+    assert second.usage.prompt_tokens == n > block
+    # at least one token is evaluated again (sampling needs fresh logits)
+    assert second.usage.cached_prompt_tokens == min(n - 1, n // block * block) // block * block
 
 
 def test_closing_the_iterator_frees_the_slot(engine):

@@ -8,7 +8,7 @@ BUF    := .tools/node_modules/.bin/buf
 GRPC_ADDRESS ?= 127.0.0.1:50051
 EDGE_BIND    ?= 127.0.0.1:8000
 
-.PHONY: run test setup model proto proto-check lint-proto bench bench-peer clean help
+.PHONY: run test setup model proto lint-proto bench bench-slots clean help
 
 help:
 	@echo "make run     set up, pull the default model, start the gRPC service ($(GRPC_ADDRESS)) and the edge ($(EDGE_BIND))"
@@ -52,6 +52,9 @@ test: setup model lint-proto
 bench: setup model
 	bash bench/install_peer.sh
 	$(PY) bench/run.py
+
+bench-slots: setup model
+	$(PY) bench/slots.py
 
 clean:
 	rm -rf $(VENV) .tools bench/results

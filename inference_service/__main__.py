@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"a packaged model name or NAME=PATH of a local GGUF file; repeatable (default {DEFAULT_MODEL})",
     )
     serve.add_argument("--context-length", type=int, default=_env_int("INFERENCE_CONTEXT_LENGTH", 4096))
-    serve.add_argument("--block-size", type=int, default=_env_int("INFERENCE_BLOCK_SIZE", 32),
+    serve.add_argument("--block-size", type=int, default=_env_int("INFERENCE_BLOCK_SIZE", 16),
                        help="prompt evaluation block, also the unit of prefix reuse")
     serve.add_argument("--prefix-reuse", choices=("exact", "all"), default=os.environ.get("INFERENCE_PREFIX_REUSE", "exact"),
                        help="exact: reuse only what keeps results identical to a cold run (default); "

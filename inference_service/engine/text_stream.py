@@ -59,13 +59,17 @@ class TextStreamer:
         return StreamStep(text=text, stopped=False)
 
     def flush(self) -> str:
-        """Return all held-back text at end of generation (EOS or length limit)."""
+        """Return all held-back text at end of generation (EOS or length limit).
+
+        The bytes of a character that generation ended in the middle of are dropped: they
+        can never become text, and a trailing U+FFFD is noise to every client.
+        """
         if self._done:
             return ""
         self._done = True
-        text = self._pending + self._decoder.decode(b"", final=True)
+        text = self._pending
         self._pending = ""
-        # The decoder tail can only add U+FFFD, but stay strict about stops anyway.
+        self._decoder.reset()
         cut = find_stop(text, self._stops)
         return text if cut is None else text[:cut]
 

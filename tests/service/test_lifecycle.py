@@ -37,7 +37,7 @@ def finished_lines(log: str, request_id: str) -> list[str]:
     return [line for line in log.splitlines() if f"request {request_id}: " in line and " finish " in line]
 
 
-BLOCK = 32  # the service's default --block-size
+BLOCK = 16  # the service's default --block-size
 
 
 def test_cancelled_stream_frees_the_only_slot(solo):

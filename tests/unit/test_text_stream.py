@@ -173,17 +173,24 @@ def test_flush_releases_held_text() -> None:
     assert streamer.flush() == ""
 
 
-def test_flush_with_incomplete_utf8_tail() -> None:
+def test_flush_drops_an_incomplete_utf8_tail() -> None:
+    # max_tokens can end generation inside a character: its bytes never become text.
     data = "你".encode("utf-8")
     streamer = make_streamer([b"ab" + data[:2]])
     assert streamer.push(0) == StreamStep("ab", False)
-    assert streamer.flush() == "\ufffd"
+    assert streamer.flush() == ""
 
 
 def test_flush_with_held_text_and_incomplete_tail() -> None:
     streamer = make_streamer(["x<|", b"\xf0\x9f"], stop=["<|end|>"])
     assert push_all(streamer, 2) == [StreamStep("x", False), StreamStep("", False)]
-    assert streamer.flush() == "<|\ufffd"
+    assert streamer.flush() == "<|"
+
+
+def test_invalid_bytes_mid_stream_still_show_as_replacement() -> None:
+    # A byte sequence that can never be UTF-8 is replaced, not held back forever.
+    streamer = make_streamer([b"a\xff", b"b"])
+    assert push_all(streamer, 2) == [StreamStep("a\ufffd", False), StreamStep("b", False)]
 
 
 def test_whole_text_is_preserved_without_stops() -> None:

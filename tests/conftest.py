@@ -31,7 +31,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -102,7 +102,7 @@ def start_service(tmp_dir: Path, *extra_args: str) -> Service:
 def service(model_file, tmp_path_factory):
     svc = start_service(tmp_path_factory.mktemp("service"), "--slots", "2", "--max-waiting", "2")
     yield svc
-    _stop(svc.process)
+    stop_process(svc.process)
 
 
 @dataclass
@@ -112,12 +112,11 @@ class Edge:
     log_path: Path
 
 
-@pytest.fixture(scope="session")
-def edge(service, tmp_path_factory):
+def start_edge(target: str, log_path: Path, **env_overrides: str) -> Edge:
+    """Real gunicorn with rest_edge.gunicorn_conf in front of ``target``; waits for /health 200."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("edge") / "gunicorn.log"
-    env = dict(os.environ, INFERENCE_TARGET=service.address, EDGE_BIND=f"127.0.0.1:{port}",
-               EDGE_WORKERS="1", EDGE_THREADS="8", EDGE_API_KEYS="")
+    env = {**os.environ, "INFERENCE_TARGET": target, "EDGE_BIND": f"127.0.0.1:{port}",
+           "EDGE_WORKERS": "1", "EDGE_THREADS": "8", "EDGE_API_KEYS": "", **env_overrides}
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("gunicorn")), "-c", "python:rest_edge.gunicorn_conf"],
         cwd=REPO, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
@@ -127,11 +126,17 @@ def edge(service, tmp_path_factory):
     while True:
         try:
             if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
+                return Edge(base_url=base, process=proc, log_path=log_path)
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc)
             pytest.fail(f"edge did not come up:\n{log_path.read_text(errors='replace')}")
         time.sleep(0.1)
-    yield Edge(base_url=base, process=proc, log_path=log_path)
-    _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def edge(service, tmp_path_factory):
+    running = start_edge(service.address, tmp_path_factory.mktemp("edge") / "gunicorn.log")
+    yield running
+    stop_process(running.process)

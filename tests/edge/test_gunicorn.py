@@ -6,61 +6,26 @@ cancels its RPC, and the official openai client understands the answers and the 
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import httpx
 import openai
 import pytest
 
+from tests.conftest import start_edge, stop_process
 from tests.edge.fakes import FakeServicer, start_server
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory):
     servicer = FakeServicer()
     server, grpc_port, _ = start_server(servicer)
-    port = _free_port()
-    env = dict(os.environ, INFERENCE_TARGET=f"127.0.0.1:{grpc_port}", EDGE_WORKERS="1", EDGE_THREADS="4",
-               EDGE_BIND=f"127.0.0.1:{port}", EDGE_API_KEYS="")
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    log_path = tmp_path_factory.mktemp("edge") / "gunicorn.log"
-    log_file = open(log_path, "wb")
-    proc = subprocess.Popen([str(gunicorn), "-c", "python:rest_edge.gunicorn_conf"], cwd=REPO, env=env,
-                            stdout=log_file, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gunicorn did not come up: {log_path.read_text(errors='replace')}")
-            time.sleep(0.1)
-        yield base, servicer
-    finally:
-        proc.terminate()
+        running = start_edge(f"127.0.0.1:{grpc_port}", tmp_path_factory.mktemp("edge") / "gunicorn.log",
+                             EDGE_THREADS="4")
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log_file.close()
+            yield running.base_url, servicer
+        finally:
+            stop_process(running.process)
+    finally:
         server.stop(None)
 
 

@@ -171,16 +171,22 @@ def _unsupported(param: str, message: str) -> RequestError:
     return invalid(message, param=param, code="unsupported_parameter")
 
 
+def _check_only_one(body: dict, name: str, why: str) -> None:
+    """A count field (``n``, ``best_of``) that may be absent or 1, and nothing else."""
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(name, "an integer", value)
+    if value < 1:
+        raise _range_error(name, ">= 1", value)
+    if value > 1:
+        raise _unsupported(name, f"Unsupported value for '{name}': {why}, got {value}.")
+
+
 def check_unsupported(body: dict) -> None:
     """Reject, by name, fields that would change the answer in ways the product cannot honour."""
-    n = body.get("n")
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise _type_error("n", "an integer", n)
-        if n < 1:
-            raise _range_error("n", ">= 1", n)
-        if n > 1:
-            raise _unsupported("n", f"Unsupported value for 'n': only 1 choice per request is supported, got {n}.")
+    _check_only_one(body, "n", "only 1 choice per request is supported")
     for name in ("tools", "functions"):
         if body.get(name):
             raise _unsupported(name, f"Unsupported parameter: '{name}'. Tool and function calling are not supported.")
@@ -201,14 +207,7 @@ def check_unsupported(body: dict) -> None:
     echo = _opt_bool(body, "echo")
     if echo:
         raise _unsupported("echo", "Unsupported parameter: 'echo'. Echoing the prompt is not supported.")
-    best_of = body.get("best_of")
-    if best_of is not None:
-        if isinstance(best_of, bool) or not isinstance(best_of, int):
-            raise _type_error("best_of", "an integer", best_of)
-        if best_of < 1:
-            raise _range_error("best_of", ">= 1", best_of)
-        if best_of > 1:
-            raise _unsupported("best_of", f"Unsupported value for 'best_of': only 1 is supported, got {best_of}.")
+    _check_only_one(body, "best_of", "only 1 is supported")
 
 
 # --- shared fields ------------------------------------------------------------------------

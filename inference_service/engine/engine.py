@@ -33,7 +33,7 @@ from inference_service.engine.types import (
     Usage,
 )
 from inference_service.engine.validation import validate_request
-from inference_service.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from inference_service.errors import Cancelled, ContextLengthExceeded, InvalidRequest, ModelNotFound
 from inference_service.models.registry import ModelFile
 
 log = logging.getLogger(__name__)
@@ -246,8 +246,6 @@ class Engine:
 
 
 def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGeneration, cancelled) -> Iterator[GenerationChunk]:
-    from inference_service.errors import Cancelled
-
     request = prepared.request
     prompt = prepared.prompt_ids
     started = time.monotonic()

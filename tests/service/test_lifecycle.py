@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inference_service.models.registry import ModelRegistry
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
-from tests.conftest import DEFAULT_MODEL, REPO, _stop, start_service
+from tests.conftest import DEFAULT_MODEL, REPO, stop_process, start_service
 from tests.service.helpers import NO_EOS, SAFETY, STORY_TURNS, generate, request
 
 pytestmark = pytest.mark.model
@@ -30,7 +30,7 @@ def solo(model_file, tmp_path_factory):
     """A service with ONE slot: a second request can only run once the first let go."""
     svc = start_service(tmp_path_factory.mktemp("solo"), "--slots", "1", "--log-level", "DEBUG")
     yield svc
-    _stop(svc.process)
+    stop_process(svc.process)
 
 
 def finished_lines(log: str, request_id: str) -> list[str]:
@@ -103,7 +103,7 @@ def test_sigterm_drains_in_flight_stream_and_exits_zero(model_file, tmp_path):
         assert signal_at < finished_at, "SIGTERM arrived while the stream was in flight"
         assert "stopped" in log[finished_at:]
     finally:
-        _stop(svc.process)
+        stop_process(svc.process)
 
 
 # --- command line ---------------------------------------------------------------------

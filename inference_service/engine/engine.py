@@ -1,8 +1,8 @@
 """The engine: turns a GenerationRequest into a stream of GenerationChunks.
 
-Plain Python, no transport. Each generation runs on a producer thread that holds its
-model slot in a ``with`` block and checks the cancel event before every token (and
-between prompt batches); the consumer only reads a queue. So a consumer that vanishes
+Plain Python, no transport. Each generation runs on a producer thread (``handoff``) that
+holds its model slot in a ``with`` block and checks the cancel event before every token
+(and between prompt blocks); the consumer only reads a queue. So a consumer that vanishes
 without closing its iterator (as gRPC does with a cancelled handler) still frees the
 slot at once: cancellation is driven by the event, never by garbage collection.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from inference_service.engine.chat_template import ChatTemplate
+from inference_service.engine.handoff import run_on_thread
 from inference_service.engine.model_context import ModelContext
 from inference_service.engine.sampler import Sampler
 from inference_service.engine.scheduler import SlotScheduler, Ticket
@@ -127,7 +127,6 @@ class LoadedModel:
         return max(1, self.config.threads // max(1, self.scheduler.busy_now()))
 
 
-_DONE = object()
 
 
 class Engine:
@@ -192,49 +191,18 @@ class Engine:
         model = self._models[request.model]
         ticket = model.scheduler.enqueue(prepared.prompt_ids)  # QueueFull raised here, synchronously
         cancelled = cancelled or threading.Event()
-        results: queue.SimpleQueue = queue.SimpleQueue()
-        producer = threading.Thread(
-            target=self._produce,
-            args=(model, prepared, ticket, cancelled, deadline, results),
-            name=f"generate-{request.request_id or ticket.number}",
-            daemon=True,
-        )
-        # Started here, not at the first next(): a consumer that never iterates must not
-        # leave its ticket blocking the queue.
-        producer.start()
-        return self._consume(results, cancelled, model)
 
-    @staticmethod
-    def _consume(results, cancelled, model) -> Iterator[GenerationChunk]:
-        try:
-            while True:
-                item = results.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
+        def stop() -> None:
             cancelled.set()
             model.scheduler.wake()
 
-    def _produce(self, model, prepared, ticket: Ticket, cancelled, deadline, results) -> None:
-        try:
-            final = None
-            with model.scheduler.lease(ticket, cancelled=cancelled, deadline=deadline) as context:
-                for chunk in _run_in_slot(model, context, prepared, cancelled):
-                    if chunk.finish_reason is None:
-                        results.put(chunk)
-                    else:
-                        final = chunk
-            # Delivered after the slot is free: a client that sends its next request as
-            # soon as this one ends must find the slot released, not still held.
-            if final is not None:
-                results.put(final)
-        except BaseException as exc:  # handed to the consumer, which raises it in its own thread
-            results.put(exc)
-        finally:
-            results.put(_DONE)
+        # Started here, not at the first next(): a consumer that never iterates must not
+        # leave its ticket blocking the queue.
+        return run_on_thread(
+            lambda: _generate_in_slot(model, prepared, ticket, cancelled, deadline),
+            name=f"generate-{request.request_id or ticket.number}",
+            on_close=stop,
+        )
 
     def warm_up(self) -> None:
         """Runs one short generation per model so the first real request is not the slow one."""
@@ -243,6 +211,21 @@ class Engine:
                                         sampling=SamplingParams(temperature=0.0))
             for _ in self.generate(request):
                 pass
+
+
+def _generate_in_slot(model: LoadedModel, prepared: PreparedGeneration, ticket: Ticket, cancelled,
+                      deadline) -> Iterator[GenerationChunk]:
+    final = None
+    with model.scheduler.lease(ticket, cancelled=cancelled, deadline=deadline) as context:
+        for chunk in _run_in_slot(model, context, prepared, cancelled):
+            if chunk.finish_reason is None:
+                yield chunk
+            else:
+                final = chunk
+    # Delivered after the slot is free: a client that sends its next request as soon as
+    # this one ends must find the slot released, not still held.
+    if final is not None:
+        yield final
 
 
 def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGeneration, cancelled) -> Iterator[GenerationChunk]:

@@ -7,12 +7,12 @@ chunk and records that it stopped.
 
 from __future__ import annotations
 
-import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from inference_service.engine.engine import ModelDescription
+from inference_service.engine.handoff import run_on_thread
 from inference_service.engine.types import GenerationChunk, GenerationRequest, Usage
 from inference_service.errors import (
     ContextLengthExceeded,
@@ -23,7 +23,6 @@ from inference_service.errors import (
     QueueFull,
 )
 
-_DONE = object()
 CHUNK_PAUSE = 0.02  # seconds between chunks of a "slow" stream (pacing only, never asserted)
 
 # Errors raised before the first chunk, by model name.
@@ -76,30 +75,7 @@ class FakeEngine:
         self.call_started.release()
         # Like the real engine, the work runs on its own thread driven by the cancel event:
         # gRPC stops pulling from a cancelled handler's generator and never closes it.
-        results: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._produce, args=(call, results), daemon=True).start()
-        return self._consume(results)
-
-    @staticmethod
-    def _consume(results: queue.SimpleQueue) -> Iterator[GenerationChunk]:
-        while True:
-            item = results.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def _produce(self, call: Call, results: queue.SimpleQueue) -> None:
-        try:
-            for chunk in self._script(call):
-                results.put(chunk)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            results.put(exc)
-        finally:
-            results.put(_DONE)
-
-    # --- scripted streams ----------------------------------------------------------------
+        return run_on_thread(lambda: self._script(call), name="fake-generate")
 
     def _script(self, call: Call) -> Iterator[GenerationChunk]:
         behaviour = call.request.model

@@ -192,7 +192,7 @@ def measure_edge_alone(log_dir: Path, frames: int = 2000, streams: int = 4) -> d
             yield GenerationChunk(text="", finish_reason="length", usage=Usage(1, frames))
 
         def models(self):
-            from inference_service.engine.engine import ModelDescription
+            from inference_service.engine.types import ModelDescription
             return [ModelDescription(MODEL, 0, "bench", 4096, True)]
 
     server = create_server(InstantEngine(), "127.0.0.1:0")

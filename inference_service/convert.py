@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from inference_service.engine.engine import ModelDescription
 from inference_service.engine.types import (
     ChatMessage,
+    EngineStatus,
     GenerationChunk,
     GenerationRequest,
+    ModelDescription,
     SamplingParams,
     TokenLogprob,
 )
@@ -86,4 +87,21 @@ def model_to_proto(model: ModelDescription) -> pb.ModelInfo:
         owned_by=model.owned_by,
         context_length=model.context_length,
         has_chat_template=model.has_chat_template,
+    )
+
+
+def status_to_proto(status: EngineStatus, in_flight: int) -> pb.GetStatusResponse:
+    return pb.GetStatusResponse(
+        models=[
+            pb.ModelStatus(name=m.name, slots=m.slots, busy_slots=m.busy_slots, waiting=m.waiting,
+                           max_waiting=m.max_waiting)
+            for m in status.models
+        ],
+        generations_started=status.generations_started,
+        generations_finished=status.generations_finished,
+        generations_cancelled=status.generations_cancelled,
+        generations_failed=status.generations_failed,
+        prompt_tokens_evaluated=status.prompt_tokens_evaluated,
+        tokens_generated=status.tokens_generated,
+        in_flight=in_flight,
     )

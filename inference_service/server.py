@@ -128,10 +128,19 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def Tokenize(self, request, context):
         try:
             messages = [ChatMessage(m.role, m.content) for m in request.messages]
-            ids, tokens = self._engine.tokenize(request.model, request.text, messages)
+            ids, tokens = self._engine.tokenize(request.model, request.text, messages, raw=request.raw)
         except Exception as error:  # noqa: BLE001
             _abort(context, error)
         return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
+
+    def GetStatus(self, request, context):
+        try:
+            status = self._engine.status()
+        except Exception as error:  # noqa: BLE001
+            _abort(context, error)
+        with self._idle:
+            in_flight = self._in_flight
+        return convert.status_to_proto(status, in_flight)
 
 
 @dataclass

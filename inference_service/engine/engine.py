@@ -19,21 +19,31 @@ from typing import Iterator, Sequence
 from inference_service.engine.chat_template import ChatTemplate
 from inference_service.engine.handoff import run_on_thread
 from inference_service.engine.model_context import ModelContext
+from inference_service.engine.prompt import PromptEncoder
 from inference_service.engine.sampler import Sampler
 from inference_service.engine.scheduler import SlotScheduler, Ticket
 from inference_service.engine.text_stream import TextStreamer
 from inference_service.engine.tokenizer import TextTokenizer
 from inference_service.engine.types import (
     ChatMessage,
+    EngineStatus,
     GenerationChunk,
     GenerationRequest,
+    ModelDescription,
+    ModelStatus,
     SamplingParams,
     TokenLogprob,
     TopLogprob,
     Usage,
 )
 from inference_service.engine.validation import validate_request
-from inference_service.errors import Cancelled, ContextLengthExceeded, InvalidRequest, ModelNotFound
+from inference_service.errors import (
+    Cancelled,
+    ContextLengthExceeded,
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotFound,
+)
 from inference_service.models.registry import ModelFile
 
 log = logging.getLogger(__name__)
@@ -53,15 +63,6 @@ class EngineConfig:
     slots: int = 2
     max_waiting: int = 32
     exact_prefix_reuse: bool = True
-
-
-@dataclass(frozen=True)
-class ModelDescription:
-    name: str
-    created: int
-    owned_by: str
-    context_length: int
-    has_chat_template: bool
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class LoadedModel:
             def token(i):
                 return vocab.tokens[i] if i is not None and 0 <= i < len(vocab.tokens) else ""
             self.template = ChatTemplate(vocab.chat_template, token(vocab.bos_token_id), token(vocab.eos_token_id))
+        self.prompts = PromptEncoder(self.tokenizer, self.template)
         eot = {self.tokenizer.token_id(t) for t in END_OF_TURN_TOKENS}
         eot.add(vocab.eos_token_id)
         self.end_of_turn_ids = frozenset(i for i in eot if i is not None)
@@ -112,15 +114,14 @@ class LoadedModel:
             has_chat_template=self.template is not None,
         )
 
-    def render(self, request: GenerationRequest) -> str:
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The request's prompt as token ids; user text never becomes control tokens."""
         if request.messages:
             if self.template is None:
                 raise InvalidRequest(f"model {self.name!r} has no chat template; send a prompt instead", "messages")
-            return self.template.render(request.messages)
+            return self.prompts.encode_chat(request.messages)
         assert request.prompt is not None
-        if request.raw or self.template is None:
-            return request.prompt
-        return self.template.render([ChatMessage("user", request.prompt)])
+        return self.prompts.encode_prompt(request.prompt, raw=request.raw)
 
     def threads_per_slot(self) -> int:
         """Splits the machine's threads among the slots computing now (oversubscription is ruinous)."""
@@ -129,9 +130,29 @@ class LoadedModel:
 
 
 
+class EngineCounters:
+    """Running totals of what the engine did; read by ``Engine.status()``."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._totals = dict(
+            generations_started=0, generations_finished=0, generations_cancelled=0,
+            generations_failed=0, prompt_tokens_evaluated=0, tokens_generated=0,
+        )
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._totals[name] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._totals)
+
+
 class Engine:
     def __init__(self, models: Sequence[LoadedModel]):
         self._models = {m.name: m for m in models}
+        self.counters = EngineCounters()
 
     @classmethod
     def load(cls, model_files: Sequence[ModelFile], config: EngineConfig | None = None) -> "Engine":
@@ -141,26 +162,38 @@ class Engine:
     def models(self) -> list[ModelDescription]:
         return [m.describe() for m in self._models.values()]
 
+    def status(self) -> EngineStatus:
+        models = []
+        for model in self._models.values():
+            slots, busy, waiting, max_waiting = model.scheduler.load()
+            models.append(ModelStatus(model.name, slots, busy, waiting, max_waiting))
+        return EngineStatus(models=tuple(models), **self.counters.snapshot())
+
     def model(self, name: str) -> LoadedModel:
         try:
             return self._models[name]
         except KeyError:
             raise ModelNotFound(f"model {name!r} not found; served: {', '.join(self._models) or 'none'}") from None
 
-    def tokenize(self, model_name: str, text: str = "", messages: Sequence[ChatMessage] = ()) -> tuple[list[int], list[str]]:
+    def tokenize(self, model_name: str, text: str = "", messages: Sequence[ChatMessage] = (),
+                 raw: bool = False) -> tuple[list[int], list[str]]:
+        """Token ids of a chat (through the template), of raw markup, or of plain text."""
         model = self.model(model_name)
         if messages:
             if model.template is None:
                 raise InvalidRequest(f"model {model_name!r} has no chat template", "messages")
-            text = model.template.render(messages)
-        ids = model.tokenizer.encode(text)
+            ids = model.prompts.encode_chat(messages)
+        elif raw:
+            ids = model.tokenizer.encode_markup(text)
+        else:
+            ids = model.tokenizer.encode_text(text)
         return ids, [model.tokenizer.vocab.tokens[i] for i in ids]
 
     def prepare(self, request: GenerationRequest) -> PreparedGeneration:
         """Everything knowable before the first token: validation, template, tokens, context fit."""
         model = self.model(request.model)
         validate_request(request, model.vocab_size)
-        prompt_ids = model.tokenizer.encode(model.render(request))
+        prompt_ids = model.prompt_ids(request)
         if not prompt_ids:
             raise InvalidRequest("the prompt is empty", "prompt")
         n_prompt = len(prompt_ids)
@@ -190,6 +223,7 @@ class Engine:
         prepared = self.prepare(request)
         model = self._models[request.model]
         ticket = model.scheduler.enqueue(prepared.prompt_ids)  # QueueFull raised here, synchronously
+        self.counters.add("generations_started")
         cancelled = cancelled or threading.Event()
 
         def stop() -> None:
@@ -199,7 +233,7 @@ class Engine:
         # Started here, not at the first next(): a consumer that never iterates must not
         # leave its ticket blocking the queue.
         return run_on_thread(
-            lambda: _generate_in_slot(model, prepared, ticket, cancelled, deadline),
+            lambda: _generate_in_slot(model, prepared, ticket, cancelled, deadline, self.counters),
             name=f"generate-{request.request_id or ticket.number}",
             on_close=stop,
         )
@@ -214,27 +248,37 @@ class Engine:
 
 
 def _generate_in_slot(model: LoadedModel, prepared: PreparedGeneration, ticket: Ticket, cancelled,
-                      deadline) -> Iterator[GenerationChunk]:
+                      deadline, counters: EngineCounters) -> Iterator[GenerationChunk]:
     final = None
-    with model.scheduler.lease(ticket, cancelled=cancelled, deadline=deadline) as context:
-        for chunk in _run_in_slot(model, context, prepared, cancelled):
-            if chunk.finish_reason is None:
-                yield chunk
-            else:
-                final = chunk
+    try:
+        with model.scheduler.lease(ticket, cancelled=cancelled, deadline=deadline) as context:
+            for chunk in _run_in_slot(model, context, prepared, cancelled, counters):
+                if chunk.finish_reason is None:
+                    yield chunk
+                else:
+                    final = chunk
+    except (Cancelled, DeadlineExceeded):
+        counters.add("generations_cancelled")
+        raise
+    except BaseException:
+        counters.add("generations_failed")
+        raise
+    counters.add("generations_finished")
     # Delivered after the slot is free: a client that sends its next request as soon as
     # this one ends must find the slot released, not still held.
     if final is not None:
         yield final
 
 
-def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGeneration, cancelled) -> Iterator[GenerationChunk]:
+def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGeneration, cancelled,
+                 counters: EngineCounters) -> Iterator[GenerationChunk]:
     request = prepared.request
     prompt = prepared.prompt_ids
     started = time.monotonic()
     reused = context.reusable_prefix(prompt)
     context.truncate(reused)
-    context.evaluate(prompt[reused:], cancelled=cancelled, threads=model.threads_per_slot)
+    context.evaluate(prompt[reused:], cancelled=cancelled, threads=model.threads_per_slot,
+                     on_evaluated=lambda n: counters.add("prompt_tokens_evaluated", n))
     prompt_seconds = time.monotonic() - started
 
     tokenizer = model.tokenizer
@@ -256,6 +300,7 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
             break
         sampler.accept(token_id)
         generated += 1
+        counters.add("tokens_generated")
         pending_ids.append(token_id)
         if sampling.logprobs:
             pending_logprobs.append(_token_logprob(tokenizer, sampled))

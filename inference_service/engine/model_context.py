@@ -91,10 +91,12 @@ class ModelContext:
         *,
         cancelled: threading.Event | None = None,
         threads: Callable[[], int] | None = None,
+        on_evaluated: Callable[[int], None] | None = None,
     ) -> None:
         """Appends ``tokens`` to the cache in blocks aligned to absolute positions.
 
-        Cancellation is checked between blocks, so a long prompt stops promptly.
+        Cancellation is checked between blocks, so a long prompt stops promptly;
+        ``on_evaluated`` hears of each block's token count as it is done.
         """
         block = self.block_size
         done = 0
@@ -112,6 +114,8 @@ class ModelContext:
                 self.truncate(0)  # the cache state is unknown now
                 raise RuntimeError("ctransformers failed to evaluate tokens")
             self.cached_tokens.extend(batch)
+            if on_evaluated is not None:
+                on_evaluated(size)
             if size == block and self.canonical_length == position:
                 self.canonical_length = position + size
             done += size

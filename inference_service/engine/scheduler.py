@@ -47,10 +47,6 @@ class SlotScheduler(Generic[SlotT]):
         self._numbers = itertools.count()
 
     @property
-    def slot_count(self) -> int:
-        return len(self._slots)
-
-    @property
     def busy(self) -> int:
         with self._lock:
             return len(self._slots) - len(self._free)
@@ -59,6 +55,11 @@ class SlotScheduler(Generic[SlotT]):
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiting)
+
+    def load(self) -> tuple[int, int, int, int]:
+        """(slots, busy slots, waiting, max waiting), read together."""
+        with self._lock:
+            return len(self._slots), len(self._slots) - len(self._free), len(self._waiting), self._max_waiting
 
     def busy_now(self) -> int:
         """Unlocked read for hot paths (thread counts); a stale value is harmless."""

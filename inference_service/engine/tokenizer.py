@@ -97,8 +97,16 @@ class TextTokenizer:
         tokenizer.add_special_tokens(
             [AddedToken(vocab.tokens[i], special=True, normalized=False) for i in special_ids]
         )
-        self._tokenizer = tokenizer
+        self._markup_tokenizer = tokenizer
+        # A twin that reads control-token markup as the characters it is: for user text.
+        # (Two objects, not one with a toggled flag: encoding runs on many threads.)
+        self._text_tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self._text_tokenizer.encode_special_tokens = True
         self.special_ids = frozenset(i for i in special_ids if vocab.token_types[i] == TOKEN_TYPE_CONTROL)
+        # Every string the markup tokenizer turns into one special token, longest first.
+        self.markup_strings: tuple[str, ...] = tuple(
+            sorted((vocab.tokens[i] for i in special_ids), key=len, reverse=True)
+        )
         byte_decoder = _byte_decoder()
         # Control tokens decode to nothing: they are markup, never text.
         self._token_bytes: list[bytes] = [
@@ -116,9 +124,16 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return len(self.vocab.tokens)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; special-token markup such as ``<|im_start|>`` is parsed."""
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of ``text`` as text: ``<|im_end|>`` in it gives the tokens of its characters."""
+        return self._text_tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_markup(self, text: str) -> list[int]:
+        """Token ids of text whose special-token markup (``<|im_start|>``…) becomes control tokens.
+
+        Only for text the caller or the chat template wrote as markup (raw prompts).
+        """
+        return self._markup_tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return b"".join(self._token_bytes[i] for i in token_ids).decode("utf-8", errors="replace")
@@ -133,4 +148,4 @@ class TextTokenizer:
         return self._token_bytes[token_id].decode("utf-8", errors="replace")
 
     def token_id(self, token: str) -> int | None:
-        return self._tokenizer.token_to_id(token)
+        return self._markup_tokenizer.token_to_id(token)

@@ -77,3 +77,36 @@ class GenerationChunk:
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: Optional[FinishReason] = None
     usage: Optional[Usage] = None
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    name: str
+    created: int
+    owned_by: str
+    context_length: int
+    has_chat_template: bool
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A served model's capacity and load at one moment."""
+
+    name: str
+    slots: int
+    busy_slots: int
+    waiting: int
+    max_waiting: int
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """Load now, and totals since the engine started (see ``GetStatusResponse`` in the proto)."""
+
+    models: tuple[ModelStatus, ...]
+    generations_started: int = 0
+    generations_finished: int = 0
+    generations_cancelled: int = 0
+    generations_failed: int = 0
+    prompt_tokens_evaluated: int = 0
+    tokens_generated: int = 0

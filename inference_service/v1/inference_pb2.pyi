@@ -148,14 +148,16 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
-    __slots__ = ("model", "text", "messages")
+    __slots__ = ("model", "text", "messages", "raw")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
     model: str
     text: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
-    def __init__(self, model: _Optional[str] = ..., text: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
+    raw: bool
+    def __init__(self, model: _Optional[str] = ..., text: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., raw: _Optional[bool] = ...) -> None: ...
 
 class TokenizeResponse(_message.Message):
     __slots__ = ("token_ids", "tokens")
@@ -164,3 +166,41 @@ class TokenizeResponse(_message.Message):
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     tokens: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelStatus(_message.Message):
+    __slots__ = ("name", "slots", "busy_slots", "waiting", "max_waiting")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    BUSY_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAITING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    slots: int
+    busy_slots: int
+    waiting: int
+    max_waiting: int
+    def __init__(self, name: _Optional[str] = ..., slots: _Optional[int] = ..., busy_slots: _Optional[int] = ..., waiting: _Optional[int] = ..., max_waiting: _Optional[int] = ...) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("models", "generations_started", "generations_finished", "generations_cancelled", "generations_failed", "prompt_tokens_evaluated", "tokens_generated", "in_flight")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    GENERATIONS_STARTED_FIELD_NUMBER: _ClassVar[int]
+    GENERATIONS_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    GENERATIONS_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    GENERATIONS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelStatus]
+    generations_started: int
+    generations_finished: int
+    generations_cancelled: int
+    generations_failed: int
+    prompt_tokens_evaluated: int
+    tokens_generated: int
+    in_flight: int
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ..., generations_started: _Optional[int] = ..., generations_finished: _Optional[int] = ..., generations_cancelled: _Optional[int] = ..., generations_failed: _Optional[int] = ..., prompt_tokens_evaluated: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., in_flight: _Optional[int] = ...) -> None: ...

@@ -50,6 +50,11 @@ class InferenceServiceStub:
                 request_serializer=inference__service_dot_v1_dot_inference__pb2.TokenizeRequest.SerializeToString,
                 response_deserializer=inference__service_dot_v1_dot_inference__pb2.TokenizeResponse.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/inference_service.v1.InferenceService/GetStatus',
+                request_serializer=inference__service_dot_v1_dot_inference__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=inference__service_dot_v1_dot_inference__pb2.GetStatusResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -78,6 +83,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatus(self, request, context):
+        """GetStatus reports each model's slots and queue, and the service's running totals
+        (for operators, load-aware clients and tests that prove a cancelled request stopped).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +108,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Tokenize,
                     request_deserializer=inference__service_dot_v1_dot_inference__pb2.TokenizeRequest.FromString,
                     response_serializer=inference__service_dot_v1_dot_inference__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=inference__service_dot_v1_dot_inference__pb2.GetStatusRequest.FromString,
+                    response_serializer=inference__service_dot_v1_dot_inference__pb2.GetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +197,33 @@ class InferenceService:
             '/inference_service.v1.InferenceService/Tokenize',
             inference__service_dot_v1_dot_inference__pb2.TokenizeRequest.SerializeToString,
             inference__service_dot_v1_dot_inference__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference_service.v1.InferenceService/GetStatus',
+            inference__service_dot_v1_dot_inference__pb2.GetStatusRequest.SerializeToString,
+            inference__service_dot_v1_dot_inference__pb2.GetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inference_service import convert
-from inference_service.engine.engine import ModelDescription
+from inference_service.engine.types import ModelDescription
 from inference_service.engine.types import (
     ChatMessage,
     GenerationChunk,

@@ -22,7 +22,7 @@ KNOWN_IDS = [
 
 @pytest.mark.parametrize("text, ids", KNOWN_IDS, ids=[repr(t) for t, _ in KNOWN_IDS])
 def test_known_ids(tokenizer, text, ids):
-    assert tokenizer.encode(text) == ids
+    assert tokenizer.encode_markup(text) == ids
 
 
 ROUND_TRIPS = [
@@ -40,7 +40,7 @@ ROUND_TRIPS = [
 
 @pytest.mark.parametrize("text", ROUND_TRIPS)
 def test_decode_inverts_encode(tokenizer, text):
-    ids = tokenizer.encode(text)
+    ids = tokenizer.encode_markup(text)
     assert ids, "non-empty text gives tokens"
     assert tokenizer.decode(ids) == text
     assert b"".join(tokenizer.token_bytes(i) for i in ids) == text.encode("utf-8")
@@ -64,7 +64,7 @@ def test_control_tokens_decode_to_nothing(tokenizer):
 
 def test_a_chinese_character_spans_tokens(tokenizer):
     """Why the streamer must hold bytes back: single tokens carry partial characters."""
-    ids = tokenizer.encode("你")
+    ids = tokenizer.encode_markup("你")
     assert ids == [18645, 250]
     assert [tokenizer.token_bytes(i) for i in ids] == [b"\xe4\xbd", b"\xa0"]
     assert tokenizer.token_text(18645) == "\ufffd"  # half a character is not text
@@ -72,6 +72,6 @@ def test_a_chinese_character_spans_tokens(tokenizer):
 
 
 def test_emoji_spans_tokens(tokenizer):
-    ids = tokenizer.encode("😀")
+    ids = tokenizer.encode_markup("😀")
     assert ids == [10813, 242, 218]
     assert b"".join(tokenizer.token_bytes(i) for i in ids) == "😀".encode("utf-8")

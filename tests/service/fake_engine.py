@@ -11,9 +11,15 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from inference_service.engine.engine import ModelDescription
 from inference_service.engine.handoff import run_on_thread
-from inference_service.engine.types import GenerationChunk, GenerationRequest, Usage
+from inference_service.engine.types import (
+    EngineStatus,
+    GenerationChunk,
+    GenerationRequest,
+    ModelDescription,
+    ModelStatus,
+    Usage,
+)
 from inference_service.errors import (
     ContextLengthExceeded,
     DeadlineExceeded,
@@ -61,7 +67,16 @@ class FakeEngine:
     def models(self) -> list[ModelDescription]:
         return [ModelDescription(name="fake", created=1700000000, owned_by="tests", context_length=4096, has_chat_template=True)]
 
-    def tokenize(self, model_name, text="", messages=()):
+    def status(self) -> EngineStatus:
+        busy = sum(1 for c in self.calls if not (c.finished.is_set() or c.stopped_by_cancel.is_set()))
+        return EngineStatus(
+            models=(ModelStatus("fake", slots=64, busy_slots=busy, waiting=0, max_waiting=0),),
+            generations_started=len(self.calls),
+            generations_finished=sum(1 for c in self.calls if c.finished.is_set()),
+            generations_cancelled=sum(1 for c in self.calls if c.stopped_by_cancel.is_set()),
+        )
+
+    def tokenize(self, model_name, text="", messages=(), raw=False):
         if model_name != "fake":
             raise ModelNotFound(f"model {model_name!r} not found; served: fake")
         source = text or "".join(m.content for m in messages)

@@ -250,7 +250,7 @@ def test_reflection_lists_the_services(harness):
     assert "grpc.health.v1.Health" in services
     pool = DescriptorPool(database)
     service = pool.FindServiceByName("inference_service.v1.InferenceService")
-    assert {m.name for m in service.methods} == {"Generate", "ListModels", "Tokenize"}
+    assert {m.name for m in service.methods} == {"Generate", "ListModels", "Tokenize", "GetStatus"}
     generate = service.methods_by_name["Generate"]
     assert generate.server_streaming and not generate.client_streaming
     assert generate.input_type.full_name == "inference_service.v1.GenerateRequest"
@@ -291,3 +291,15 @@ def test_draining_flag_alone_refuses_generate(harness):
     assert harness.engine.calls == []
     # other RPCs still answer while draining
     assert harness.stub.ListModels(pb.ListModelsRequest(), timeout=SAFETY).models[0].name == "fake"
+
+
+def test_get_status_reports_the_engines_load_and_totals(harness):
+    call = harness.stub.Generate(pb.GenerateRequest(model="gated", prompt="x"), timeout=SAFETY)
+    next(call)
+    status = harness.stub.GetStatus(pb.GetStatusRequest(), timeout=SAFETY)
+    assert (status.in_flight, status.generations_started) == (1, 1)
+    assert [(m.name, m.busy_slots) for m in status.models] == [("fake", 1)]
+    call.cancel()
+    harness.engine.calls[0].stopped_by_cancel.wait(SAFETY)
+    status = harness.stub.GetStatus(pb.GetStatusRequest(), timeout=SAFETY)
+    assert (status.generations_cancelled, status.models[0].busy_slots) == (1, 0)

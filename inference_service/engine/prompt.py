@@ -1,0 +1,86 @@
+"""Prompts to token ids, with the trust boundary between template markup and user text.
+
+The chat template writes control tokens (``<|im_start|>``, ``<|im_end|>``…) around the
+messages; the messages themselves are text. Tokenizing the whole rendered string with
+special-token parsing would let a user forge turns by typing those markers. So:
+
+1. every occurrence of a markup string inside user text is swapped for a placeholder that
+   the template passes through untouched (private-use characters around a number);
+2. the template renders;
+3. the rendered string is split at the markup strings that remain, which the template wrote:
+   each becomes its control token; the text between them has its placeholders put back and
+   is tokenized as text.
+
+For a chat without markup in its text this gives exactly the ids of tokenizing the rendered
+string with markup parsed (added tokens split the text the same way), so nothing changes
+for honest input.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from inference_service.engine.chat_template import ChatTemplate
+from inference_service.engine.tokenizer import TextTokenizer
+from inference_service.engine.types import ChatMessage
+from inference_service.errors import InvalidRequest
+
+# Pairs of private-use characters that delimit a placeholder; the first pair that appears in
+# none of the user's text is used, so a placeholder can never be confused with user text.
+_DELIMITER_CANDIDATES = [(chr(0xE000 + 2 * i), chr(0xE001 + 2 * i)) for i in range(64)]
+
+
+class PromptEncoder:
+    """Token ids of chats (through the template) and of plain or raw prompts."""
+
+    def __init__(self, tokenizer: TextTokenizer, template: ChatTemplate | None):
+        self.tokenizer = tokenizer
+        self.template = template
+        markup = tokenizer.markup_strings
+        self._markup = re.compile("|".join(re.escape(m) for m in markup)) if markup else None
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        assert self.template is not None
+        if self._markup is None:
+            return self.tokenizer.encode_text(self.template.render(messages))
+        open_, close = _delimiters(m.content for m in messages)
+        literals: list[str] = []
+
+        def hide(match: re.Match) -> str:
+            literals.append(match.group())
+            return f"{open_}{len(literals) - 1}{close}"
+
+        escaped = [ChatMessage(m.role, self._markup.sub(hide, m.content)) for m in messages]
+        rendered = self.template.render(escaped)
+        placeholder = re.compile(f"{re.escape(open_)}(\\d+){re.escape(close)}")
+
+        def text_ids(piece: str) -> list[int]:
+            return self.tokenizer.encode_text(placeholder.sub(lambda m: literals[int(m.group(1))], piece))
+
+        ids: list[int] = []
+        position = 0
+        for match in self._markup.finditer(rendered):
+            ids += text_ids(rendered[position : match.start()])
+            ids.append(self.tokenizer.token_id(match.group()))
+            position = match.end()
+        ids += text_ids(rendered[position:])
+        return ids
+
+    def encode_prompt(self, prompt: str, raw: bool) -> list[int]:
+        """A completion prompt: raw prompts are markup by contract; otherwise it is one user turn."""
+        if raw:
+            return self.tokenizer.encode_markup(prompt)
+        if self.template is None:
+            return self.tokenizer.encode_text(prompt)
+        return self.encode_chat([ChatMessage("user", prompt)])
+
+
+def _delimiters(texts) -> tuple[str, str]:
+    joined = "".join(texts)
+    for open_, close in _DELIMITER_CANDIDATES:
+        if open_ not in joined and close not in joined:
+            return open_, close
+    # Every candidate character occurs in the chat: refuse rather than risk a collision
+    # (no honest chat uses 128 distinct private-use characters).
+    raise InvalidRequest("the messages use too many private-use characters", "messages")

@@ -38,6 +38,18 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 RETRY_AFTER_SECONDS = 1
+# Handler threads kept beyond the generations' own: health checks and watches, ListModels,
+# Tokenize, GetStatus, and Generate calls that are being refused.
+CONTROL_RPC_HEADROOM = 16
+
+
+def server_concurrency(model_count: int, slots: int, max_waiting: int) -> int:
+    """Handler threads a service needs so that no call waits unseen in the executor.
+
+    A Generate holds a handler thread while it waits for a slot and while it streams, so
+    every generation the models can run or queue gets a thread, plus headroom for the rest.
+    """
+    return model_count * (slots + max_waiting) + CONTROL_RPC_HEADROOM
 
 # Most specific first: ContextLengthExceeded is also an InvalidRequest.
 STATUS_FOR_ERROR: list[tuple[type[InferenceError], grpc.StatusCode]] = [
@@ -180,12 +192,15 @@ def create_server(
 ) -> RunningServer:
     """Builds and starts a server; ``address`` may use port 0 for an ephemeral port.
 
-    ``engine`` is anything with ``generate``, ``models`` and ``tokenize`` (tests inject fakes).
-    With ``serving=False`` health stays NOT_SERVING until ``set_serving(True)`` (model loading).
+    ``engine`` is anything with ``generate``, ``models``, ``tokenize`` and ``status`` (tests
+    inject fakes). With ``serving=False`` health stays NOT_SERVING until ``set_serving(True)``
+    (model loading). At most ``max_workers`` calls are handled at once; beyond that a call is
+    refused at once with RESOURCE_EXHAUSTED instead of waiting unseen for a thread.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=[("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=max_workers,
     )
     draining = threading.Event()
     servicer = InferenceServicer(engine, draining)
@@ -229,7 +244,8 @@ def serve(
     from inference_service.models.registry import ModelRegistry
 
     lazy = _LazyEngine()
-    running = create_server(lazy, address, serving=False)
+    concurrency = server_concurrency(len(model_specs), engine_config.slots, engine_config.max_waiting)
+    running = create_server(lazy, address, serving=False, max_workers=concurrency)
     log.info("listening on %s (NOT_SERVING while loading)", address)
     # A signal handler must not take locks (Event.set does): a signal landing while the main
     # thread holds the same lock deadlocks. It only records the signal; the main thread polls.

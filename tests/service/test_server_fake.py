@@ -303,3 +303,28 @@ def test_get_status_reports_the_engines_load_and_totals(harness):
     harness.engine.calls[0].stopped_by_cancel.wait(SAFETY)
     status = harness.stub.GetStatus(pb.GetStatusRequest(), timeout=SAFETY)
     assert (status.generations_cancelled, status.models[0].busy_slots) == (1, 0)
+
+
+def test_calls_beyond_the_servers_concurrency_are_refused_at_once_not_queued():
+    engine = FakeEngine()
+    running = create_server(engine, "127.0.0.1:0", max_workers=3)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    stub = pb_grpc.InferenceServiceStub(channel)
+    try:
+        held = [stub.Generate(pb.GenerateRequest(model="gated", prompt="x"), timeout=SAFETY) for _ in range(3)]
+        for call in held:
+            next(call)  # every handler thread is now busy streaming
+        extra = stub.Generate(pb.GenerateRequest(model="gated", prompt="x"), timeout=SAFETY)
+        with pytest.raises(grpc.RpcError) as info:
+            next(extra)  # without the cap this waits for a thread until SAFETY runs out
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert len(engine.calls) == 3
+    finally:
+        engine.release.set()
+        channel.close()
+        running.server.stop(None)
+
+
+def test_server_concurrency_covers_every_slot_and_queue_place_plus_headroom():
+    assert server_module.server_concurrency(1, slots=2, max_waiting=200) == 202 + server_module.CONTROL_RPC_HEADROOM
+    assert server_module.server_concurrency(2, slots=1, max_waiting=3) == 8 + server_module.CONTROL_RPC_HEADROOM

@@ -25,6 +25,11 @@ class Metrics:
             "edge_stream_errors_total", "Streams that ended with an error frame, by HTTP-equivalent status.",
             ["route", "status"], registry=self.registry,
         )
+        self.client_departures = Counter(
+            "edge_client_departures_total",
+            "Generations cancelled because their client went away before the response was complete.",
+            ["route"], registry=self.registry,
+        )
 
 
 class MetricsMiddleware:

@@ -16,7 +16,7 @@ import falcon
 
 from inference_service.v1 import inference_pb2 as pb
 
-from rest_edge import streaming, translate, wire
+from rest_edge import disconnect, streaming, translate, wire
 from rest_edge.errors import RequestError
 from rest_edge.metrics import Metrics
 
@@ -39,18 +39,34 @@ def new_id(prefix: str) -> str:
 
 
 def read_body(req: falcon.Request, limit: int) -> bytes:
-    """The raw request body, at most ``limit`` bytes (else 413)."""
+    """The raw request body, at most ``limit`` bytes (else 413).
+
+    A body that cannot be read whole (a malformed chunk size or terminator, a client that
+    ended its side before sending all of its ``Content-Length``) is the client's error: 400.
+    After a malformed chunk gunicorn closes the connection once the answer is sent.
+    """
     length = req.content_length
-    if length is not None:
-        if length > limit:
-            raise RequestError(413, f"The request body is too large: {length} bytes; the limit is {limit} bytes.")
-        return req.bounded_stream.read()
-    if req.env.get("wsgi.input_terminated"):  # chunked request body, the server ends the input
-        data = req.stream.read(limit + 1)
-        if len(data) > limit:
-            raise RequestError(413, f"The request body is too large; the limit is {limit} bytes.")
-        return data
-    return b""
+    if length is not None and length > limit:
+        raise RequestError(413, f"The request body is too large: {length} bytes; the limit is {limit} bytes.")
+    try:
+        if length is not None:
+            data = req.bounded_stream.read()
+        elif req.env.get("wsgi.input_terminated"):
+            data = req.stream.read(limit + 1)  # chunked request body, the server ends the input
+        else:
+            return b""
+    except Exception as exc:  # noqa: BLE001 - gunicorn's ParseException (bad chunk), NoMoreData, OSError
+        log.info("%s %s: unreadable request body: %s", req.method, req.path, type(exc).__name__)
+        raise RequestError(
+            400, "The request body could not be read: malformed chunked transfer encoding or an incomplete body."
+        ) from None
+    if length is not None and len(data) < length:
+        raise RequestError(
+            400, f"The request body is incomplete: {len(data)} of the {length} bytes of its Content-Length arrived."
+        )
+    if len(data) > limit:
+        raise RequestError(413, f"The request body is too large; the limit is {limit} bytes.")
+    return data
 
 
 def _json(resp: falcon.Response, obj: Any, status: int = 200) -> None:
@@ -85,11 +101,21 @@ class GenerationResource:
         parsed.request.request_id = rid
         call = self._client.generate(parsed.request, timeout=self._request_timeout)
         events = translate.events(call)
+        # A client that leaves before the response is complete cancels the call (the blocked
+        # next() then raises a 499 RequestError), whether or not anything was written yet.
+        departures = self._metrics.client_departures.labels(req.uri_template or "unmatched") if self._metrics else None
+
+        def on_gone() -> None:
+            if call.cancel() and departures is not None:
+                departures.inc()
+
+        watch = disconnect.watch_client(req.env, on_gone)
 
         if not parsed.stream:
             try:
                 body = streaming.collect(self._shape, events, id=rid, model=parsed.model, logprobs=parsed.logprobs)
             finally:
+                watch.close()
                 call.cancel()
             _json(resp, body)
             return
@@ -99,6 +125,7 @@ class GenerationResource:
         try:
             first = next(events)
         except BaseException:
+            watch.close()
             call.cancel()
             raise
         resp.content_type = "text/event-stream"
@@ -109,6 +136,7 @@ class GenerationResource:
             first,
             events,
             call,
+            watch=watch,
             id=rid,
             model=parsed.model,
             include_usage=parsed.include_usage,

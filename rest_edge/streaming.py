@@ -4,6 +4,11 @@
 response iterator handed to the WSGI server. Its ``finally`` cancels the gRPC call, so a
 client that disconnects (the server then closes the iterator: ``GeneratorExit`` at a
 ``yield``) stops its generation; nothing is ever yielded after ``GeneratorExit``.
+
+A client that leaves while nothing is being written (before the first token, between slow
+tokens) is noticed by the disconnect watcher (``rest_edge.disconnect``), which cancels the
+call; the stream then ends quietly. Closing the response iterable ends that watch, before
+the server reuses the connection.
 """
 
 from __future__ import annotations
@@ -42,15 +47,21 @@ COMPLETION = Shape("cmpl", wire.completion_chunk, wire.completion_usage_chunk, w
 CHAT = Shape("chatcmpl", wire.chat_chunk, wire.chat_usage_chunk, wire.chat_response, chat=True)
 
 
+class Closeable(Protocol):
+    def close(self) -> Any: ...
+
+
 class CancellingStream:
-    """The WSGI response iterable: ``close()`` cancels the call even if iteration never began.
+    """The WSGI response iterable: ``close()`` cancels the call even if iteration never began,
+    and ends the watch of the client (``watch``), if any.
 
     (Closing a generator that has not started does not run its ``finally``.)
     """
 
-    def __init__(self, frames: Iterator[bytes], call: Cancellable):
+    def __init__(self, frames: Iterator[bytes], call: Cancellable, watch: Optional[Closeable] = None):
         self._frames = frames
         self._call = call
+        self._watch = watch
 
     def __iter__(self) -> "CancellingStream":
         return self
@@ -62,13 +73,28 @@ class CancellingStream:
         try:
             self._frames.close()
         finally:
-            self._call.cancel()
+            try:
+                self._call.cancel()
+            finally:
+                if self._watch is not None:
+                    self._watch.close()
+
+
+class ClientWatch(Closeable, Protocol):
+    @property
+    def gone(self) -> bool: ...
 
 
 def sse_stream(shape: Shape, first: translate.Event, rest: Iterator[translate.Event], call: Cancellable,
-               **kwargs: Any) -> CancellingStream:
-    """The response iterable of a stream: ``sse_frames`` wrapped in a ``CancellingStream``."""
-    return CancellingStream(sse_frames(shape, first, rest, call, **kwargs), call)
+               *, watch: Optional[ClientWatch] = None, **kwargs: Any) -> CancellingStream:
+    """The response iterable of a stream: ``sse_frames`` wrapped in a ``CancellingStream``.
+
+    ``watch`` (from ``rest_edge.disconnect``) tells whether the client left; it is closed
+    with the iterable.
+    """
+    if watch is not None:
+        kwargs.setdefault("departed", lambda: watch.gone)
+    return CancellingStream(sse_frames(shape, first, rest, call, **kwargs), call, watch)
 
 
 def sse_frames(
@@ -83,11 +109,14 @@ def sse_frames(
     logprobs: bool = False,
     clock: Callable[[], float] = time.time,
     on_error: Optional[Callable[[RequestError], None]] = None,
+    departed: Callable[[], bool] = lambda: False,
 ) -> Iterator[bytes]:
     """SSE frames for a generation whose first event was already taken (by the responder).
 
     An error after the stream started becomes one ``data: {"error":…}`` frame, then
-    ``data: [DONE]``.
+    ``data: [DONE]``. When ``departed()`` says the client left (its call was cancelled for
+    that), the end is logged at info level and not counted as a stream error; the frames are
+    still offered (a write to a departed client fails quietly in the server).
     """
     try:
         offset = 0
@@ -108,9 +137,12 @@ def sse_frames(
             return
         raise RequestError(500, "The generation ended without finishing.")  # events() never does this
     except RequestError as err:
-        log.warning("stream %s failed after it started: %d %s", id, err.status, err.message)
-        if on_error is not None:
-            on_error(err)
+        if departed():
+            log.info("stream %s: the client went away; its generation was cancelled", id)
+        else:
+            log.warning("stream %s failed after it started: %d %s", id, err.status, err.message)
+            if on_error is not None:
+                on_error(err)
         yield wire.sse(err.body())
         yield wire.DONE
     except Exception:  # not BaseException: GeneratorExit must pass through untouched

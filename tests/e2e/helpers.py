@@ -176,7 +176,7 @@ def end_of_turn_bias(channel: grpc.Channel, model: str) -> dict[str, int]:
 
     with channel:
         stub = pb_grpc.InferenceServiceStub(channel)
-        resp = stub.Tokenize(pb.TokenizeRequest(model=model, text="<|im_end|><|endoftext|>"), timeout=30)
+        resp = stub.Tokenize(pb.TokenizeRequest(model=model, text="<|im_end|><|endoftext|>", raw=True), timeout=30)
     assert list(resp.tokens) == ["<|im_end|>", "<|endoftext|>"], list(resp.tokens)
     return {str(i): -100 for i in resp.token_ids}
 
@@ -289,3 +289,74 @@ def log_since(path: Path, offset: int) -> str:
 
 def file_size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
+
+
+# --- the service's own accounting (GetStatus) -------------------------------------------------
+
+class ServiceStatus:
+    """``GetStatus`` of the real service: its slots, queue and running totals, polled.
+
+    Shows from the service's own books that a departed client's work stopped: its slot or
+    queue place is free, ``generations_cancelled`` counted it, and ``tokens_generated`` /
+    ``prompt_tokens_evaluated`` no longer grow.
+    """
+
+    def __init__(self, address: str, model: str = MODEL):
+        from inference_service.v1 import inference_pb2 as pb
+        from inference_service.v1 import inference_pb2_grpc as pb_grpc
+
+        self._pb = pb
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.InferenceServiceStub(self._channel)
+        self.model = model
+
+    def get(self):
+        return self._stub.GetStatus(self._pb.GetStatusRequest(), timeout=30)
+
+    def of_model(self, status) -> Any:
+        return next(m for m in status.models if m.name == self.model)
+
+    def wait_for(self, predicate, bound: float, what: str, interval: float = 0.02):
+        """Polls until ``predicate(status)``; returns (status, seconds waited). Fails after ``bound``."""
+        start = time.monotonic()
+        while True:
+            status = self.get()
+            if predicate(status):
+                return status, time.monotonic() - start
+            if time.monotonic() - start > bound:
+                raise AssertionError(f"not within {bound:.0f}s: {what}; last status: {status}")
+            time.sleep(interval)
+
+    def tokenize(self, text: str, raw: bool = False) -> list[int]:
+        resp = self._stub.Tokenize(self._pb.TokenizeRequest(model=self.model, text=text, raw=raw), timeout=30)
+        return list(resp.token_ids)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def control_token_bias(status: ServiceStatus, markup: str, bias: int) -> dict[str, int]:
+    """``logit_bias`` giving ``bias`` to each control token written in ``markup`` (parsed raw)."""
+    ids = status.tokenize(markup, raw=True)
+    return {str(i): bias for i in ids}
+
+
+_FILLER_WORDS = (
+    "river stone garden window market letter silver morning harbor winter valley candle "
+    "painter bridge forest meadow lantern pocket thunder orchard village shadow castle mirror "
+    "engine butter ladder copper feather blanket saddle pepper marble violin rabbit kettle "
+    "tunnel anchor basket cotton dragon island jacket mountain needle ocean pillow rocket "
+    "spider temple tiger velvet wagon yellow zebra quiet gentle bright rapid hollow ancient"
+).split()
+
+
+def filler_text(words: int, seed: str) -> str:
+    """``words`` plain English words, different for each ``seed`` from the first word on (so
+    no prompt cache of an earlier request serves any of it)."""
+    import random
+
+    rng = random.Random(seed)
+    out = [f"Note {seed}:"]
+    for i in range(words):
+        out.append(rng.choice(_FILLER_WORDS) + ("." if i % 12 == 11 else ""))
+    return " ".join(out)

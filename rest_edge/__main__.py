@@ -58,7 +58,6 @@ def main(argv: Optional[list[str]] = None) -> None:
         "workers": args.workers,
         "threads": args.threads,
         "loglevel": args.log_level,
-        "timeout": int(args.request_timeout) + 60 if args.request_timeout else None,
     }
     app_kwargs = {
         "target": target,

@@ -8,6 +8,7 @@ ever reaches a client, unexpected exceptions are logged with theirs server-side 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
@@ -15,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 import falcon
 import grpc
 
+from inference_service.limits import MAX_DETAILS_BYTES, QUOTE_CHARS, clip_utf8
 from rest_edge import wire
 
 log = logging.getLogger("rest_edge")
@@ -150,7 +152,8 @@ def from_grpc(
             log.error("inference RPC failed: %s: %s", code.name, details)
         message = mapping.generic_message
     else:
-        message = details or code.name.replace("_", " ").lower()
+        # The service bounds its messages; a peer that does not is cut here.
+        message = clip_utf8(details, MAX_DETAILS_BYTES) if details else code.name.replace("_", " ").lower()
     headers = {}
     if status == 429:
         headers["Retry-After"] = _metadata_value(trailing_metadata, RETRY_AFTER_KEY) or DEFAULT_RETRY_AFTER
@@ -167,10 +170,24 @@ def internal_error() -> RequestError:
 _STATUS_LINES = {499: "499 Client Closed Request"}
 
 
+def error_json(err: RequestError) -> bytes:
+    """The error's body as UTF-8 JSON bytes.
+
+    Messages quote client values through ``limits.quote`` (escaped, never raw), but should a
+    lone surrogate ever reach one, the body falls back to ASCII JSON (``\\ud800`` escapes)
+    rather than failing to encode.
+    """
+    body = err.body()
+    try:
+        return wire.dumps(body).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
 def _write_error(resp: falcon.Response, err: RequestError) -> None:
     resp.status = _STATUS_LINES.get(err.status, err.status)
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = wire.dumps(err.body()).encode("utf-8")
+    resp.data = error_json(err)
     resp.stream = None
     for name, value in err.headers.items():
         resp.set_header(name, value)
@@ -189,11 +206,17 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTT
     status = ex.status_code
     message = ex.description or ex.title or "Request failed."
     if status == 404 and not ex.description:
-        message = f"Unknown request URL: {req.method} {req.path}."
+        message = f"Unknown request URL: {req.method} {_path(req)}."
     elif status == 405 and not ex.description:
-        message = f"Method {req.method} is not allowed for {req.path}."
+        message = f"Method {req.method} is not allowed for {_path(req)}."
     err = RequestError(status, message, headers=ex.headers or None)
     _write_error(resp, err)
+
+
+def _path(req: falcon.Request) -> str:
+    """The request path for a message: at most a short prefix of it."""
+    path = req.path
+    return path if len(path) <= QUOTE_CHARS else path[:QUOTE_CHARS] + "…"
 
 
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:

@@ -3,7 +3,7 @@
 Run:  gunicorn -c python:rest_edge.gunicorn_conf
       (the app, ``rest_edge.app:create_app()``, comes from ``wsgi_app`` below)
 
-Environment: EDGE_BIND, EDGE_WORKERS, EDGE_THREADS, EDGE_REQUEST_TIMEOUT, EDGE_LOG_LEVEL,
+Environment: EDGE_BIND, EDGE_WORKERS, EDGE_THREADS, EDGE_WORKER_TIMEOUT, EDGE_LOG_LEVEL,
 EDGE_CONTROL_SOCKET; the app itself reads INFERENCE_TARGET, EDGE_API_KEYS,
 EDGE_MAX_BODY_BYTES (see rest_edge.app).
 """
@@ -17,16 +17,21 @@ bind = _os.environ.get("EDGE_BIND", "127.0.0.1:8000")
 
 # gthread: a stream holds one thread, not the worker; the main loop keeps heartbeating, so a
 # long stream is not killed by ``timeout``. ``threads`` caps concurrent streams per worker.
-worker_class = "gthread"
+# The subclass (rest_edge/worker.py) only changes the body of the answers gunicorn itself
+# gives to requests it refuses before the app (bad request line, headers, Content-Length):
+# OpenAI-shaped JSON, same status; and it never answers a request twice.
+worker_class = "rest_edge.worker.JsonErrorThreadWorker"
 workers = int(_os.environ.get("EDGE_WORKERS", "2"))
 threads = int(_os.environ.get("EDGE_THREADS", "8"))
 
 # Never fork with a gRPC channel open: the app (and its channel) is built in each worker.
 preload_app = False
 
-# Sized for the longest stream (the gRPC deadline of a generation) plus slack.
-_request_timeout = float(_os.environ.get("EDGE_REQUEST_TIMEOUT", "600"))
-timeout = int(_request_timeout) + 60
+# The hung-worker detector, not a request limit: a gthread worker's main loop heartbeats
+# about once a second whatever its request threads are doing, so a long stream never trips
+# it; a worker silent for this long is stuck and gets restarted. A request's own limit is
+# EDGE_REQUEST_TIMEOUT (the gRPC deadline, see rest_edge.app).
+timeout = int(_os.environ.get("EDGE_WORKER_TIMEOUT", "30"))
 graceful_timeout = 30
 keepalive = 5
 

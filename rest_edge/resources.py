@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import falcon
 
+from inference_service.limits import quote
 from inference_service.v1 import inference_pb2 as pb
 
 from rest_edge import disconnect, streaming, translate, wire
@@ -152,7 +153,7 @@ class GenerationResource:
 
 
 def _model_not_found(name: str) -> RequestError:
-    return RequestError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
+    return RequestError(404, f"The model {quote(name)} does not exist.", param="model", code="model_not_found")
 
 
 class ModelsResource:

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional, Union
 
+from inference_service import limits
+from inference_service.limits import quote
 from inference_service.v1 import inference_pb2 as pb
 
 from rest_edge import wire
@@ -26,8 +28,8 @@ from rest_edge.errors import RequestError, invalid
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-MAX_STOP = 4
-MAX_TOP_LOGPROBS = 20
+MAX_STOP = limits.MAX_STOP_STRINGS
+MAX_TOP_LOGPROBS = limits.MAX_TOP_LOGPROBS
 # OpenAI's value for a log probability that is minus infinity (JSON has no -Infinity).
 LOGPROB_FLOOR = -9999.0
 
@@ -105,10 +107,23 @@ def _type_error(param: str, expected: str, value: Any) -> RequestError:
 
 def _range_error(param: str, constraint: str, value: Any) -> RequestError:
     return invalid(
-        f"Invalid '{param}': expected a value {constraint}, but got {value!r} instead.",
+        f"Invalid '{param}': expected a value {constraint}, but got {quote(value)} instead.",
         param=param,
         code="invalid_value",
     )
+
+
+def _text(value: str, param: str, max_chars: Optional[int] = None) -> str:
+    """A string the client sent, checked before it goes anywhere: valid Unicode, not too long.
+
+    ``param`` is the JSON path of the string (``messages[0].content[1].text``).
+    """
+    if max_chars is not None and len(value) > max_chars:
+        raise invalid(limits.too_long_message(param, value, max_chars), param=param, code="string_above_max_length")
+    index = limits.lone_surrogate(value)
+    if index is not None:
+        raise invalid(limits.surrogate_message(param, value, index), param=param, code="invalid_value")
+    return value
 
 
 def _opt_bool(body: dict, name: str) -> Optional[bool]:
@@ -142,7 +157,10 @@ def _opt_number(body: dict, name: str, lo: float, hi: float, *, lo_open: bool = 
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _type_error(name, "a number", value)
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond the float range (JSON has no size limit)
+        value = math.inf if value > 0 else -math.inf
     too_low = value <= lo if lo_open else value < lo
     if not math.isfinite(value) or too_low or value > hi:
         low = f"> {_fmt(lo)}" if lo_open else f">= {_fmt(lo)}"
@@ -154,7 +172,7 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def _required_str(body: dict, name: str) -> str:
+def _required_str(body: dict, name: str, max_chars: Optional[int] = None) -> str:
     value = body.get(name)
     if value is None:
         raise invalid(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
@@ -162,7 +180,7 @@ def _required_str(body: dict, name: str) -> str:
         raise _type_error(name, "a string", value)
     if not value:
         raise invalid(f"Invalid '{name}': must not be empty.", param=name, code="invalid_value")
-    return value
+    return _text(value, name, max_chars)
 
 
 # --- unsupported fields -------------------------------------------------------------------
@@ -181,7 +199,7 @@ def _check_only_one(body: dict, name: str, why: str) -> None:
     if value < 1:
         raise _range_error(name, ">= 1", value)
     if value > 1:
-        raise _unsupported(name, f"Unsupported value for '{name}': {why}, got {value}.")
+        raise _unsupported(name, f"Unsupported value for '{name}': {why}, got {quote(value)}.")
 
 
 def check_unsupported(body: dict) -> None:
@@ -199,7 +217,7 @@ def check_unsupported(body: dict) -> None:
         kind = fmt.get("type") if isinstance(fmt, dict) else fmt
         raise _unsupported(
             "response_format",
-            f"Unsupported value for 'response_format': only {{\"type\": \"text\"}} is supported, got {kind!r}.",
+            f"Unsupported value for 'response_format': only {{\"type\": \"text\"}} is supported, got {quote(kind)}.",
         )
     suffix = body.get("suffix")
     if suffix is not None and suffix != "":
@@ -217,7 +235,7 @@ def _stop(body: dict) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        return [value] if value else []
+        return [_text(value, "stop", limits.MAX_STOP_CHARS)] if value else []
     if not isinstance(value, list):
         raise _type_error("stop", "a string or an array of strings", value)
     if len(value) > MAX_STOP:
@@ -226,9 +244,10 @@ def _stop(body: dict) -> list[str]:
             param="stop",
             code="invalid_value",
         )
-    for item in value:
+    for k, item in enumerate(value):
         if not isinstance(item, str):
             raise _type_error("stop", "a string or an array of strings", item)
+        _text(item, f"stop[{k}]", limits.MAX_STOP_CHARS)
     return [s for s in value if s]
 
 
@@ -246,7 +265,7 @@ def _logit_bias(body: dict) -> dict[int, float]:
             token = -1
         if not 0 <= token <= INT32_MAX or str(key).strip() != str(token):
             raise invalid(
-                f"Invalid 'logit_bias': keys must be token ids (non-negative integers as strings), got {key!r}.",
+                f"Invalid 'logit_bias': keys must be token ids (non-negative integers as strings), got {quote(key)}.",
                 param="logit_bias",
                 code="invalid_value",
             )
@@ -254,7 +273,7 @@ def _logit_bias(body: dict) -> dict[int, float]:
             raise _type_error("logit_bias", "numbers as values", b)
         if not -100 <= b <= 100:
             raise invalid(
-                f"Invalid 'logit_bias': values must be between -100 and 100, got {b!r} for token {key}.",
+                f"Invalid 'logit_bias': values must be between -100 and 100, got {quote(b)} for token {token}.",
                 param="logit_bias",
                 code="invalid_value",
             )
@@ -308,10 +327,10 @@ def _prompt(body: dict) -> str:
     if value is None:
         raise invalid("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
     if isinstance(value, str):
-        return value
+        return _text(value, "prompt")
     if isinstance(value, list):
         if len(value) == 1 and isinstance(value[0], str):
-            return value[0]
+            return _text(value[0], "prompt[0]")
         if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise invalid("Unsupported 'prompt': token-id prompts are not supported; send a string.",
                           param="prompt", code="unsupported_parameter")
@@ -325,7 +344,7 @@ def _prompt(body: dict) -> str:
 
 def completion_request(body: dict) -> ParsedRequest:
     """POST /v1/completions body → GenerateRequest."""
-    model = _required_str(body, "model")
+    model = _required_str(body, "model", limits.MAX_MODEL_CHARS)
     prompt = _prompt(body)
     check_unsupported(body)
     req = pb.GenerateRequest(model=model, prompt=prompt)
@@ -348,7 +367,7 @@ def completion_request(body: dict) -> ParsedRequest:
 
 def _content(value: Any, param: str) -> str:
     if isinstance(value, str):
-        return value
+        return _text(value, param)
     if isinstance(value, list):
         texts = []
         for j, part in enumerate(value):
@@ -358,14 +377,14 @@ def _content(value: Any, param: str) -> str:
             kind = part.get("type")
             if kind != "text":
                 raise invalid(
-                    f"Unsupported content part type {kind!r} in '{part_param}': only 'text' parts are supported.",
+                    f"Unsupported content part type {quote(kind)} in '{part_param}': only 'text' parts are supported.",
                     param=param,
                     code="unsupported_parameter",
                 )
             text = part.get("text")
             if not isinstance(text, str):
                 raise _type_error(f"{part_param}.text", "a string", text)
-            texts.append(text)
+            texts.append(_text(text, f"{part_param}.text"))
         # Parts are concatenated as they are, like text-generation-inference does.
         return "".join(texts)
     raise _type_error(param, "a string or an array of content parts", value)
@@ -390,13 +409,19 @@ def _messages(body: dict) -> list[pb.ChatMessage]:
                 raise invalid(f"Missing required parameter: '{param}.role'.", param=f"{param}.role",
                               code="missing_required_parameter")
             raise _type_error(f"{param}.role", "a string", role)
+        _text(role, f"{param}.role", limits.MAX_ROLE_CHARS)
         role = ROLE_ALIASES.get(role, role)
         if role not in CHAT_ROLES:
             raise invalid(
-                f"Unsupported value for '{param}.role': {role!r}; supported roles are system, user and assistant.",
+                f"Unsupported value for '{param}.role': {quote(role)}; supported roles are system, user and assistant.",
                 param=f"{param}.role",
                 code="unsupported_parameter",
             )
+        participant = msg.get("name")  # a participant's name: accepted, checked, not used
+        if participant is not None:
+            if not isinstance(participant, str):
+                raise _type_error(f"{param}.name", "a string", participant)
+            _text(participant, f"{param}.name", limits.MAX_NAME_CHARS)
         for name in ("tool_calls", "function_call"):
             if msg.get(name):
                 raise _unsupported(f"{param}.{name}", f"Unsupported parameter: '{param}.{name}'. Tool and function calling are not supported.")
@@ -412,7 +437,7 @@ def _messages(body: dict) -> list[pb.ChatMessage]:
 
 def chat_request(body: dict) -> ParsedRequest:
     """POST /v1/chat/completions body → GenerateRequest."""
-    model = _required_str(body, "model")
+    model = _required_str(body, "model", limits.MAX_MODEL_CHARS)
     messages = _messages(body)
     check_unsupported(body)
     req = pb.GenerateRequest(model=model, messages=messages)

@@ -10,8 +10,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from inference_service.engine.types import ChatMessage
 from inference_service.errors import InvalidRequest
+from inference_service.limits import ELLIPSIS, quote
 
 ROLES = ("system", "user", "assistant")
+_MAX_REASON_CHARS = 200  # of a template's own error message, quoted in ours
 
 
 def _raise_exception(message: str) -> None:
@@ -41,7 +43,7 @@ class ChatTemplate:
         for i, message in enumerate(messages):
             if message.role not in ROLES:
                 raise InvalidRequest(
-                    f"messages[{i}].role must be one of {', '.join(ROLES)}, not {message.role!r}",
+                    f"messages[{i}].role must be one of {', '.join(ROLES)}, not {quote(message.role)}",
                     param=f"messages[{i}].role",
                 )
         try:
@@ -52,4 +54,8 @@ class ChatTemplate:
                 eos_token=self._eos_token,
             )
         except TemplateError as exc:  # the template itself refused these messages
-            raise InvalidRequest(f"the model's chat template rejected the messages: {exc}", "messages") from exc
+            # The template's own words, cut short: a template may quote the messages back.
+            reason = str(exc)
+            if len(reason) > _MAX_REASON_CHARS:
+                reason = reason[:_MAX_REASON_CHARS] + ELLIPSIS
+            raise InvalidRequest(f"the model's chat template rejected the messages: {reason}", "messages") from exc

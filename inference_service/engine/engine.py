@@ -173,7 +173,11 @@ class Engine:
         try:
             return self._models[name]
         except KeyError:
-            raise ModelNotFound(f"model {name!r} not found; served: {', '.join(self._models) or 'none'}") from None
+            # ModelNotFound quoting a short prefix of the name; InvalidRequest for a name no
+            # model could have (too long, not valid Unicode): never echoed into gRPC trailers.
+            from inference_service.engine.validation import unknown_model
+
+            raise unknown_model(name, self._models) from None
 
     def tokenize(self, model_name: str, text: str = "", messages: Sequence[ChatMessage] = (),
                  raw: bool = False) -> tuple[list[int], list[str]]:

@@ -406,6 +406,10 @@ def test_get_unknown_model_is_404():
     result = client_for(FakeClient(models=MODELS)).simulate_get("/v1/models/nope:1b")
     err = assert_error(result, 404, "not_found_error", "model", "model_not_found")
     assert "nope:1b" in err["message"]
+    long_name = "m" * 3000
+    err = assert_error(client_for(FakeClient(models=MODELS)).simulate_get(f"/v1/models/{long_name}"),
+                       404, "not_found_error", "model", "model_not_found")
+    assert len(err["message"]) < 200  # a short prefix is quoted, never the whole path
 
 
 def test_models_when_service_is_down():

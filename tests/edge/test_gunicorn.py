@@ -6,6 +6,8 @@ cancels its RPC, and the official openai client understands the answers and the 
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -18,6 +20,7 @@ from tests.edge.fakes import FakeServicer, start_server
 def edge(tmp_path_factory):
     servicer = FakeServicer()
     server, grpc_port, _ = start_server(servicer)
+    servicer.address = f"127.0.0.1:{grpc_port}"
     try:
         running = start_edge(f"127.0.0.1:{grpc_port}", tmp_path_factory.mktemp("edge") / "gunicorn.log",
                              EDGE_THREADS="4")
@@ -84,3 +87,25 @@ def test_openai_client_rejects_unsupported(edge):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}], n=2)
     assert info.value.param == "n"
+
+
+def test_a_stream_longer_than_the_worker_timeout_is_not_killed(edge, tmp_path):
+    """``timeout`` detects hung workers; a gthread worker heartbeats while its threads stream."""
+    _, servicer = edge
+    grpc_target = servicer.address
+    short = start_edge(grpc_target, tmp_path / "gunicorn.log", EDGE_WORKER_TIMEOUT="2")
+    try:
+        body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        with httpx.Client(timeout=10) as http:
+            with http.stream("POST", f"{short.base_url}/v1/chat/completions", json=body) as resp:
+                assert resp.status_code == 200
+                frames = 0
+                started = time.monotonic()
+                for line in resp.iter_lines():
+                    frames += bool(line)
+                    if time.monotonic() - started > 5:  # 2.5 worker timeouts
+                        break
+        assert frames > 10
+        assert "WORKER TIMEOUT" not in (tmp_path / "gunicorn.log").read_text()
+    finally:
+        stop_process(short.process)

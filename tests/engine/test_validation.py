@@ -1,4 +1,5 @@
-"""validate_request: every refused field is named in ``param`` and in the message."""
+"""validate_request: every refused field is named in ``param`` and in the message; strings are
+bounded (``inference_service.limits``) and bad values quoted by a short prefix only."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import math
 
 import pytest
 
+from inference_service import limits
+from inference_service.engine.chat_template import ChatTemplate
 from inference_service.engine.types import ChatMessage, GenerationRequest, SamplingParams
-from inference_service.engine.validation import validate_request
-from inference_service.errors import InvalidRequest
+from inference_service.engine.validation import check_model_name, unknown_model, validate_request
+from inference_service.errors import InvalidRequest, ModelNotFound
 
 VOCAB = 1000
 HI = (ChatMessage("user", "hi"),)
@@ -82,3 +85,94 @@ GOOD = [
 @pytest.mark.parametrize("request_", [r for _, r in GOOD], ids=[name for name, _ in GOOD])
 def test_valid_requests_pass(request_):
     validate_request(request_, VOCAB)
+
+
+# --- bounded and valid strings (issue 7) ---------------------------------------------------------
+
+LONG = 9000
+MAX_DETAILS = 300  # no message below needs more: a bad value is quoted by a prefix only
+
+STRINGS_BAD = [
+    ("model too long", GenerationRequest(model="m" * (limits.MAX_MODEL_CHARS + 1), prompt="x"), "model"),
+    ("model 9000 characters", GenerationRequest(model="m" * LONG, prompt="x"), "model"),
+    ("model with a lone surrogate", GenerationRequest(model="m\ud800", prompt="x"), "model"),
+    ("role too long", GenerationRequest(model="m", messages=(ChatMessage("r" * LONG, "hi"),)), "messages[0].role"),
+    ("role just too long",
+     GenerationRequest(model="m", messages=(*HI, ChatMessage("u" * (limits.MAX_ROLE_CHARS + 1), "hi"))),
+     "messages[1].role"),
+    ("role with a lone surrogate", GenerationRequest(model="m", messages=(ChatMessage("us\udfffer", "hi"),)),
+     "messages[0].role"),
+    ("content with a lone surrogate", GenerationRequest(model="m", messages=(*HI, ChatMessage("user", "a\udc00"))),
+     "messages[1].content"),
+    ("prompt with a lone surrogate", GenerationRequest(model="m", prompt="\ud800"), "prompt"),
+    ("stop too long", chat(stop=("s" * (limits.MAX_STOP_CHARS + 1),)), "stop"),
+    ("stop 9000 characters", chat(stop=("ok", "s" * LONG)), "stop"),
+    ("stop with a lone surrogate", chat(stop=("\ud800",)), "stop"),
+]
+
+
+@pytest.mark.parametrize("request_, param", [(r, p) for _, r, p in STRINGS_BAD], ids=[n for n, _, _ in STRINGS_BAD])
+def test_long_or_invalid_strings_are_refused_briefly(request_, param):
+    with pytest.raises(InvalidRequest) as info:
+        validate_request(request_, VOCAB)
+    assert info.value.param == param
+    message = str(info.value)
+    assert param in message
+    assert len(message) <= MAX_DETAILS, message
+    message.encode("utf-8")  # the message itself is valid text: it becomes gRPC details
+
+
+def test_strings_at_their_limits_pass():
+    validate_request(
+        GenerationRequest(model="m" * limits.MAX_MODEL_CHARS,
+                          messages=(ChatMessage("assistant", "😀 \u202e\x00\ue000"),),
+                          stop=("s" * limits.MAX_STOP_CHARS, "x")),
+        VOCAB,
+    )
+    validate_request(GenerationRequest(model="m", prompt="😀"), VOCAB)
+
+
+def test_unknown_model_quotes_a_short_prefix():
+    error = unknown_model("nope:" + "x" * 200, ["fake", "other"])
+    assert isinstance(error, ModelNotFound)
+    message = str(error)
+    assert message.startswith("model 'nope:xxx") and message.endswith("… not found; served: fake, other")
+    assert len(message) < 120
+    assert str(unknown_model("nope", [])) == "model 'nope' not found; served: none"
+
+
+@pytest.mark.parametrize("name", ["m" * LONG, "m" * (limits.MAX_MODEL_CHARS + 1), "bad\ud800"])
+def test_a_model_name_no_model_could_have_is_invalid_not_missing(name):
+    error = unknown_model(name, ["fake"])
+    assert isinstance(error, InvalidRequest) and error.param == "model"
+    assert len(str(error)) <= MAX_DETAILS
+    with pytest.raises(InvalidRequest):
+        check_model_name(name)
+
+
+def test_engine_model_lookup_refuses_long_names_and_quotes_unknown_ones():
+    from inference_service.engine.engine import Engine
+
+    engine = Engine([])
+    with pytest.raises(InvalidRequest) as info:
+        engine.model("m" * LONG)
+    assert info.value.param == "model" and len(str(info.value)) <= MAX_DETAILS
+    with pytest.raises(ModelNotFound) as missing:
+        engine.model("z" * limits.MAX_MODEL_CHARS)
+    assert len(str(missing.value)) < 120
+
+
+def test_chat_template_quotes_an_unknown_role_briefly():
+    template = ChatTemplate("{% for m in messages %}{{ m.content }}{% endfor %}")
+    with pytest.raises(InvalidRequest) as info:
+        template.render([ChatMessage("tool" * 2000, "hi")])
+    assert info.value.param == "messages[0].role"
+    assert len(str(info.value)) < 150 and "…" in str(info.value)
+
+
+def test_chat_template_refusal_is_quoted_briefly():
+    template = ChatTemplate("{{ raise_exception('bad: ' + messages[0].content) }}")
+    with pytest.raises(InvalidRequest) as info:
+        template.render([ChatMessage("user", "c" * LONG)])
+    assert info.value.param == "messages"
+    assert len(str(info.value)) < 300

@@ -12,7 +12,6 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,7 +25,6 @@ from inference_service.errors import (
     DeadlineExceeded,
     InferenceError,
     InvalidRequest,
-    ModelLoadError,
     ModelNotFound,
     QueueFull,
     ServiceUnavailable,
@@ -60,7 +58,6 @@ STATUS_FOR_ERROR: list[tuple[type[InferenceError], grpc.StatusCode]] = [
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Cancelled, grpc.StatusCode.CANCELLED),
     (ServiceUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (ModelLoadError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 
@@ -72,6 +69,14 @@ def status_for(error: InferenceError) -> grpc.StatusCode:
 
 
 def _abort(context: grpc.ServicerContext, error: Exception) -> None:
+    """Ends the call with the error's status; details and metadata are bounded (they are trailers).
+
+    Messages quote client values by a short prefix already; the caps here are a last guard so
+    that no message can push the trailers past gRPC's metadata limit (8 KiB by default), which
+    the client would report as a misleading RESOURCE_EXHAUSTED.
+    """
+    from inference_service.limits import MAX_DETAILS_BYTES, MAX_PARAM_CHARS, clip_utf8
+
     if not isinstance(error, InferenceError):
         log.exception("unexpected error", exc_info=error)
         context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -79,12 +84,66 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     metadata = []
     param = getattr(error, "param", None)
     if param:
+        # An ASCII metadata value: printable, escaped otherwise, and short.
+        param = ascii(str(param))[1:-1][:MAX_PARAM_CHARS]
         metadata.append(("error-param", param))
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         metadata.append(("retry-after", str(RETRY_AFTER_SECONDS)))
     if metadata:
         context.set_trailing_metadata(tuple(metadata))
-    context.abort(code, str(error))
+    context.abort(code, clip_utf8(str(error), MAX_DETAILS_BYTES))
+
+
+class _Undecodable:
+    """Stands for a request message protobuf could not parse (e.g. invalid UTF-8 in a string)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class RejectUndecodableRequests(grpc.ServerInterceptor):
+    """A request that does not parse gets INVALID_ARGUMENT, not grpcio's INTERNAL.
+
+    grpcio answers a deserializer's exception with INTERNAL ("Exception deserializing
+    request!"), which reads as the server's fault; a client that sends invalid UTF-8 in a
+    string field made the mistake. The deserializer hands a marker to the handler instead,
+    which refuses it.
+    """
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None or handler.request_streaming:
+            return handler
+        deserialize = handler.request_deserializer
+
+        def lenient(data: bytes):
+            try:
+                return deserialize(data)
+            except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and kin
+                return _Undecodable(str(error) or type(error).__name__)
+
+        def refuse(request, context) -> None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"the request message could not be parsed (strings must be valid UTF-8): "
+                          f"{request.reason[:200]}")
+
+        if handler.response_streaming:
+            behaviour = handler.unary_stream
+
+            def unary_stream(request, context):
+                if isinstance(request, _Undecodable):
+                    refuse(request, context)
+                yield from behaviour(request, context)
+
+            return handler._replace(request_deserializer=lenient, unary_stream=unary_stream)
+        behaviour = handler.unary_unary
+
+        def unary_unary(request, context):
+            if isinstance(request, _Undecodable):
+                refuse(request, context)
+            return behaviour(request, context)
+
+        return handler._replace(request_deserializer=lenient, unary_unary=unary_unary)
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
@@ -201,6 +260,7 @@ def create_server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=[("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_workers,
+        interceptors=[RejectUndecodableRequests()],
     )
     draining = threading.Event()
     servicer = InferenceServicer(engine, draining)
@@ -220,32 +280,44 @@ def create_server(
     return running
 
 
-class _LazyEngine:
-    """Stands in while the model loads, so health can answer NOT_SERVING meanwhile."""
+class LoadingEngine:
+    """The engine while it loads: every call is UNAVAILABLE until ``ready(engine)``.
+
+    The server binds before the models load, so health can answer NOT_SERVING meanwhile.
+    """
 
     def __init__(self):
-        self.engine = None
+        self._engine = None
 
-    def __getattr__(self, name):
-        if self.engine is None:
+    def ready(self, engine) -> None:
+        self._engine = engine
+
+    def _loaded(self):
+        if self._engine is None:
             raise ServiceUnavailable("the model is still loading; retry shortly")
-        return getattr(self.engine, name)
+        return self._engine
+
+    def generate(self, request, cancelled=None, deadline=None):
+        return self._loaded().generate(request, cancelled=cancelled, deadline=deadline)
+
+    def models(self):
+        return self._loaded().models()
+
+    def tokenize(self, model_name, text="", messages=(), raw=False):
+        return self._loaded().tokenize(model_name, text, messages, raw=raw)
+
+    def status(self):
+        return self._loaded().status()
 
 
-def serve(
-    model_specs: list[str],
-    address: str,
-    engine_config,
-    grace: float,
-    on_ready: Callable[[RunningServer], None] | None = None,
-) -> None:
+def serve(model_specs: list[str], address: str, engine_config, grace: float) -> None:
     """Binds first (health NOT_SERVING), loads and warms the models, serves until SIGTERM/SIGINT."""
     from inference_service.engine.engine import Engine
     from inference_service.models.registry import ModelRegistry
 
-    lazy = _LazyEngine()
+    loading = LoadingEngine()
     concurrency = server_concurrency(len(model_specs), engine_config.slots, engine_config.max_waiting)
-    running = create_server(lazy, address, serving=False, max_workers=concurrency)
+    running = create_server(loading, address, serving=False, max_workers=concurrency)
     log.info("listening on %s (NOT_SERVING while loading)", address)
     # A signal handler must not take locks (Event.set does): a signal landing while the main
     # thread holds the same lock deadlocks. It only records the signal; the main thread polls.
@@ -264,11 +336,9 @@ def serve(
     except InferenceError as error:
         running.server.stop(0)
         raise SystemExit(f"error: {error}") from None
-    lazy.engine = engine
+    loading.ready(engine)
     running.set_serving(True)
     log.info("serving %s on %s", ", ".join(m.name for m in engine.models()), address)
-    if on_ready:
-        on_ready(running)
     while not received:
         time.sleep(0.1)
     log.info("signal %s: draining (grace %.0fs)", received[0], grace)

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, Iterator, Protocol, Sequence, TypeVar
 
 from inference_service.errors import Cancelled, DeadlineExceeded, QueueFull
@@ -32,7 +32,6 @@ _POLL_SECONDS = 0.05  # how often a waiter re-checks cancellation without a wake
 class Ticket:
     prompt: Sequence[int]
     number: int
-    enqueued_at: float = field(default_factory=time.monotonic)
 
 
 class SlotScheduler(Generic[SlotT]):

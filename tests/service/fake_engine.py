@@ -24,9 +24,9 @@ from inference_service.errors import (
     ContextLengthExceeded,
     DeadlineExceeded,
     InvalidRequest,
-    ModelLoadError,
     ModelNotFound,
     QueueFull,
+    ServiceUnavailable,
 )
 
 CHUNK_PAUSE = 0.02  # seconds between chunks of a "slow" stream (pacing only, never asserted)
@@ -41,7 +41,7 @@ ERRORS = {
     "missing": lambda: ModelNotFound("model 'missing' not found; served: fake"),
     "full": lambda: QueueFull("2 requests are already waiting for a model slot (limit 2); retry later"),
     "expired": lambda: DeadlineExceeded("the deadline passed while waiting for a model slot"),
-    "loading": lambda: ModelLoadError("the model is still loading"),
+    "loading": lambda: ServiceUnavailable("the model is still loading; retry shortly"),
     "crash": lambda: RuntimeError('Traceback (most recent call last):\n  File "/secret/path.py", line 1'),
 }
 

@@ -13,9 +13,6 @@ from inference_service.v1 import inference_pb2_grpc as pb_grpc
 MODEL = "smollm2:135m"
 SAFETY = 300  # seconds: bounds a hang on a busy 2-core machine; never a measured limit
 
-# The model's end-of-turn tokens (<|endoftext|>, <|im_end|>). A bias of -100 keeps greedy
-# decoding from ever choosing them, so a generation runs exactly max_tokens tokens.
-NO_EOS = {0: -100.0, 2: -100.0}
 
 # The template's default system prompt ("...named SmolLM, trained by Hugging Face") has
 # been seen to steer this small model's greedy answer to the France question off course
@@ -23,6 +20,15 @@ NO_EOS = {0: -100.0, 2: -100.0}
 # content send this explicit, plain system message instead.
 SYSTEM = ("system", "You are a helpful assistant.")
 STORY_TURNS = (SYSTEM, ("user", "Tell me a story about a dragon."))
+
+
+def no_eos_bias(stub: pb_grpc.InferenceServiceStub) -> dict[int, float]:
+    """``logit_bias`` banning the model's end-of-turn tokens (ids asked from its tokenizer):
+    greedy decoding then runs exactly ``max_tokens`` tokens."""
+    tokenized = stub.Tokenize(pb.TokenizeRequest(model=MODEL, text="<|im_end|><|endoftext|>", raw=True),
+                              timeout=SAFETY)
+    assert list(tokenized.tokens) == ["<|im_end|>", "<|endoftext|>"]
+    return {token_id: -100.0 for token_id in tokenized.token_ids}
 
 
 def chat(*turns: tuple[str, str]) -> list[pb.ChatMessage]:

@@ -20,7 +20,7 @@ from inference_service.models.registry import ModelRegistry
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import DEFAULT_MODEL, REPO, stop_process, start_service
-from tests.service.helpers import NO_EOS, SAFETY, STORY_TURNS, generate, request
+from tests.service.helpers import SAFETY, STORY_TURNS, generate, no_eos_bias, request
 
 pytestmark = pytest.mark.model
 
@@ -44,13 +44,13 @@ def test_cancelled_stream_frees_the_only_slot(solo):
     with solo.channel() as channel:
         stub = pb_grpc.InferenceServiceStub(channel)
         long_call = stub.Generate(
-            request(*STORY_TURNS, max_tokens=2000, logit_bias=NO_EOS, request_id="long-cancelled"), timeout=SAFETY
+            request(*STORY_TURNS, max_tokens=2000, logit_bias=no_eos_bias(stub), request_id="long-cancelled"), timeout=SAFETY
         )
         received = [next(long_call) for _ in range(3)]
         assert all(m.finish_reason == pb.FINISH_REASON_UNSPECIFIED for m in received)
         long_call.cancel()
 
-        short = generate(stub, request(*STORY_TURNS, max_tokens=5, logit_bias=NO_EOS, request_id="short-after"))
+        short = generate(stub, request(*STORY_TURNS, max_tokens=5, logit_bias=no_eos_bias(stub), request_id="short-after"))
         assert short.last.finish_reason == pb.FINISH_REASON_LENGTH
         assert short.last.usage.completion_tokens == 5
         # Same slot, same prompt: the whole prompt blocks the cancelled request left behind
@@ -75,7 +75,7 @@ def test_sigterm_drains_in_flight_stream_and_exits_zero(model_file, tmp_path):
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
 
             in_flight = stub.Generate(
-                request(*STORY_TURNS, max_tokens=80, logit_bias=NO_EOS, request_id="drained"), timeout=SAFETY
+                request(*STORY_TURNS, max_tokens=80, logit_bias=no_eos_bias(stub), request_id="drained"), timeout=SAFETY
             )
             messages = [next(in_flight)]
             svc.process.send_signal(signal.SIGTERM)

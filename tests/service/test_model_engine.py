@@ -10,7 +10,7 @@ import pytest
 
 from inference_service.engine.types import ChatMessage, GenerationRequest, SamplingParams
 from inference_service.errors import Cancelled
-from tests.service.helpers import MODEL, NO_EOS, SAFETY, SYSTEM
+from tests.service.helpers import MODEL, SAFETY, SYSTEM
 
 LONG_SYSTEM = (
     "system",
@@ -21,6 +21,11 @@ LONG_SYSTEM = (
 pytestmark = pytest.mark.model
 
 GREEDY = SamplingParams(temperature=0.0)
+
+
+def no_eos(engine) -> dict[int, float]:
+    """``logit_bias`` banning the end-of-turn tokens the engine itself stops on."""
+    return {token_id: -100.0 for token_id in engine.model(MODEL).end_of_turn_ids}
 
 
 def chat_request(*turns, max_tokens=30, sampling=GREEDY) -> GenerationRequest:
@@ -51,7 +56,7 @@ def occupy_both_slots(engine):
     holders = []
     for prompt in ("Once upon a time", "The weather today"):
         req = GenerationRequest(model=MODEL, prompt=prompt, raw=True, max_tokens=400,
-                                sampling=SamplingParams(temperature=0.0, logit_bias=NO_EOS))
+                                sampling=SamplingParams(temperature=0.0, logit_bias=no_eos(engine)))
         it = engine.generate(req)
         next(it)  # now holds a slot
         holders.append(it)
@@ -108,7 +113,7 @@ def test_closing_the_iterator_frees_the_slot(engine):
     holders = occupy_both_slots(engine)
     release(engine, holders)
     assert (scheduler(engine).busy, scheduler(engine).waiting) == (0, 0)
-    text, last = run(engine, chat_request(SYSTEM, ("user", "Hi"), max_tokens=3, sampling=SamplingParams(temperature=0.0, logit_bias=NO_EOS)))
+    text, last = run(engine, chat_request(SYSTEM, ("user", "Hi"), max_tokens=3, sampling=SamplingParams(temperature=0.0, logit_bias=no_eos(engine))))
     assert last.finish_reason == "length" and last.usage.completion_tokens == 3
 
 
@@ -143,7 +148,7 @@ def test_cancelled_waiter_leaves_the_queue_at_once(engine):
 def test_cancel_event_stops_a_running_generation(engine):
     cancelled = threading.Event()
     req = chat_request(SYSTEM, ("user", "Tell me a story."), max_tokens=400,
-                       sampling=SamplingParams(temperature=0.0, logit_bias=NO_EOS))
+                       sampling=SamplingParams(temperature=0.0, logit_bias=no_eos(engine)))
     it = engine.generate(req, cancelled=cancelled)
     received = [next(it), next(it)]
     cancelled.set()

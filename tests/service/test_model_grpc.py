@@ -15,7 +15,7 @@ from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
 from tests.service.helpers import (
     MODEL,
-    NO_EOS,
+    no_eos_bias,
     SAFETY,
     STORY_TURNS,
     SYSTEM,
@@ -201,7 +201,7 @@ def test_two_concurrent_streams_match_their_solo_runs(stub):
 
 
 def test_queue_cap_then_cancelled_requests_leave(stub):
-    long_request = request(*STORY, max_tokens=500, logit_bias=NO_EOS)
+    long_request = request(*STORY, max_tokens=500, logit_bias=no_eos_bias(stub))
     running = [stub.Generate(long_request, timeout=SAFETY) for _ in range(2)]
     for call in running:
         next(call)  # both slots are now busy generating
@@ -226,7 +226,7 @@ def test_queue_cap_then_cancelled_requests_leave(stub):
     followers: list = [None, None]
 
     def follow(i):
-        followers[i] = generate_retrying_while_full(stub, request(*FRANCE, max_tokens=5, logit_bias=NO_EOS))
+        followers[i] = generate_retrying_while_full(stub, request(*FRANCE, max_tokens=5, logit_bias=no_eos_bias(stub)))
 
     threads = [threading.Thread(target=follow, args=(i,)) for i in range(2)]
     for t in threads:

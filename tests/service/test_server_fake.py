@@ -171,9 +171,9 @@ def test_deadline_exceeded_in_the_engine(harness):
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def test_model_still_loading_is_failed_precondition(harness):
+def test_model_still_loading_is_unavailable(harness):
     error = rpc_failure(harness.generate("loading"))
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_unexpected_exception_is_internal_without_details(harness):
@@ -328,3 +328,102 @@ def test_calls_beyond_the_servers_concurrency_are_refused_at_once_not_queued():
 def test_server_concurrency_covers_every_slot_and_queue_place_plus_headroom():
     assert server_module.server_concurrency(1, slots=2, max_waiting=200) == 202 + server_module.CONTROL_RPC_HEADROOM
     assert server_module.server_concurrency(2, slots=1, max_waiting=3) == 8 + server_module.CONTROL_RPC_HEADROOM
+
+
+# --- long and unbounded strings (issue 7) ----------------------------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from inference_service.engine.engine import Engine  # noqa: E402
+from inference_service.errors import InvalidRequest  # noqa: E402
+
+LONG = 9000
+SHORT_DETAILS = 300  # every status message below fits; nothing is echoed unbounded
+
+
+@pytest.fixture
+def real_engine_stub_model():
+    """The real Engine (lookup, validation) over a stand-in model: requests here fail before tokens."""
+    engine = Engine([SimpleNamespace(name="fake", vocab_size=1000)])
+    running = create_server(engine, "127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    yield pb_grpc.InferenceServiceStub(channel)
+    channel.close()
+    running.server.stop(None)
+
+
+@pytest.mark.parametrize("request_, param", [
+    (pb.GenerateRequest(model="m" * LONG, prompt="hi"), "model"),
+    (pb.GenerateRequest(model="fake", messages=[pb.ChatMessage(role="r" * LONG, content="hi")]), "messages[0].role"),
+    (pb.GenerateRequest(model="fake", prompt="hi", stop=["s" * LONG]), "stop"),
+], ids=["model", "role", "stop"])
+def test_long_strings_are_invalid_argument_with_short_details(real_engine_stub_model, request_, param):
+    error = rpc_failure(real_engine_stub_model.Generate(request_, timeout=SAFETY))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert trailing(error)["error-param"] == param
+    assert len(error.details()) <= SHORT_DETAILS, error.details()
+
+
+def test_long_model_on_tokenize_is_invalid_argument(real_engine_stub_model):
+    with pytest.raises(grpc.RpcError) as info:
+        real_engine_stub_model.Tokenize(pb.TokenizeRequest(model="m" * LONG, text="hi"), timeout=SAFETY)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert trailing(info.value)["error-param"] == "model"
+    assert len(info.value.details()) <= SHORT_DETAILS
+
+
+def test_unknown_model_is_quoted_by_a_prefix(real_engine_stub_model):
+    error = rpc_failure(real_engine_stub_model.Generate(pb.GenerateRequest(model="n" * 256, prompt="hi"), timeout=SAFETY))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert "n" * 65 not in error.details() and error.details().endswith("… not found; served: fake")
+
+
+def test_an_unbounded_message_is_clipped_not_resource_exhausted(harness, monkeypatch):
+    """A message or param beyond gRPC's metadata limit used to reach the client as RESOURCE_EXHAUSTED."""
+    def raise_it(request, cancelled=None, deadline=None):
+        raise InvalidRequest("x" * 100_000 + "\ud800", param="p" * 10_000)
+
+    monkeypatch.setattr(harness.engine, "generate", raise_it)
+    error = rpc_failure(harness.generate())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(error.details().encode()) <= 1024 and error.details().endswith("…")
+    assert trailing(error)["error-param"] == "p" * 128
+
+
+def test_a_request_that_does_not_parse_is_invalid_argument_not_internal(harness):
+    good = pb.GenerateRequest(model="slow", prompt="hi", max_tokens=2).SerializeToString()
+    bad_utf8 = good.replace(b"hi", b"\xff\xfe")
+    generate = harness.channel.unary_stream("/inference_service.v1.InferenceService/Generate")
+    assert len(list(generate(good, timeout=SAFETY))) == 2
+    with pytest.raises(grpc.RpcError) as info:
+        list(generate(bad_utf8, timeout=SAFETY))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "UTF-8" in info.value.details()
+    tokenize = harness.channel.unary_unary("/inference_service.v1.InferenceService/Tokenize")
+    with pytest.raises(grpc.RpcError) as info:
+        tokenize(pb.TokenizeRequest(model="fake", text="hi").SerializeToString().replace(b"hi", b"\xff\xfe"),
+                 timeout=SAFETY)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [call.request.prompt for call in harness.engine.calls] == ["hi"]  # only the good one arrived
+
+
+def test_loading_engine_is_unavailable_until_ready_then_serves():
+    loading = server_module.LoadingEngine()
+    running = create_server(loading, "127.0.0.1:0", serving=False)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    stub = pb_grpc.InferenceServiceStub(channel)
+    try:
+        for call in (lambda: next(stub.Generate(pb.GenerateRequest(model="fake", prompt="x"), timeout=SAFETY)),
+                     lambda: stub.ListModels(pb.ListModelsRequest(), timeout=SAFETY),
+                     lambda: stub.Tokenize(pb.TokenizeRequest(model="fake", text="x"), timeout=SAFETY),
+                     lambda: stub.GetStatus(pb.GetStatusRequest(), timeout=SAFETY)):
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        loading.ready(FakeEngine())
+        assert [m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=SAFETY).models] == ["fake"]
+        assert list(stub.Tokenize(pb.TokenizeRequest(model="fake", text="ab"), timeout=SAFETY).token_ids) == [97, 98]
+        assert len(list(stub.Generate(pb.GenerateRequest(model="slow", prompt="x", max_tokens=2), timeout=SAFETY))) == 2
+    finally:
+        channel.close()
+        running.server.stop(None)

@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 from inference_service.engine.chat_template import ChatTemplate
 from inference_service.engine.handoff import run_on_thread
+from inference_service.engine.memory import TRIM_AFTER_CHARS, kv_cache_bytes, release_freed_memory
 from inference_service.engine.model_context import ModelContext
 from inference_service.engine.prompt import PromptEncoder
 from inference_service.engine.sampler import Sampler
@@ -102,6 +103,9 @@ class LoadedModel:
             for _ in range(config.slots)
         ]
         self.vocab_size = contexts[0].vocab_size
+        # No text longer than this fits the context, whatever its tokens: refused untokenized.
+        self.max_prompt_chars = self.context_length * self.tokenizer.longest_token_bytes
+        self.kv_cache_bytes = kv_cache_bytes(model_file.loadable_path, config.context_length)
         self.scheduler = SlotScheduler(contexts, max_waiting=config.max_waiting)
         self.created = int(model_file.source_path.stat().st_mtime)
 
@@ -197,11 +201,22 @@ class Engine:
         """Everything knowable before the first token: validation, template, tokens, context fit."""
         model = self.model(request.model)
         validate_request(request, model.vocab_size)
+        context = model.context_length
+        param = "messages" if request.messages else "prompt"
+        chars = len(request.prompt or "") + sum(len(m.content) for m in request.messages)
+        if chars > model.max_prompt_chars:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {context} tokens. However, the prompt has {chars} "
+                f"characters, more than {context} tokens can hold (at most {model.max_prompt_chars}). "
+                "Please reduce the length of the prompt.",
+                param=param,
+            )
         prompt_ids = model.prompt_ids(request)
+        if chars > TRIM_AFTER_CHARS:
+            release_freed_memory()  # the tokenizer's temporaries for a large text
         if not prompt_ids:
             raise InvalidRequest("the prompt is empty", "prompt")
         n_prompt = len(prompt_ids)
-        context = model.context_length
         room = context - n_prompt
         wanted = request.max_tokens if request.max_tokens is not None else max(room, 1)
         if n_prompt + wanted > context:
@@ -209,7 +224,7 @@ class Engine:
                 f"This model's maximum context length is {context} tokens. However, you requested "
                 f"{n_prompt + wanted} tokens ({n_prompt} in the prompt, {wanted} for the completion). "
                 "Please reduce the length of the prompt or max_tokens.",
-                param="messages" if request.messages else "prompt",
+                param=param,
             )
         return PreparedGeneration(request=request, prompt_ids=prompt_ids, max_tokens=wanted)
 

@@ -121,6 +121,10 @@ class TextTokenizer:
         return cls(GGUFVocabulary.read(path))
 
     @property
+    def longest_token_bytes(self) -> int:
+        return max(map(len, self._token_bytes))
+
+    @property
     def vocab_size(self) -> int:
         return len(self.vocab.tokens)
 

@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
                        help="exact: reuse only what keeps results identical to a cold run (default); "
                             "all: also reuse decoded tokens, like llama.cpp (faster next turns, cache-dependent text)")
     serve.add_argument("--threads", type=int, default=_env_int("INFERENCE_THREADS", os.cpu_count() or 1),
-                       help="compute threads shared by the slots computing at once")
+                       help="most compute threads, shared by the slots computing at once; CPU affinity and "
+                            "the cgroup CPU quota (rounded down) cap it further (default: CPU count)")
+    serve.add_argument("--thread-policy", choices=("adaptive", "fixed"),
+                       default=os.environ.get("INFERENCE_THREAD_POLICY", "adaptive"),
+                       help="adaptive: fewer threads while other processes take our cores, back when they "
+                            "leave (default); fixed: always the cap")
     serve.add_argument("--slots", type=int, default=_env_int("INFERENCE_SLOTS", 2),
                        help="independent sequences per model (each its own KV cache)")
     serve.add_argument("--max-waiting", type=int, default=_env_int("INFERENCE_MAX_WAITING", 32),
@@ -49,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv if argv is not None else (sys.argv[1:] or ["serve"]))
     if args.command is None:
         args = parser.parse_args(["serve", *(argv or sys.argv[1:])])
+
+    if args.command == "serve" and args.thread_policy not in ("adaptive", "fixed"):
+        parser.error(f"INFERENCE_THREAD_POLICY must be adaptive or fixed, not {args.thread_policy!r}")
 
     registry = ModelRegistry()
     if args.command in ("pull", "path"):
@@ -73,9 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         block_size=args.block_size,
         exact_prefix_reuse=args.prefix_reuse == "exact",
         threads=args.threads,
+        thread_policy=args.thread_policy,
         slots=args.slots,
         max_waiting=args.max_waiting,
     )
+    from inference_service.engine.cpu_budget import shared_budget
+
+    logging.getLogger("inference_service").info(
+        "compute threads: %s, policy %s", shared_budget(config.threads, config.thread_policy).limits.describe(),
+        config.thread_policy)
     run_server(args.models or [DEFAULT_MODEL], args.address, config, args.grace)
     return 0
 

@@ -60,10 +60,19 @@ class EngineConfig:
     # of 16 to 512 evaluate long prompts at 296-310 tok/s; 16 also reuses most of a short
     # chat's template prefix (64-token chat TTFT 158 ms vs 190 ms at 32).
     block_size: int = 16
+    # The cap on compute threads, further capped by CPU affinity and the cgroup quota.
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     slots: int = 2
     max_waiting: int = 32
     exact_prefix_reuse: bool = True
+    # "adaptive": use fewer threads while other processes take our cores (ggml's threads
+    # spin-wait on each other, so one without a core stalls every token); "fixed": always
+    # the cap. See engine/cpu_budget.py.
+    thread_policy: str = "adaptive"
+
+    def __post_init__(self):
+        if self.thread_policy not in ("adaptive", "fixed"):
+            raise ValueError(f"thread_policy must be 'adaptive' or 'fixed', not {self.thread_policy!r}")
 
 
 @dataclass(frozen=True)
@@ -128,8 +137,16 @@ class LoadedModel:
         return self.prompts.encode_prompt(request.prompt, raw=request.raw)
 
     def threads_per_slot(self) -> int:
-        """Splits the machine's threads among the slots computing now (oversubscription is ruinous)."""
-        return max(1, self.config.threads // max(1, self.scheduler.busy_now()))
+        """Splits the CPU budget among the slots computing now (oversubscription is ruinous).
+
+        The budget is ``config.threads`` capped by affinity and cgroup quota and, under the
+        adaptive policy, by the cores other processes leave us right now; it is asked
+        before every evaluation (microseconds), so a slot changes thread count between tokens.
+        """
+        from inference_service.engine.cpu_budget import shared_budget  # a sys.modules hit after the first call
+
+        budget = shared_budget(self.config.threads, self.config.thread_policy)
+        return max(1, budget.threads() // max(1, self.scheduler.busy_now()))
 
 
 

@@ -48,6 +48,8 @@ def request_from_proto(message: pb.GenerateRequest) -> GenerationRequest:
         stop=tuple(s for s in message.stop if s),
         sampling=sampling,
         request_id=message.request_id,
+        ignore_eos=message.ignore_eos,
+        min_tokens=message.min_tokens,
     )
 
 

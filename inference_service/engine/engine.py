@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+import numpy as np
+
 from inference_service.engine.chat_template import ChatTemplate
 from inference_service.engine.handoff import run_on_thread
 from inference_service.engine.memory import TRIM_AFTER_CHARS, kv_cache_bytes, release_freed_memory
@@ -243,6 +245,12 @@ class Engine:
                 "Please reduce the length of the prompt or max_tokens.",
                 param=param,
             )
+        if request.min_tokens > wanted:
+            raise InvalidRequest(
+                f"min_tokens ({request.min_tokens}) is more than the {wanted} tokens this request may generate "
+                f"({'max_tokens' if request.max_tokens is not None else 'the room left in the context'})",
+                "min_tokens",
+            )
         return PreparedGeneration(request=request, prompt_ids=prompt_ids, max_tokens=wanted)
 
     def generate(
@@ -327,8 +335,12 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
     pending_logprobs: list[TokenLogprob] = []
     finish_reason = None
     text = ""
+    banned_end_of_turn = np.fromiter(end_of_turn, dtype=np.intp)
     while True:
-        sampled = sampler.sample(context.logits())
+        logits = context.logits()
+        if request.ignore_eos or generated < request.min_tokens:
+            logits[banned_end_of_turn] = -np.inf  # the view is ours until the next evaluation
+        sampled = sampler.sample(logits)
         token_id = sampled.token_id
         if token_id in end_of_turn:
             finish_reason = "stop"
@@ -340,7 +352,7 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
         pending_ids.append(token_id)
         if sampling.logprobs:
             pending_logprobs.append(_token_logprob(tokenizer, sampled))
-        step = streamer.push(token_id)
+        step = streamer.push(token_id, stops_armed=generated > request.min_tokens)
         text = step.text
         if step.stopped:
             finish_reason = "stop"

@@ -39,10 +39,15 @@ class TextStreamer:
         """True once a stop string matched or flush() was called."""
         return self._done
 
-    def push(self, token_id: int) -> StreamStep:
+    def push(self, token_id: int, stops_armed: bool = True) -> StreamStep:
+        """Adds a token; with ``stops_armed`` False (``min_tokens`` not reached yet) its text
+        goes out whole and can never be part of a stop string."""
         if self._done:
             raise RuntimeError("push() after the stream ended")
         self._pending += self._decoder.decode(self._token_bytes(token_id))
+        if not stops_armed:
+            text, self._pending = self._pending, ""
+            return StreamStep(text=text, stopped=False)
 
         cut = find_stop(self._pending, self._stops)
         if cut is not None:

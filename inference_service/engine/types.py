@@ -39,6 +39,8 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = ""
+    ignore_eos: bool = False  # end-of-turn tokens banned: runs to max_tokens
+    min_tokens: int = 0  # no end of turn and no stop string before this many tokens
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ def test_every_field_is_carried():
         top_logprobs=3,
         logit_bias={2: -100.0, 17: 2.5},
         request_id="req-1",
+        ignore_eos=True,
+        min_tokens=3,
     )
     assert convert.request_from_proto(message) == GenerationRequest(
         model="smollm2:135m",
@@ -79,6 +81,8 @@ def test_every_field_is_carried():
             top_logprobs=3,
         ),
         request_id="req-1",
+        ignore_eos=True,
+        min_tokens=3,
     )
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from inference_service.engine.types import ChatMessage, GenerationRequest, SamplingParams
-from inference_service.errors import Cancelled
+from inference_service.errors import Cancelled, InvalidRequest
 from tests.service.helpers import MODEL, SAFETY, SYSTEM
 
 LONG_SYSTEM = (
@@ -158,3 +159,32 @@ def test_cancel_event_stops_a_running_generation(engine):
             assert chunk.finish_reason is None, "a cancelled generation never finishes"
     assert len(received) < 400
     wait_until(lambda: scheduler(engine).busy == 0, "slot released after cancel")
+
+
+def test_ignore_eos_runs_to_max_tokens(engine):
+    short = chat_request(SYSTEM, ("user", "Say hi."), max_tokens=60)
+    text, last = run(engine, short)
+    assert last.finish_reason == "stop" and last.usage.completion_tokens < 60  # it would end by itself
+    text, last = run(engine, replace(short, ignore_eos=True))
+    assert (last.finish_reason, last.usage.completion_tokens) == ("length", 60)
+    assert "<|im_end|>" not in text
+
+
+def test_min_tokens_holds_off_the_end_of_turn_and_stop_strings(engine):
+    short = chat_request(SYSTEM, ("user", "Say hi."), max_tokens=60)
+    _, natural = run(engine, short)
+    wanted = natural.usage.completion_tokens + 5
+    _, last = run(engine, replace(short, min_tokens=wanted))
+    assert last.usage.completion_tokens >= wanted
+    # A stop string that occurs early does not end the generation before min_tokens.
+    text, _ = run(engine, short)
+    stop = text.strip()[:2]
+    _, stopped_early = run(engine, replace(short, stop=(stop,)))
+    _, held = run(engine, replace(short, stop=(stop,), min_tokens=wanted))
+    assert stopped_early.usage.completion_tokens < wanted <= held.usage.completion_tokens
+
+
+def test_min_tokens_beyond_max_tokens_is_refused(engine):
+    with pytest.raises(InvalidRequest) as info:
+        engine.prepare(GenerationRequest(model=MODEL, prompt="Hi", max_tokens=5, min_tokens=6))
+    assert info.value.param == "min_tokens"

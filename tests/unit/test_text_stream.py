@@ -218,3 +218,21 @@ def test_whole_text_is_preserved_without_stops() -> None:
 )
 def test_find_stop(text: str, stops: list[str], expected: int | None) -> None:
     assert find_stop(text, stops) == expected
+
+
+# --- min_tokens: stop strings armed only after the first tokens ---------------------------
+
+
+def test_unarmed_tokens_go_out_whole_and_cannot_stop() -> None:
+    streamer = make_streamer(["a", "ST", "OP", "b", "ST", "OP", "c"], stop=["STOP"])
+    unarmed = [streamer.push(i, stops_armed=False) for i in range(3)]
+    assert texts(unarmed) == ["a", "ST", "OP"] and not any(s.stopped for s in unarmed)
+    armed = [streamer.push(i) for i in range(3, 6)]
+    assert armed[-1].stopped and "".join(texts(armed)) == "b"
+
+
+def test_arming_mid_stream_keeps_utf8_whole() -> None:
+    streamer = make_streamer([b"\xe4\xbd", b"\xa0", "!"], stop=["!"])
+    assert streamer.push(0, stops_armed=False).text == ""
+    assert streamer.push(1, stops_armed=False).text == "你"
+    assert streamer.push(2).stopped

@@ -1,9 +1,13 @@
-"""Limits of a generation request, shared by the REST edge and the inference service.
+"""The request contract, shared by the REST edge and the inference service.
 
-Both entry points check the same bounds: the edge (``rest_edge.translate``) before anything
-reaches gRPC, the engine (``inference_service.engine.validation``) for every gRPC or in-process
-caller. Standard library only: the edge imports this module and must stay installable without
-the engine's dependencies (``inference_service/__init__.py`` is import-light for that reason).
+Both entry points check the same bounds from this one module: the edge (``rest_edge.requests``)
+before anything reaches gRPC, the engine (``inference_service.engine.validation``) for every gRPC
+or in-process caller; the sampler only asserts them. Numeric ranges (:data:`RANGES`), counts,
+string lengths, the chat roles (:data:`ROLES`, :data:`ROLE_ALIASES`), the ``logit_bias`` bound
+and the keys of the trailing metadata of a failed RPC all live here.
+
+Standard library only: the edge imports this module and must stay installable without the
+engine's dependencies (``inference_service/__init__.py`` is import-light for that reason).
 
 String fields that name something (a model, a role, a participant) or that the stream has to
 hold text back for (stop strings) have no business being long; they are bounded in characters
@@ -17,7 +21,73 @@ Error messages never echo a client's value unbounded: :func:`quote` gives at mos
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Optional
+
+# --- numeric ranges -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of a number field: ``low`` (exclusive when ``low_open``) to ``high``, inclusive.
+
+    ``value in RANGES[name]`` is the check; NaN and infinities are never in a range.
+    """
+
+    low: float
+    high: float
+    low_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float range (JSON has no size limit)
+            return False
+        if not math.isfinite(value):
+            return False
+        above_low = value > self.low if self.low_open else value >= self.low
+        return above_low and value <= self.high
+
+    def describe(self) -> str:
+        """The range in words for an error message: ``">= 0 and <= 2"``, ``"> 0 and <= 10"``."""
+        low = ">" if self.low_open else ">="
+        return f"{low} {_number(self.low)} and <= {_number(self.high)}"
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+# The sampling parameters that are numbers, by their field name (the same in the OpenAI JSON,
+# the proto and ``SamplingParams``). Absent means OpenAI's default: temperature 1, top_p 1,
+# min_p 0, repetition_penalty 1, frequency/presence penalties 0.
+RANGES: dict[str, Range] = {
+    "temperature": Range(0.0, 2.0),  # 0 is greedy (argmax)
+    # 0 keeps only the most likely token (greedy over the top token), as OpenAI accepts it and
+    # llama.cpp does (its top_p keeps at least one token).
+    "top_p": Range(0.0, 1.0),
+    "min_p": Range(0.0, 1.0),
+    # Other servers (llama.cpp, vLLM, TGI) only require > 0; 10 bounds nonsense while keeping
+    # every value either entry point accepted before the two were unified.
+    "repetition_penalty": Range(0.0, 10.0, low_open=True),
+    "frequency_penalty": Range(-2.0, 2.0),  # OpenAI's range
+    "presence_penalty": Range(-2.0, 2.0),  # OpenAI's range
+}
+
+LOGIT_BIAS_LIMIT = 100.0  # ``logit_bias`` values: -100 to 100 (OpenAI's bound)
+LOGIT_BIAS_RANGE = Range(-LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT)
+
+# --- chat roles -------------------------------------------------------------------------------
+
+ROLES = ("system", "user", "assistant")  # ``messages[].role`` over gRPC (and in the chat template)
+# Other names of a supported role the REST edge accepts: OpenAI's newer name for system.
+ROLE_ALIASES = {"developer": "system"}
+
+# --- trailing metadata of a failed RPC (documented in the proto, above ChatMessage) -----------
+
+PARAM_METADATA_KEY = "error-param"  # the request field at fault
+RETRY_AFTER_METADATA_KEY = "retry-after"  # seconds to wait before retrying (RESOURCE_EXHAUSTED)
 
 # --- string lengths, in characters ----------------------------------------------------------
 

@@ -75,7 +75,13 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     that no message can push the trailers past gRPC's metadata limit (8 KiB by default), which
     the client would report as a misleading RESOURCE_EXHAUSTED.
     """
-    from inference_service.limits import MAX_DETAILS_BYTES, MAX_PARAM_CHARS, clip_utf8
+    from inference_service.limits import (
+        MAX_DETAILS_BYTES,
+        MAX_PARAM_CHARS,
+        PARAM_METADATA_KEY,
+        RETRY_AFTER_METADATA_KEY,
+        clip_utf8,
+    )
 
     if not isinstance(error, InferenceError):
         log.exception("unexpected error", exc_info=error)
@@ -86,9 +92,9 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     if param:
         # An ASCII metadata value: printable, escaped otherwise, and short.
         param = ascii(str(param))[1:-1][:MAX_PARAM_CHARS]
-        metadata.append(("error-param", param))
+        metadata.append((PARAM_METADATA_KEY, param))
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        metadata.append(("retry-after", str(RETRY_AFTER_SECONDS)))
+        metadata.append((RETRY_AFTER_METADATA_KEY, str(RETRY_AFTER_SECONDS)))
     if metadata:
         context.set_trailing_metadata(tuple(metadata))
     context.abort(code, clip_utf8(str(error), MAX_DETAILS_BYTES))

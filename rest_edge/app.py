@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 
 import falcon
 
-from rest_edge import errors, streaming, translate
+from rest_edge import errors, requests, responses
 from rest_edge.auth import ApiKeyAuth
 from rest_edge.client import DEFAULT_TARGET, InferenceClient
 from rest_edge.metrics import Metrics, MetricsMiddleware, MetricsResource
@@ -100,8 +100,10 @@ def create_app(
     errors.install(app)
 
     common = dict(max_body_bytes=max_body, request_timeout=timeout, metrics=app_metrics)
-    app.add_route("/v1/completions", GenerationResource(client, streaming.COMPLETION, translate.completion_request, **common))
-    app.add_route("/v1/chat/completions", GenerationResource(client, streaming.CHAT, translate.chat_request, **common))
+    app.add_route("/v1/completions",
+                  GenerationResource(client, requests.completion_request, responses.CompletionRenderer, **common))
+    app.add_route("/v1/chat/completions",
+                  GenerationResource(client, requests.chat_request, responses.ChatRenderer, **common))
     app.add_route("/v1/models", ModelsResource(client))
     app.add_route("/v1/models/{model:path}", ModelResource(client))
     app.add_route("/health", HealthResource(client))

@@ -16,7 +16,13 @@ from typing import Any, Mapping, Optional, Sequence
 import falcon
 import grpc
 
-from inference_service.limits import MAX_DETAILS_BYTES, QUOTE_CHARS, clip_utf8
+from inference_service.limits import (
+    MAX_DETAILS_BYTES,
+    PARAM_METADATA_KEY,
+    QUOTE_CHARS,
+    RETRY_AFTER_METADATA_KEY,
+    clip_utf8,
+)
 from rest_edge import wire
 
 log = logging.getLogger("rest_edge")
@@ -47,7 +53,7 @@ def error_type(status: int) -> str:
 class RequestError(Exception):
     """A request that gets an OpenAI error body instead of a completion.
 
-    Raised by validation (translate), by the gRPC client (a failed RPC) and by resources.
+    Raised by validation (``rest_edge.requests``), by the gRPC client (a failed RPC) and by resources.
     """
 
     def __init__(
@@ -116,9 +122,7 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, GrpcMapping] = {
     grpc.StatusCode.UNAUTHENTICATED: GrpcMapping(401),
 }
 
-# Trailing metadata keys the inference service may send with an error status.
-PARAM_KEY = "error-param"
-RETRY_AFTER_KEY = "retry-after"
+# Sent as Retry-After when the service's RESOURCE_EXHAUSTED carries no RETRY_AFTER_METADATA_KEY.
 DEFAULT_RETRY_AFTER = "1"
 
 _DEFAULT_PARAM = {
@@ -144,7 +148,7 @@ def from_grpc(
         code = grpc.StatusCode.UNKNOWN
     mapping = GRPC_TO_HTTP.get(code) or GRPC_TO_HTTP[grpc.StatusCode.UNKNOWN]
     status = mapping.http_status
-    param = _metadata_value(trailing_metadata, PARAM_KEY) or _DEFAULT_PARAM.get(code)
+    param = _metadata_value(trailing_metadata, PARAM_METADATA_KEY) or _DEFAULT_PARAM.get(code)
     if mapping.generic_message is not None:
         if code is grpc.StatusCode.CANCELLED:
             log.info("inference RPC cancelled: %s", details)
@@ -156,7 +160,7 @@ def from_grpc(
         message = clip_utf8(details, MAX_DETAILS_BYTES) if details else code.name.replace("_", " ").lower()
     headers = {}
     if status == 429:
-        headers["Retry-After"] = _metadata_value(trailing_metadata, RETRY_AFTER_KEY) or DEFAULT_RETRY_AFTER
+        headers["Retry-After"] = _metadata_value(trailing_metadata, RETRY_AFTER_METADATA_KEY) or DEFAULT_RETRY_AFTER
     return RequestError(status, message, param=param, code=mapping.code, headers=headers)
 
 

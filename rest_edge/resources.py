@@ -17,7 +17,7 @@ import falcon
 from inference_service.limits import quote
 from inference_service.v1 import inference_pb2 as pb
 
-from rest_edge import disconnect, streaming, translate, wire
+from rest_edge import disconnect, requests, responses, streaming, wire
 from rest_edge.errors import RequestError
 from rest_edge.metrics import Metrics
 
@@ -77,31 +77,31 @@ def _json(resp: falcon.Response, obj: Any, status: int = 200) -> None:
 
 
 class GenerationResource:
-    """POST /v1/completions or /v1/chat/completions, stream true or false."""
+    """POST /v1/completions or /v1/chat/completions, stream true or false: parse, call, render."""
 
     def __init__(
         self,
         client: Client,
-        shape: streaming.Shape,
-        parse: Callable[[dict], translate.ParsedRequest],
+        parse: Callable[[dict, str], requests.ParsedRequest],
+        renderer: type[responses.Renderer],
         *,
         max_body_bytes: int,
         request_timeout: Optional[float],
         metrics: Optional[Metrics] = None,
     ):
         self._client = client
-        self._shape = shape
         self._parse = parse
+        self._renderer = renderer
         self._max_body_bytes = max_body_bytes
         self._request_timeout = request_timeout
         self._metrics = metrics
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        parsed = self._parse(translate.parse_json_body(read_body(req, self._max_body_bytes)))
-        rid = new_id(self._shape.id_prefix)
-        parsed.request.request_id = rid
+        rid = new_id(self._renderer.id_prefix)
+        parsed = self._parse(requests.parse_json_body(read_body(req, self._max_body_bytes)), rid)
         call = self._client.generate(parsed.request, timeout=self._request_timeout)
-        events = translate.events(call)
+        render = self._renderer(rid, parsed.model, logprobs=parsed.logprobs, include_usage=parsed.include_usage)
+        events = responses.events(call)
         # A client that leaves before the response is complete cancels the call (the blocked
         # next() then raises a 499 RequestError), whether or not anything was written yet.
         departures = self._metrics.client_departures.labels(req.uri_template or "unmatched") if self._metrics else None
@@ -114,7 +114,7 @@ class GenerationResource:
 
         if not parsed.stream:
             try:
-                body = streaming.collect(self._shape, events, id=rid, model=parsed.model, logprobs=parsed.logprobs)
+                body = render.body(events)
             finally:
                 watch.close()
                 call.cancel()
@@ -133,16 +133,7 @@ class GenerationResource:
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
         resp.stream = streaming.sse_stream(
-            self._shape,
-            first,
-            events,
-            call,
-            watch=watch,
-            id=rid,
-            model=parsed.model,
-            include_usage=parsed.include_usage,
-            logprobs=parsed.logprobs,
-            on_error=self._count_stream_error(req.uri_template),
+            render, first, events, call, watch=watch, on_error=self._count_stream_error(req.uri_template)
         )
 
     def _count_stream_error(self, route: Optional[str]) -> Optional[Callable[[RequestError], None]]:
@@ -163,7 +154,7 @@ class ModelsResource:
         self._client = client
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        models = [translate.model_object(m) for m in self._client.list_models()]
+        models = [responses.model_object(m) for m in self._client.list_models()]
         _json(resp, wire.model_list(models))
 
 
@@ -176,7 +167,7 @@ class ModelResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
         for info in self._client.list_models():
             if info.name == model:
-                _json(resp, translate.model_object(info))
+                _json(resp, responses.model_object(info))
                 return
         raise _model_not_found(model)
 

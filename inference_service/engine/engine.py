@@ -84,6 +84,14 @@ class PreparedGeneration:
     max_tokens: int
 
 
+def effective_context_length(configured: int, model_context: int | None) -> int:
+    """The context a model is served with: the configured one, but never more than the model's
+    own (``<arch>.context_length`` in its GGUF; positions beyond it were never trained)."""
+    if model_context is None or model_context <= 0:
+        return configured
+    return min(configured, model_context)
+
+
 class LoadedModel:
     """A model's tokenizer, template and slots."""
 
@@ -93,7 +101,10 @@ class LoadedModel:
         self.config = config
         self.tokenizer = TextTokenizer.from_gguf(model_file.source_path)
         vocab = self.tokenizer.vocab
-        self.context_length = config.context_length
+        self.context_length = effective_context_length(config.context_length, vocab.context_length)
+        if self.context_length < config.context_length:
+            log.warning("%s: serving a context of %d tokens, the model's own, not the configured %d",
+                        self.name, self.context_length, config.context_length)
         self.template = None
         if vocab.chat_template:
             def token(i):
@@ -106,7 +117,7 @@ class LoadedModel:
         contexts = [
             ModelContext(
                 model_file.loadable_path,
-                context_length=config.context_length,
+                context_length=self.context_length,
                 block_size=config.block_size,
                 threads=config.threads,
                 exact_reuse=config.exact_prefix_reuse,
@@ -116,7 +127,7 @@ class LoadedModel:
         self.vocab_size = contexts[0].vocab_size
         # No text longer than this fits the context, whatever its tokens: refused untokenized.
         self.max_prompt_chars = self.context_length * self.tokenizer.longest_token_bytes
-        self.kv_cache_bytes = kv_cache_bytes(model_file.loadable_path, config.context_length)
+        self.kv_cache_bytes = kv_cache_bytes(model_file.loadable_path, self.context_length)
         self.scheduler = SlotScheduler(contexts, max_waiting=config.max_waiting)
         self.created = int(model_file.source_path.stat().st_mtime)
 

@@ -6,6 +6,10 @@ generated tokens used by the penalties.  Pipeline per token::
     copy -> logit_bias -> repetition_penalty -> frequency/presence penalties
          -> (logprobs, from these processed logits)
          -> greedy argmax  |  temperature -> top_k -> top_p -> min_p -> draw
+
+Greedy is temperature 0 or top_p 0 (keep only the most likely token, as llama.cpp's top_p keeps
+at least one). Parameters come validated (``inference_service.engine.validation`` applies the
+contract of ``inference_service.limits``); the sampler only asserts them.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from inference_service.engine.types import SamplingParams
+from inference_service.limits import LOGIT_BIAS_RANGE, MAX_TOP_LOGPROBS, RANGES
 
 GREEDY_TEMPERATURE = 1e-5
-LOGIT_BIAS_LIMIT = 100.0
 
 # Inverse-CDF draws over the full vocabulary sum fixed-size blocks first and
 # only take a running sum inside the chosen block: np.cumsum over ~50k float32
@@ -57,14 +61,14 @@ class Sampler:
     ) -> None:
         if vocab_size <= 0:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-        _validate(params, vocab_size)
+        _assert_valid(params, vocab_size)
         self._params = params
         self._vocab_size = vocab_size
         self._rng = np.random.default_rng(
             None if params.seed is None else params.seed & 0xFFFF_FFFF_FFFF_FFFF
         )
 
-        self._greedy = params.temperature <= GREEDY_TEMPERATURE
+        self._greedy = params.temperature <= GREEDY_TEMPERATURE or params.top_p == 0.0
         self._inv_temperature = 1.0 if self._greedy else 1.0 / params.temperature
         self._top_k = params.top_k if 0 < params.top_k < vocab_size else 0
         self._top_p = params.top_p if params.top_p < 1.0 else 1.0
@@ -76,7 +80,7 @@ class Sampler:
             ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
             values = np.fromiter(params.logit_bias.values(), dtype=_F64)
             self._bias_ids: Optional[np.ndarray] = ids
-            self._bias_values = np.clip(values, -LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT).astype(_F32)
+            self._bias_values = values.astype(_F32)
         else:
             self._bias_ids = None
             self._bias_values = np.empty(0, dtype=_F32)
@@ -241,22 +245,16 @@ class Sampler:
         return tuple((int(i), float(x[i]) - log_z) for i in ids)
 
 
-def _validate(params: SamplingParams, vocab_size: int) -> None:
-    if not params.temperature >= 0.0:
-        raise ValueError(f"temperature must be >= 0, got {params.temperature}")
-    if not 0.0 <= params.top_p <= 1.0:
-        raise ValueError(f"top_p must be in [0, 1], got {params.top_p}")
-    if params.top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {params.top_k}")
-    if not 0.0 <= params.min_p <= 1.0:
-        raise ValueError(f"min_p must be in [0, 1], got {params.min_p}")
-    if not params.repetition_penalty > 0.0:
-        raise ValueError(f"repetition_penalty must be > 0, got {params.repetition_penalty}")
-    if params.top_logprobs < 0:
-        raise ValueError(f"top_logprobs must be >= 0, got {params.top_logprobs}")
-    for token_id in params.logit_bias:
-        if not 0 <= token_id < vocab_size:
-            raise ValueError(f"logit_bias token id {token_id} out of range")
+def _assert_valid(params: SamplingParams, vocab_size: int) -> None:
+    """The request contract holds: the engine validated the request before it got here."""
+    for name, bounds in RANGES.items():
+        value = getattr(params, name)
+        assert value in bounds, f"{name} must be {bounds.describe()}, got {value}"
+    assert params.top_k >= 0, f"top_k must be >= 0, got {params.top_k}"
+    assert 0 <= params.top_logprobs <= MAX_TOP_LOGPROBS, f"top_logprobs out of range: {params.top_logprobs}"
+    for token_id, bias in params.logit_bias.items():
+        assert 0 <= token_id < vocab_size, f"logit_bias token id {token_id} out of range"
+        assert bias in LOGIT_BIAS_RANGE, f"logit_bias value {bias} out of range"
 
 
 def _log_sum_exp(x: np.ndarray) -> float:

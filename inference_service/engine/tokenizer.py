@@ -47,6 +47,8 @@ class GGUFVocabulary:
     bos_token_id: int | None
     eos_token_id: int | None
     chat_template: str | None
+    # The context the model was trained for (``<arch>.context_length``); the engine serves at
+    # most this much (``engine.effective_context_length``). None when the file does not say.
     context_length: int | None
 
     @classmethod
@@ -59,6 +61,7 @@ class GGUFVocabulary:
             return field.contents() if field is not None else default
 
         arch = value("general.architecture", "llama")
+        context_length = value(f"{arch}.context_length")
         model = value("tokenizer.ggml.model")
         if model != "gpt2":
             raise ValueError(f"tokenizer model {model!r} is not supported (only byte-level BPE, 'gpt2')")
@@ -70,7 +73,7 @@ class GGUFVocabulary:
             bos_token_id=value("tokenizer.ggml.bos_token_id"),
             eos_token_id=value("tokenizer.ggml.eos_token_id"),
             chat_template=value("tokenizer.chat_template"),
-            context_length=value(f"{arch}.context_length"),
+            context_length=int(context_length) if context_length is not None else None,
         )
 
 

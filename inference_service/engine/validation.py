@@ -1,28 +1,18 @@
 """Checks a generation request's fields; each failure names the field.
 
-The bounds shared with the REST edge live in :mod:`inference_service.limits`. Messages quote
+The contract shared with the REST edge (ranges, counts, lengths, roles) lives in
+:mod:`inference_service.limits`; this module applies it to a ``GenerationRequest``. Messages quote
 at most a short prefix of a client's value (they travel in gRPC status details).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Optional
 
 from inference_service import limits
 from inference_service.engine.types import GenerationRequest
 from inference_service.errors import InvalidRequest, ModelNotFound
-from inference_service.limits import MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, quote
-
-# field: (low, high, low inclusive)
-_RANGES = {
-    "temperature": (0.0, 2.0, True),
-    "top_p": (0.0, 1.0, False),
-    "min_p": (0.0, 1.0, True),
-    "repetition_penalty": (0.0, 10.0, False),
-    "frequency_penalty": (-2.0, 2.0, True),
-    "presence_penalty": (-2.0, 2.0, True),
-}
+from inference_service.limits import LOGIT_BIAS_RANGE, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, RANGES, ROLES, quote
 
 
 def _check_text(text: str, param: str, name: str, max_chars: Optional[int] = None) -> None:
@@ -66,18 +56,21 @@ def validate_request(request: GenerationRequest, vocab_size: int) -> None:
         _check_text(request.prompt, "prompt", "prompt")
     for i, message in enumerate(request.messages):
         _check_text(message.role, f"messages[{i}].role", f"messages[{i}].role", limits.MAX_ROLE_CHARS)
+        if message.role not in ROLES:
+            raise InvalidRequest(
+                f"messages[{i}].role must be one of {', '.join(ROLES)}, not {quote(message.role)}",
+                f"messages[{i}].role",
+            )
         _check_text(message.content, f"messages[{i}].content", f"messages[{i}].content")
     if len(request.stop) > MAX_STOP_STRINGS:
         raise InvalidRequest(f"stop takes at most {MAX_STOP_STRINGS} strings, got {len(request.stop)}", "stop")
     for k, stop in enumerate(request.stop):
         _check_text(stop, "stop", f"stop[{k}]", limits.MAX_STOP_CHARS)
     sampling = request.sampling
-    for name, (low, high, low_inclusive) in _RANGES.items():
+    for name, bounds in RANGES.items():
         value = getattr(sampling, name)
-        ok = math.isfinite(value) and (low <= value if low_inclusive else low < value) and value <= high
-        if not ok:
-            bracket = "[" if low_inclusive else "("
-            raise InvalidRequest(f"{name} must be in {bracket}{low}, {high}], got {value}", name)
+        if value not in bounds:
+            raise InvalidRequest(f"{name} must be {bounds.describe()}, got {value}", name)
     if sampling.top_k < 0:
         raise InvalidRequest(f"top_k must be >= 0, got {sampling.top_k}", "top_k")
     if not 0 <= sampling.top_logprobs <= MAX_TOP_LOGPROBS:
@@ -87,5 +80,5 @@ def validate_request(request: GenerationRequest, vocab_size: int) -> None:
     for token_id, bias in sampling.logit_bias.items():
         if not 0 <= token_id < vocab_size:
             raise InvalidRequest(f"logit_bias names token {token_id}, outside the vocabulary (0..{vocab_size - 1})", "logit_bias")
-        if not (math.isfinite(bias) and -100 <= bias <= 100):
-            raise InvalidRequest(f"logit_bias values must be between -100 and 100, got {bias}", "logit_bias")
+        if bias not in LOGIT_BIAS_RANGE:
+            raise InvalidRequest(f"logit_bias values must be {LOGIT_BIAS_RANGE.describe()}, got {bias}", "logit_bias")

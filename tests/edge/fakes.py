@@ -10,6 +10,7 @@ from typing import Any, Iterable, Optional
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from inference_service import limits
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
 
@@ -134,10 +135,10 @@ class FakeServicer(pb_grpc.InferenceServiceServicer):
                 usage=pb.Usage(prompt_tokens=4, completion_tokens=3, cached_prompt_tokens=1),
             )
         elif model == "bad":
-            context.set_trailing_metadata((("error-param", "temperature"),))
+            context.set_trailing_metadata(((limits.PARAM_METADATA_KEY, "temperature"),))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "temperature must be between 0 and 2")
         elif model == "full":
-            context.set_trailing_metadata((("retry-after", "3"),))
+            context.set_trailing_metadata(((limits.RETRY_AFTER_METADATA_KEY, "3"),))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the queue is full")
         elif model == "long":
             context.abort(grpc.StatusCode.OUT_OF_RANGE, "prompt (9000 tokens) + max_tokens exceeds the context (8192)")

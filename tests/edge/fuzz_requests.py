@@ -22,6 +22,8 @@ from typing import Any, Optional
 
 from hypothesis import strategies as st
 
+from inference_service import limits
+
 CHAT = "/v1/chat/completions"
 COMP = "/v1/completions"
 MODEL = "smollm2:135m"
@@ -137,6 +139,11 @@ def _max_tokens(real_model: bool) -> st.SearchStrategy:
     return weighted((4, st.integers(1, 3)), (1, invalid))
 
 
+def _around(bounds: limits.Range) -> st.SearchStrategy:
+    """The bounds of a shared range (limits.RANGES) and values just outside them."""
+    return st.sampled_from([bounds.low, bounds.high, bounds.low - 0.01, bounds.high + 0.01])
+
+
 def fields(real_model: bool) -> dict[str, st.SearchStrategy]:
     """Strategies of the fields both routes share."""
     text = texts(30 if real_model else 60)
@@ -147,13 +154,8 @@ def fields(real_model: bool) -> dict[str, st.SearchStrategy]:
         "stream": maybe_junk(st.booleans()),
         "stream_options": maybe_junk(st.fixed_dictionaries({}, optional={"include_usage": maybe_junk(st.booleans())})),
         "max_tokens": _max_tokens(real_model),
-        "temperature": maybe_junk(small_float),
-        "top_p": maybe_junk(small_float),
+        **{name: maybe_junk(st.one_of(small_float, _around(bounds))) for name, bounds in limits.RANGES.items()},
         "top_k": maybe_junk(st.integers(-2, 100)),
-        "min_p": maybe_junk(small_float),
-        "repetition_penalty": maybe_junk(small_float),
-        "frequency_penalty": maybe_junk(small_float),
-        "presence_penalty": maybe_junk(small_float),
         "seed": maybe_junk(st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers())),
         "stop": maybe_junk(st.one_of(text, stop_entry, st.lists(stop_entry, max_size=6))),
         "logit_bias": maybe_junk(st.dictionaries(
@@ -181,7 +183,7 @@ def _content_part(real_model: bool) -> st.SearchStrategy:
 
 
 def _message(real_model: bool) -> st.SearchStrategy:
-    role = weighted((12, st.sampled_from(["system", "user", "assistant", "developer"])),
+    role = weighted((12, st.sampled_from([*limits.ROLES, *limits.ROLE_ALIASES])),
                     (1, st.sampled_from(["tool", "function", "", "USER", "user "])), (1, texts(40)),
                     (1, long_texts()), (1, junk))
     content = weighted((6, texts(30 if real_model else 200)), (2, st.lists(_content_part(real_model), max_size=4)),

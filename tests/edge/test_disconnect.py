@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from inference_service.v1 import inference_pb2 as pb
-from rest_edge import disconnect, streaming, translate
+from rest_edge import disconnect, responses, streaming
 from rest_edge.app import create_app
 from tests.conftest import start_edge, stop_process
 from tests.e2e.helpers import log_since, file_size, raw_post
@@ -247,8 +247,8 @@ class FakeWatch:
 
 def test_closing_the_stream_ends_the_watch_even_before_iteration():
     call, watch = FakeCall([piece("a"), last()]), FakeWatch()
-    events = translate.events(call)
-    stream = streaming.sse_stream(streaming.CHAT, next(events), events, call, watch=watch, id="chatcmpl-1", model="m")
+    events = responses.events(call)
+    stream = streaming.sse_stream(responses.ChatRenderer("chatcmpl-1", "m"), next(events), events, call, watch=watch)
     stream.close()
     assert watch.closed == 1 and call.cancelled >= 1
 
@@ -257,9 +257,9 @@ def test_a_departed_stream_ends_quietly(caplog):
     cancelled = rpc_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
     call, watch = FakeCall([piece("a"), cancelled]), FakeWatch(gone=True)
     errors = []
-    events = translate.events(call)
-    stream = streaming.sse_stream(streaming.CHAT, next(events), events, call, watch=watch, id="chatcmpl-1",
-                                  model="m", on_error=errors.append)
+    events = responses.events(call)
+    stream = streaming.sse_stream(responses.ChatRenderer("chatcmpl-1", "m"), next(events), events, call, watch=watch,
+                                  on_error=errors.append)
     with caplog.at_level("INFO", logger="rest_edge"):
         frames = list(stream)
         stream.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rest_edge import streaming, translate, wire
+from rest_edge import responses, streaming, wire
 from tests.edge.fakes import FakeCall, last, piece
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,16 +138,16 @@ def compact(pretty: str) -> bytes:
     return wire.dumps(json.loads(pretty)).encode("utf-8")
 
 
-def run_stream(shape, frames: list[dict], text_key, *, usage=None) -> bytes:
+def run_stream(renderer, frames: list[dict], text_key, *, usage=None) -> bytes:
     """Drive the production stream path with the reference pieces and clock."""
     pieces = [f["choices"][0] for f in frames]
     messages = [piece(text_key(c)) for c in pieces[:-1]]
     messages.append(last(prompt=usage[0] if usage else 1, completion=usage[1] if usage else 1))
     created = iter([f["created"] for f in frames])
-    events = translate.events(FakeCall(messages))
+    events = responses.events(FakeCall(messages))
     first = next(events)
-    out = streaming.sse_stream(shape, first, events, FakeCall([]), id=frames[0]["id"], model=MODEL,
-                               clock=lambda: next(created))
+    out = streaming.sse_stream(renderer(frames[0]["id"], MODEL, clock=lambda: next(created)), first, events,
+                               FakeCall([]))
     return b"".join(out)
 
 
@@ -207,12 +207,12 @@ def test_chat_body_builder_matches_reference():
 # --- the production paths (events → frames / body) ------------------------------------------
 
 def test_completion_stream_path_matches_reference():
-    out = run_stream(streaming.COMPLETION, frames_of(COMPLETION_STREAM), lambda c: c["text"])
+    out = run_stream(responses.CompletionRenderer, frames_of(COMPLETION_STREAM), lambda c: c["text"])
     assert out == stream_bytes(COMPLETION_STREAM)
 
 
 def test_chat_stream_path_matches_reference():
-    out = run_stream(streaming.CHAT, frames_of(CHAT_STREAM), lambda c: c["delta"]["content"])
+    out = run_stream(responses.ChatRenderer, frames_of(CHAT_STREAM), lambda c: c["delta"]["content"])
     assert out == stream_bytes(CHAT_STREAM)
 
 
@@ -227,16 +227,16 @@ def _without_cached(body: dict) -> dict:
 def test_completion_body_path_matches_reference():
     text = "你好!很高兴为你服务。有什么我可以帮助你的吗?"
     messages = [piece(text[:2]), piece(text[2:10]), last(text[10:], prompt=31, completion=13, cached=7)]
-    body = streaming.collect(streaming.COMPLETION, translate.events(FakeCall(messages)), id="cmpl-765",
-                             model=MODEL, clock=lambda: 1740898347)
+    body = responses.CompletionRenderer("cmpl-765", MODEL, clock=lambda: 1740898347).body(
+        responses.events(FakeCall(messages)))
     assert wire.dumps(_without_cached(body)).encode() == compact(COMPLETION_BODY)
 
 
 def test_chat_body_path_matches_reference():
     text = "你好!有什么我可以帮助你的吗?"
     messages = [piece(ch) for ch in text] + [last(prompt=30, completion=9, cached=7)]
-    body = streaming.collect(streaming.CHAT, translate.events(FakeCall(messages)), id="chatcmpl-323",
-                             model=MODEL, clock=lambda: 1740898382)
+    body = responses.ChatRenderer("chatcmpl-323", MODEL, clock=lambda: 1740898382).body(
+        responses.events(FakeCall(messages)))
     assert wire.dumps(_without_cached(body)).encode() == compact(CHAT_BODY)
 
 

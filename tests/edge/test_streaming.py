@@ -6,7 +6,7 @@ from __future__ import annotations
 import falcon.testing
 import pytest
 
-from rest_edge import streaming, translate
+from rest_edge import responses, streaming
 from rest_edge.app import create_app
 from tests.edge.fakes import FakeCall, FakeClient, last, piece
 
@@ -18,10 +18,11 @@ def endless():
         i += 1
 
 
-def start(call, shape=streaming.CHAT, **kwargs):
-    events = translate.events(call)
+def start(call, clock=None, **kwargs):
+    events = responses.events(call)
     first = next(events)
-    return streaming.sse_stream(shape, first, events, call, id="chatcmpl-1", model="m", **kwargs)
+    render = responses.ChatRenderer("chatcmpl-1", "m", **({"clock": clock} if clock else {}))
+    return streaming.sse_stream(render, first, events, call, **kwargs)
 
 
 def test_close_mid_stream_cancels_the_call():
@@ -61,8 +62,8 @@ def test_normal_end_cancels_harmlessly():
 
 def test_throwing_generator_exit_is_not_swallowed():
     call = FakeCall(endless())
-    events = translate.events(call)
-    stream = streaming.sse_frames(streaming.CHAT, next(events), events, call, id="chatcmpl-1", model="m")
+    events = responses.events(call)
+    stream = streaming.sse_frames(responses.ChatRenderer("chatcmpl-1", "m"), next(events), events, call)
     next(stream)
     with pytest.raises(GeneratorExit):
         stream.throw(GeneratorExit)

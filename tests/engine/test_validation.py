@@ -35,12 +35,14 @@ BAD = [
     ("temperature above 2", sampled(temperature=2.01), "temperature"),
     ("temperature nan", sampled(temperature=math.nan), "temperature"),
     ("temperature inf", sampled(temperature=math.inf), "temperature"),
-    ("top_p 0 (exclusive)", sampled(top_p=0.0), "top_p"),
+    ("top_p negative", sampled(top_p=-0.01), "top_p"),
     ("top_p above 1", sampled(top_p=1.5), "top_p"),
+    ("top_p nan", sampled(top_p=math.nan), "top_p"),
     ("min_p negative", sampled(min_p=-0.1), "min_p"),
     ("min_p above 1", sampled(min_p=1.1), "min_p"),
     ("repetition_penalty 0 (exclusive)", sampled(repetition_penalty=0.0), "repetition_penalty"),
-    ("repetition_penalty above 10", sampled(repetition_penalty=10.5), "repetition_penalty"),
+    ("repetition_penalty negative", sampled(repetition_penalty=-1.0), "repetition_penalty"),
+    ("repetition_penalty above 10", sampled(repetition_penalty=10.01), "repetition_penalty"),
     ("frequency_penalty above 2", sampled(frequency_penalty=2.5), "frequency_penalty"),
     ("frequency_penalty below -2", sampled(frequency_penalty=-2.5), "frequency_penalty"),
     ("presence_penalty below -2", sampled(presence_penalty=-3.0), "presence_penalty"),
@@ -53,6 +55,9 @@ BAD = [
     ("logit_bias value above 100", sampled(logit_bias={5: 100.5}), "logit_bias"),
     ("logit_bias value below -100", sampled(logit_bias={5: -101.0}), "logit_bias"),
     ("logit_bias value nan", sampled(logit_bias={5: math.nan}), "logit_bias"),
+    ("unknown role", GenerationRequest(model="m", messages=(*HI, ChatMessage("tool", "42"))), "messages[1].role"),
+    ("the edge's alias is not a gRPC role", GenerationRequest(model="m", messages=(ChatMessage("developer", "x"),)),
+     "messages[0].role"),
 ]
 
 
@@ -73,8 +78,11 @@ GOOD = [
     ("greedy", sampled(temperature=0.0)),
     ("temperature 2", sampled(temperature=2.0)),
     ("top_p 1", sampled(top_p=1.0)),
+    ("top_p 0 keeps the most likely token", sampled(top_p=0.0)),
     ("min_p 0 and 1", sampled(min_p=1.0)),
-    ("repetition_penalty 10", sampled(repetition_penalty=10.0)),
+    ("repetition_penalty 10 (the cap)", sampled(repetition_penalty=10.0)),
+    ("repetition_penalty just above 0", sampled(repetition_penalty=1e-3)),
+    ("every role", GenerationRequest(model="m", messages=tuple(ChatMessage(r, "x") for r in limits.ROLES))),
     ("penalties at the bounds", sampled(frequency_penalty=-2.0, presence_penalty=2.0)),
     ("top_k 0 means no limit", sampled(top_k=0)),
     ("top_logprobs 20", sampled(top_logprobs=20, logprobs=True)),
@@ -85,6 +93,22 @@ GOOD = [
 @pytest.mark.parametrize("request_", [r for _, r in GOOD], ids=[name for name, _ in GOOD])
 def test_valid_requests_pass(request_):
     validate_request(request_, VOCAB)
+
+
+@pytest.mark.parametrize("name", list(limits.RANGES))
+def test_every_range_of_the_shared_table_is_applied_at_its_bounds(name):
+    bounds = limits.RANGES[name]
+    validate_request(sampled(**{name: bounds.high}), VOCAB)
+    with pytest.raises(InvalidRequest) as info:
+        validate_request(sampled(**{name: bounds.high + 0.01}), VOCAB)
+    assert info.value.param == name and bounds.describe() in str(info.value)
+    with pytest.raises(InvalidRequest):
+        validate_request(sampled(**{name: bounds.low - 0.01}), VOCAB)
+    if bounds.low_open:
+        with pytest.raises(InvalidRequest):
+            validate_request(sampled(**{name: bounds.low}), VOCAB)
+    else:
+        validate_request(sampled(**{name: bounds.low}), VOCAB)
 
 
 # --- bounded and valid strings (issue 7) ---------------------------------------------------------

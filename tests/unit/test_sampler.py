@@ -130,6 +130,14 @@ def test_tiny_top_p_equals_greedy(top_p: float) -> None:
     assert [sampler.sample(x).token_id for x in sequence] == [int(np.argmax(x)) for x in sequence]
 
 
+@pytest.mark.parametrize("extra", [{}, {"top_k": 2}, {"min_p": 0.5}, {"temperature": 2.0}])
+def test_top_p_zero_keeps_only_the_most_likely_token(extra: dict) -> None:
+    """top_p=0 is greedy over the top token (limits.RANGES accepts it at both entry points)."""
+    logits = np.array([0.0, 2.0, 2.0, 1.9], dtype=np.float32)
+    sampler = Sampler(replace(SamplingParams(top_p=0.0, seed=0), **extra), vocab_size=4)
+    assert {sampler.sample(logits).token_id for _ in range(50)} == {1}  # the lowest id on ties, like argmax
+
+
 def test_tiny_top_p_breaks_ties_like_greedy() -> None:
     logits = np.array([0.0, 2.0, 2.0, 1.0], dtype=np.float32)
     sampler = Sampler(SamplingParams(top_p=1e-6, seed=0), vocab_size=4)
@@ -223,12 +231,12 @@ def test_logit_bias_bans_token(temperature: float) -> None:
         assert set(counts) == {1}
 
 
-def test_logit_bias_is_clipped_to_100() -> None:
+def test_logit_bias_of_100_is_not_absolute() -> None:
     logits = np.array([150.0, 0.0], dtype=np.float32)
-    sampler = Sampler(SamplingParams(temperature=0.0, logit_bias={1: 1e6}), vocab_size=2)
+    sampler = Sampler(SamplingParams(temperature=0.0, logit_bias={1: 100.0}), vocab_size=2)
     assert sampler.sample(logits).token_id == 0
-    sampler = Sampler(SamplingParams(temperature=0.0, logit_bias={0: -1e6}), vocab_size=2)
-    # 150 - 100 = 50 > 0: a clipped ban is not absolute
+    sampler = Sampler(SamplingParams(temperature=0.0, logit_bias={0: -100.0}), vocab_size=2)
+    # 150 - 100 = 50 > 0: the strongest ban the contract allows is not absolute
     assert sampler.sample(logits).token_id == 0
 
 
@@ -445,24 +453,42 @@ def test_masked_tokens_never_sampled() -> None:
         assert set(draw_counts(sampler, logits, 300)) == {1, 3}
 
 
-# --- validation -------------------------------------------------------------
+# --- the request contract is asserted, not validated -------------------------
 
 
 @pytest.mark.parametrize(
     "params",
     [
         SamplingParams(temperature=-0.1),
+        SamplingParams(temperature=2.1),
         SamplingParams(top_p=1.5),
+        SamplingParams(top_p=-0.1),
         SamplingParams(top_k=-1),
         SamplingParams(min_p=-0.1),
         SamplingParams(repetition_penalty=0.0),
+        SamplingParams(repetition_penalty=10.5),
+        SamplingParams(frequency_penalty=2.5),
         SamplingParams(top_logprobs=-1),
+        SamplingParams(top_logprobs=21),
         SamplingParams(logit_bias={10: 1.0}),
+        SamplingParams(logit_bias={1: 100.5}),
     ],
 )
-def test_invalid_params_rejected(params: SamplingParams) -> None:
-    with pytest.raises(ValueError):
+def test_params_outside_the_contract_are_asserted(params: SamplingParams) -> None:
+    with pytest.raises(AssertionError):
         Sampler(params, vocab_size=4)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(top_p=0.0),
+        SamplingParams(temperature=2.0, repetition_penalty=10.0, frequency_penalty=-2.0, presence_penalty=2.0),
+        SamplingParams(min_p=1.0, top_logprobs=4, logit_bias={0: -100.0, 3: 100.0}),
+    ],
+)
+def test_params_at_the_contract_bounds_pass(params: SamplingParams) -> None:
+    Sampler(params, vocab_size=4).sample(np.zeros(4, dtype=np.float32))
 
 
 def test_wrong_logits_shape_rejected() -> None:

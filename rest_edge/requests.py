@@ -1,41 +1,35 @@
-"""Translation between OpenAI JSON and the inference_service.v1 protobuf messages, both ways.
+"""Requests in: OpenAI JSON bodies become ``GenerateRequest`` messages.
 
-Pure functions, no I/O: request bodies (already-decoded JSON objects) become
-``GenerateRequest`` messages after validation, which raises :class:`RequestError` (400, naming
-the field in ``param``); ``GenerateResponse`` streams become text/finish events; log
-probabilities, usage and model infos become their OpenAI shapes.
+Pure functions, no I/O. A request body (already-decoded JSON object) is checked here for what
+only the edge can see: JSON types, the shape of each field, and fields the product does not
+support (rejected by name rather than silently ignored). Then the numbers are checked against
+the contract both entry points share (:mod:`inference_service.limits`: ranges, counts, string
+lengths, roles), which the inference service applies again for every gRPC caller. A failure
+raises :class:`RequestError` (400, naming the field in ``param``).
 
 Fields are set on the protobuf only when the client sent them: the optional fields of the
 proto stay unset otherwise and the service applies OpenAI's defaults (temperature 1, top_p 1,
-no penalties). ``null`` counts as absent, as OpenAI treats it. Unknown fields are ignored;
-fields the product does not support are rejected by name rather than silently ignored.
+no penalties). ``null`` counts as absent, as OpenAI treats it. Unknown fields are ignored.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Optional
 
 from inference_service import limits
-from inference_service.limits import quote
+from inference_service.limits import LOGIT_BIAS_RANGE, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, RANGES, quote
 from inference_service.v1 import inference_pb2 as pb
 
-from rest_edge import wire
 from rest_edge.errors import RequestError, invalid
 
+# Bounds of the proto's integer types (the service's own limits are in inference_service.limits).
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-MAX_STOP = limits.MAX_STOP_STRINGS
-MAX_TOP_LOGPROBS = limits.MAX_TOP_LOGPROBS
-# OpenAI's value for a log probability that is minus infinity (JSON has no -Infinity).
-LOGPROB_FLOOR = -9999.0
 
-CHAT_ROLES = ("system", "user", "assistant")
-# Roles accepted as another name of a supported one (OpenAI's newer name for system).
-ROLE_ALIASES = {"developer": "system"}
+_ROLE_NAMES = ", ".join(limits.ROLES[:-1]) + " and " + limits.ROLES[-1]  # "system, user and assistant"
 
 
 @dataclass
@@ -151,25 +145,17 @@ def _opt_int(body: dict, name: str, lo: int, hi: int, param: Optional[str] = Non
     return value
 
 
-def _opt_number(body: dict, name: str, lo: float, hi: float, *, lo_open: bool = False) -> Optional[float]:
+def _opt_number(body: dict, name: str) -> Optional[float]:
+    """A number field of the shared table (``limits.RANGES``), in its range."""
+    bounds = RANGES[name]
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _type_error(name, "a number", value)
-    try:
-        value = float(value)
-    except OverflowError:  # an integer beyond the float range (JSON has no size limit)
-        value = math.inf if value > 0 else -math.inf
-    too_low = value <= lo if lo_open else value < lo
-    if not math.isfinite(value) or too_low or value > hi:
-        low = f"> {_fmt(lo)}" if lo_open else f">= {_fmt(lo)}"
-        raise _range_error(name, f"{low} and <= {_fmt(hi)}", body[name])
-    return value
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+    if value not in bounds:
+        raise _range_error(name, bounds.describe(), value)
+    return float(value)
 
 
 def _required_str(body: dict, name: str, max_chars: Optional[int] = None) -> str:
@@ -238,9 +224,9 @@ def _stop(body: dict) -> list[str]:
         return [_text(value, "stop", limits.MAX_STOP_CHARS)] if value else []
     if not isinstance(value, list):
         raise _type_error("stop", "a string or an array of strings", value)
-    if len(value) > MAX_STOP:
+    if len(value) > MAX_STOP_STRINGS:
         raise invalid(
-            f"Invalid 'stop': expected an array of at most {MAX_STOP} strings, but got {len(value)}.",
+            f"Invalid 'stop': expected an array of at most {MAX_STOP_STRINGS} strings, but got {len(value)}.",
             param="stop",
             code="invalid_value",
         )
@@ -271,9 +257,9 @@ def _logit_bias(body: dict) -> dict[int, float]:
             )
         if isinstance(b, bool) or not isinstance(b, (int, float)):
             raise _type_error("logit_bias", "numbers as values", b)
-        if not -100 <= b <= 100:
+        if b not in LOGIT_BIAS_RANGE:
             raise invalid(
-                f"Invalid 'logit_bias': values must be between -100 and 100, got {quote(b)} for token {token}.",
+                f"Invalid 'logit_bias': values must be {LOGIT_BIAS_RANGE.describe()}, got {quote(b)} for token {token}.",
                 param="logit_bias",
                 code="invalid_value",
             )
@@ -294,14 +280,10 @@ def _common(body: dict, req: pb.GenerateRequest) -> tuple[bool, bool]:
             raise _type_error("stream_options.include_usage", "a boolean", value)
         include_usage = bool(value) and stream
 
-    for name, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0), ("min_p", 0.0, 1.0),
-                         ("frequency_penalty", -2.0, 2.0), ("presence_penalty", -2.0, 2.0)):
-        value = _opt_number(body, name, lo, hi)
+    for name in RANGES:
+        value = _opt_number(body, name)
         if value is not None:
             setattr(req, name, value)
-    rep = _opt_number(body, "repetition_penalty", 0.0, 2.0, lo_open=True)
-    if rep is not None:
-        req.repetition_penalty = rep
 
     top_k = body.get("top_k")
     if top_k == -1:  # a common spelling of "no limit" (vLLM); the proto's is 0
@@ -342,12 +324,12 @@ def _prompt(body: dict) -> str:
     raise _type_error("prompt", "a string or an array of one string", value)
 
 
-def completion_request(body: dict) -> ParsedRequest:
-    """POST /v1/completions body → GenerateRequest."""
+def completion_request(body: dict, request_id: str = "") -> ParsedRequest:
+    """POST /v1/completions body → GenerateRequest (``request_id`` names it in the service's logs)."""
     model = _required_str(body, "model", limits.MAX_MODEL_CHARS)
     prompt = _prompt(body)
     check_unsupported(body)
-    req = pb.GenerateRequest(model=model, prompt=prompt)
+    req = pb.GenerateRequest(model=model, prompt=prompt, request_id=request_id)
     raw = _opt_bool(body, "raw")
     if raw:
         req.raw = True
@@ -410,10 +392,10 @@ def _messages(body: dict) -> list[pb.ChatMessage]:
                               code="missing_required_parameter")
             raise _type_error(f"{param}.role", "a string", role)
         _text(role, f"{param}.role", limits.MAX_ROLE_CHARS)
-        role = ROLE_ALIASES.get(role, role)
-        if role not in CHAT_ROLES:
+        role = limits.ROLE_ALIASES.get(role, role)
+        if role not in limits.ROLES:
             raise invalid(
-                f"Unsupported value for '{param}.role': {quote(role)}; supported roles are system, user and assistant.",
+                f"Unsupported value for '{param}.role': {quote(role)}; supported roles are {_ROLE_NAMES}.",
                 param=f"{param}.role",
                 code="unsupported_parameter",
             )
@@ -435,12 +417,12 @@ def _messages(body: dict) -> list[pb.ChatMessage]:
     return out
 
 
-def chat_request(body: dict) -> ParsedRequest:
-    """POST /v1/chat/completions body → GenerateRequest."""
+def chat_request(body: dict, request_id: str = "") -> ParsedRequest:
+    """POST /v1/chat/completions body → GenerateRequest (``request_id`` names it in the service's logs)."""
     model = _required_str(body, "model", limits.MAX_MODEL_CHARS)
     messages = _messages(body)
     check_unsupported(body)
-    req = pb.GenerateRequest(model=model, messages=messages)
+    req = pb.GenerateRequest(model=model, messages=messages, request_id=request_id)
     if body.get("max_completion_tokens") is not None:
         max_tokens = _opt_int(body, "max_completion_tokens", 1, UINT32_MAX)
     else:
@@ -457,111 +439,3 @@ def chat_request(body: dict) -> ParsedRequest:
         req.top_logprobs = top_logprobs or 0
     stream, include_usage = _common(body, req)
     return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs)
-
-
-# --- responses: GenerateResponse stream → events ------------------------------------------
-
-@dataclass(frozen=True)
-class Text:
-    """A piece of whole UTF-8 text, with the log probabilities of the tokens it came from."""
-
-    text: str
-    logprobs: tuple = ()
-
-
-@dataclass(frozen=True)
-class Finish:
-    """The end of a generation; ``logprobs`` are those of tokens that produced no text."""
-
-    finish_reason: str
-    usage: dict
-    logprobs: tuple = ()
-
-
-Event = Union[Text, Finish]
-
-_FINISH_REASONS = {
-    pb.FINISH_REASON_STOP: "stop",
-    pb.FINISH_REASON_LENGTH: "length",
-}
-
-
-def finish_reason(value: int) -> str:
-    return _FINISH_REASONS.get(value, "stop")
-
-
-def usage(u: pb.Usage) -> dict:
-    return wire.usage_object(u.prompt_tokens, u.completion_tokens, cached_tokens=u.cached_prompt_tokens)
-
-
-def events(messages: Iterable[pb.GenerateResponse]) -> Iterator[Event]:
-    """A GenerateResponse stream as events: ``Text`` for each non-empty text, then one ``Finish``.
-
-    A last message that carries text gives its ``Text`` first. A stream that ends without a
-    last message is an error of the service.
-    """
-    pending: list = []
-    for msg in messages:
-        pending.extend(msg.logprobs)
-        if msg.text:
-            yield Text(msg.text, tuple(pending))
-            pending = []
-        if msg.finish_reason != pb.FINISH_REASON_UNSPECIFIED or msg.HasField("usage"):
-            yield Finish(finish_reason(msg.finish_reason), usage(msg.usage), tuple(pending))
-            return
-    raise RequestError(500, "The inference service ended the generation without finishing it.")
-
-
-# --- responses: log probabilities ---------------------------------------------------------
-
-def _logprob(value: float) -> float:
-    if math.isnan(value) or value == -math.inf:
-        return LOGPROB_FLOOR
-    # The proto carries float32: print the shortest decimal that float32 holds.
-    return float(f"{value:.7g}")
-
-
-def _bytes(token: str, token_bytes: bytes) -> list[int]:
-    return list(token_bytes) if token_bytes else list(token.encode("utf-8"))
-
-
-def chat_logprobs(entries: Iterable[pb.TokenLogprob]) -> dict:
-    """``choices[].logprobs`` of a chat response or chunk."""
-    return {
-        "content": [
-            {
-                "token": lp.token,
-                "logprob": _logprob(lp.logprob),
-                "bytes": _bytes(lp.token, lp.token_bytes),
-                "top_logprobs": [
-                    {"token": t.token, "logprob": _logprob(t.logprob), "bytes": _bytes(t.token, t.token_bytes)}
-                    for t in lp.top_logprobs
-                ],
-            }
-            for lp in entries
-        ]
-    }
-
-
-def completion_logprobs(entries: Iterable[pb.TokenLogprob], offset: int = 0) -> tuple[dict, int]:
-    """``choices[].logprobs`` of a completion; ``text_offset`` counts characters from ``offset``.
-
-    Returns the object and the offset after its tokens (for the next chunk of a stream).
-    """
-    tokens, token_logprobs, top, offsets = [], [], [], []
-    for lp in entries:
-        tokens.append(lp.token)
-        token_logprobs.append(_logprob(lp.logprob))
-        alternatives: dict[str, float] = {}
-        for t in lp.top_logprobs:
-            alternatives.setdefault(t.token, _logprob(t.logprob))
-        top.append(alternatives)
-        offsets.append(offset)
-        offset += len(lp.token)
-    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}, offset
-
-
-# --- models ----------------------------------------------------------------------------------
-
-def model_object(info: pb.ModelInfo) -> dict:
-    return wire.model_object(info.name, info.created, info.owned_by or "library")

@@ -1,15 +1,12 @@
-"""OpenAI JSON ↔ protobuf translation: pure functions."""
+"""Requests in: OpenAI JSON bodies → GenerateRequest (rest_edge.requests), pure functions."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
-from inference_service.v1 import inference_pb2 as pb
-from rest_edge import translate
+from inference_service import limits
+from rest_edge import requests
 from rest_edge.errors import RequestError
-from tests.edge.fakes import FakeCall, last, piece
 
 OPTIONAL_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
                    "frequency_penalty", "presence_penalty", "seed")
@@ -18,13 +15,13 @@ OPTIONAL_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repe
 def chat(**fields):
     body = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "hi"}]}
     body.update(fields)
-    return translate.chat_request(body)
+    return requests.chat_request(body)
 
 
 def comp(**fields):
     body = {"model": "smollm2:135m", "prompt": "Once upon"}
     body.update(fields)
-    return translate.completion_request(body)
+    return requests.completion_request(body)
 
 
 def rejected(fn, **fields) -> RequestError:
@@ -40,19 +37,19 @@ def rejected(fn, **fields) -> RequestError:
 @pytest.mark.parametrize("data", [b"", b"   ", b"{", b"not json", b"\xff\xfe", b'{"a": NaN}', b'{"a": Infinity}'])
 def test_body_that_is_not_json_is_rejected(data):
     with pytest.raises(RequestError) as info:
-        translate.parse_json_body(data)
+        requests.parse_json_body(data)
     assert info.value.status == 400
 
 
 @pytest.mark.parametrize("data", [b"[]", b'"x"', b"1", b"null", b"true"])
 def test_body_that_is_not_an_object_is_rejected(data):
     with pytest.raises(RequestError) as info:
-        translate.parse_json_body(data)
+        requests.parse_json_body(data)
     assert "JSON object" in info.value.message
 
 
 def test_body_object_is_parsed_with_utf8():
-    assert translate.parse_json_body('{"prompt":"你好"}'.encode()) == {"prompt": "你好"}
+    assert requests.parse_json_body('{"prompt":"你好"}'.encode()) == {"prompt": "你好"}
 
 
 # --- defaults ------------------------------------------------------------------------------------
@@ -114,6 +111,49 @@ def test_temperature_zero_is_sent_as_zero_not_absent():
     assert req.HasField("temperature") and req.temperature == 0.0
 
 
+def test_top_p_zero_is_sent_as_zero_not_absent():
+    """top_p=0 keeps only the most likely token (limits.RANGES); the engine accepts it too."""
+    for parsed in (chat(top_p=0), comp(top_p=0.0)):
+        assert parsed.request.HasField("top_p") and parsed.request.top_p == 0.0
+
+
+def test_repetition_penalty_cap_is_the_engines():
+    """One cap for both entry points: limits.RANGES says (0, 10]."""
+    assert limits.RANGES["repetition_penalty"].high == 10.0
+    assert chat(repetition_penalty=10).request.repetition_penalty == 10.0
+    assert chat(repetition_penalty=3).request.repetition_penalty == 3.0  # refused by the edge before
+    err = rejected(chat, repetition_penalty=10.01)
+    assert err.param == "repetition_penalty" and "> 0 and <= 10" in err.message
+    assert rejected(chat, repetition_penalty=0).param == "repetition_penalty"
+
+
+@pytest.mark.parametrize("name", list(limits.RANGES))
+def test_every_range_of_the_shared_table_is_applied_at_its_bounds(name):
+    bounds = limits.RANGES[name]
+    assert getattr(chat(**{name: bounds.high}).request, name) == pytest.approx(bounds.high)
+    for outside in (bounds.high + 0.01, bounds.low - 0.01):
+        err = rejected(chat, **{name: outside})
+        assert err.param == name and bounds.describe() in err.message
+    if bounds.low_open:
+        assert rejected(comp, **{name: bounds.low}).param == name
+    else:
+        assert comp(**{name: bounds.low}).request.HasField(name)
+
+
+def test_logit_bias_bounds_are_the_shared_limit():
+    limit = limits.LOGIT_BIAS_LIMIT
+    assert dict(chat(logit_bias={"1": -limit, "2": limit}).request.logit_bias) == {1: -limit, 2: limit}
+    assert rejected(chat, logit_bias={"1": limit + 0.5}).param == "logit_bias"
+
+
+def test_request_id_is_an_argument():
+    body = {"model": "m", "prompt": "x"}
+    assert requests.completion_request(body, "cmpl-7").request.request_id == "cmpl-7"
+    assert requests.chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                                 "chatcmpl-8").request.request_id == "chatcmpl-8"
+    assert requests.completion_request(body).request.request_id == ""
+
+
 def test_ints_accepted_for_floats_and_integral_floats_for_ints():
     req = chat(temperature=1, max_tokens=8.0).request
     assert req.temperature == 1.0 and req.max_tokens == 8
@@ -144,6 +184,12 @@ def test_content_parts_are_joined():
     parsed = chat(messages=[{"role": "user", "content": [{"type": "text", "text": "Hello, "},
                                                          {"type": "text", "text": "world"}]}])
     assert parsed.request.messages[0].content == "Hello, world"
+
+
+def test_every_shared_role_and_alias_is_accepted():
+    for role in (*limits.ROLES, *limits.ROLE_ALIASES):
+        (message,) = chat(messages=[{"role": role, "content": "x"}]).request.messages
+        assert message.role == limits.ROLE_ALIASES.get(role, role) and message.role in limits.ROLES
 
 
 def test_developer_role_is_system_and_assistant_null_content_is_empty():
@@ -224,7 +270,8 @@ def test_harmless_values_of_unsupported_fields_pass(fields):
     ({"presence_penalty": -2.1}, "presence_penalty"),
     ({"min_p": 2}, "min_p"),
     ({"repetition_penalty": 0}, "repetition_penalty"),
-    ({"repetition_penalty": 3}, "repetition_penalty"),
+    ({"repetition_penalty": 10.5}, "repetition_penalty"),
+    ({"repetition_penalty": -1}, "repetition_penalty"),
     ({"top_k": -2}, "top_k"),
     ({"top_k": 1.5}, "top_k"),
     ({"max_tokens": -1}, "max_tokens"),
@@ -292,84 +339,8 @@ def test_completion_specific_rejections(fields, param):
 
 def test_missing_model_is_rejected():
     with pytest.raises(RequestError) as info:
-        translate.chat_request({"messages": [{"role": "user", "content": "x"}]})
+        requests.chat_request({"messages": [{"role": "user", "content": "x"}]})
     assert info.value.param == "model" and info.value.code == "missing_required_parameter"
     with pytest.raises(RequestError) as info:
-        translate.completion_request({"prompt": "x"})
+        requests.completion_request({"prompt": "x"})
     assert info.value.param == "model"
-
-
-# --- responses ----------------------------------------------------------------------------------
-
-def test_events_text_then_finish():
-    events = list(translate.events(FakeCall([piece("a"), piece("b"), last(prompt=4, completion=2, cached=1)])))
-    assert events == [translate.Text("a"), translate.Text("b"),
-                      translate.Finish("stop", {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6,
-                                                "prompt_tokens_details": {"cached_tokens": 1}})]
-
-
-def test_events_last_message_with_text_gives_text_first():
-    events = list(translate.events(FakeCall([piece("a"), last("b", reason=pb.FINISH_REASON_LENGTH)])))
-    assert [type(e).__name__ for e in events] == ["Text", "Text", "Finish"]
-    assert events[1].text == "b" and events[2].finish_reason == "length"
-
-
-def test_events_only_a_last_message():
-    events = list(translate.events(FakeCall([last()])))
-    assert len(events) == 1 and isinstance(events[0], translate.Finish)
-
-
-def test_events_without_a_last_message_is_an_error():
-    with pytest.raises(RequestError) as info:
-        list(translate.events(FakeCall([piece("a")])))
-    assert info.value.status == 500
-
-
-def test_events_stop_after_the_last_message():
-    call = FakeCall([last(), piece("ignored")])
-    assert len(list(translate.events(call))) == 1
-    assert call.consumed == 1
-
-
-def test_events_carry_logprobs_of_tokens_without_text_forward():
-    lp = [pb.TokenLogprob(token="a", logprob=-0.5), pb.TokenLogprob(token="b", logprob=-1.0)]
-    events = list(translate.events(FakeCall([piece("", logprobs=lp[:1]), piece("x", logprobs=lp[1:]), last()])))
-    assert [e.token for e in events[0].logprobs] == ["a", "b"]
-
-
-def _token_logprob():
-    return pb.TokenLogprob(
-        token_id=7, token="你", logprob=-0.1, token_bytes="你".encode(),
-        top_logprobs=[pb.TopLogprob(token_id=7, token="你", logprob=-0.1, token_bytes="你".encode()),
-                      pb.TopLogprob(token_id=8, token="您", logprob=float("-inf"))],
-    )
-
-
-def test_chat_logprobs_shape():
-    out = translate.chat_logprobs([_token_logprob()])
-    assert out == {"content": [{
-        "token": "你", "logprob": -0.1, "bytes": [228, 189, 160],
-        "top_logprobs": [{"token": "你", "logprob": -0.1, "bytes": [228, 189, 160]},
-                         {"token": "您", "logprob": -9999.0, "bytes": list("您".encode())}],
-    }]}
-    assert list(out["content"][0]) == ["token", "logprob", "bytes", "top_logprobs"]
-
-
-def test_completion_logprobs_shape_and_offsets():
-    lp2 = pb.TokenLogprob(token="好", logprob=-2.0)
-    out, offset = translate.completion_logprobs([_token_logprob(), lp2], offset=3)
-    assert out == {"tokens": ["你", "好"], "token_logprobs": [-0.1, -2.0],
-                   "top_logprobs": [{"你": -0.1, "您": -9999.0}, {}], "text_offset": [3, 4]}
-    assert offset == 5
-
-
-def test_logprob_values_are_finite_and_short():
-    assert translate._logprob(float("nan")) == -9999.0
-    assert translate._logprob(-math.inf) == -9999.0
-    assert translate._logprob(pb.TokenLogprob(logprob=-0.1).logprob) == -0.1
-
-
-def test_model_object():
-    info = pb.ModelInfo(name="smollm2:135m", created=1700000000, owned_by="library", context_length=8192)
-    assert translate.model_object(info) == {"id": "smollm2:135m", "object": "model", "created": 1700000000,
-                                            "owned_by": "library"}

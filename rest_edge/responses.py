@@ -1,0 +1,246 @@
+"""Responses out: a ``GenerateResponse`` stream becomes OpenAI's answer on one route.
+
+Pure functions and per-response renderers, no I/O. :func:`events` turns the gRPC messages into
+``Text`` and ``Finish`` events; a renderer (:class:`CompletionRenderer` for /v1/completions,
+:class:`ChatRenderer` for /v1/chat/completions) turns events into the chunks of a stream or
+into a whole body, built by :mod:`rest_edge.wire` (the byte-exact shapes). Log probabilities,
+usage and model infos get their OpenAI shapes here too. The SSE framing and the cancellation
+of a stream are ``rest_edge.streaming``'s.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Union
+
+from inference_service.v1 import inference_pb2 as pb
+
+from rest_edge import wire
+from rest_edge.errors import RequestError
+
+# OpenAI's value for a log probability that is minus infinity (JSON has no -Infinity).
+LOGPROB_FLOOR = -9999.0
+
+
+# --- GenerateResponse stream → events ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Text:
+    """A piece of whole UTF-8 text, with the log probabilities of the tokens it came from."""
+
+    text: str
+    logprobs: tuple = ()
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The end of a generation; ``logprobs`` are those of tokens that produced no text."""
+
+    finish_reason: str
+    usage: dict
+    logprobs: tuple = ()
+
+
+Event = Union[Text, Finish]
+
+_FINISH_REASONS = {
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+}
+
+
+def finish_reason(value: int) -> str:
+    return _FINISH_REASONS.get(value, "stop")
+
+
+def usage(u: pb.Usage) -> dict:
+    return wire.usage_object(u.prompt_tokens, u.completion_tokens, cached_tokens=u.cached_prompt_tokens)
+
+
+def events(messages: Iterable[pb.GenerateResponse]) -> Iterator[Event]:
+    """A GenerateResponse stream as events: ``Text`` for each non-empty text, then one ``Finish``.
+
+    A last message that carries text gives its ``Text`` first. A stream that ends without a
+    last message is an error of the service.
+    """
+    pending: list = []
+    for msg in messages:
+        pending.extend(msg.logprobs)
+        if msg.text:
+            yield Text(msg.text, tuple(pending))
+            pending = []
+        if msg.finish_reason != pb.FINISH_REASON_UNSPECIFIED or msg.HasField("usage"):
+            yield Finish(finish_reason(msg.finish_reason), usage(msg.usage), tuple(pending))
+            return
+    raise RequestError(500, "The inference service ended the generation without finishing it.")
+
+
+# --- log probabilities ---------------------------------------------------------
+
+def _logprob(value: float) -> float:
+    if math.isnan(value) or value == -math.inf:
+        return LOGPROB_FLOOR
+    # The proto carries float32: print the shortest decimal that float32 holds.
+    return float(f"{value:.7g}")
+
+
+def _bytes(token: str, token_bytes: bytes) -> list[int]:
+    return list(token_bytes) if token_bytes else list(token.encode("utf-8"))
+
+
+def chat_logprobs(entries: Iterable[pb.TokenLogprob]) -> dict:
+    """``choices[].logprobs`` of a chat response or chunk."""
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": _logprob(lp.logprob),
+                "bytes": _bytes(lp.token, lp.token_bytes),
+                "top_logprobs": [
+                    {"token": t.token, "logprob": _logprob(t.logprob), "bytes": _bytes(t.token, t.token_bytes)}
+                    for t in lp.top_logprobs
+                ],
+            }
+            for lp in entries
+        ]
+    }
+
+
+def completion_logprobs(entries: Iterable[pb.TokenLogprob], offset: int = 0) -> tuple[dict, int]:
+    """``choices[].logprobs`` of a completion; ``text_offset`` counts characters from ``offset``.
+
+    Returns the object and the offset after its tokens (for the next chunk of a stream).
+    """
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for lp in entries:
+        tokens.append(lp.token)
+        token_logprobs.append(_logprob(lp.logprob))
+        alternatives: dict[str, float] = {}
+        for t in lp.top_logprobs:
+            alternatives.setdefault(t.token, _logprob(t.logprob))
+        top.append(alternatives)
+        offsets.append(offset)
+        offset += len(lp.token)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}, offset
+
+
+# --- models ----------------------------------------------------------------------------------
+
+def model_object(info: pb.ModelInfo) -> dict:
+    return wire.model_object(info.name, info.created, info.owned_by or "library")
+
+
+# --- one renderer per route ---------------------------------------------------------------------
+
+class Renderer(ABC):
+    """The answer to one generation request: stream chunks (:meth:`chunks`) or a body (:meth:`body`).
+
+    One per response: it holds the response ``id``, the ``model`` name, whether the client
+    asked for log probabilities and (streams) for the usage chunk. ``created`` is read from
+    ``clock`` for every chunk. Subclasses are the routes; they call the builders of ``wire``.
+    """
+
+    id_prefix: ClassVar[str]
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002
+        model: str,
+        *,
+        logprobs: bool = False,
+        include_usage: bool = False,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.id = id
+        self.model = model
+        self.logprobs = logprobs
+        self.include_usage = include_usage
+        self._clock = clock
+
+    def chunks(self, event: Event) -> list[dict]:
+        """The stream chunks of one event: a text chunk; or the finish chunk, then the usage
+        chunk when the client asked for it."""
+        if isinstance(event, Text):
+            lp = self._logprobs(event.logprobs) if self.logprobs else wire.ABSENT
+            return [self._chunk(self._created(), event.text, None, lp)]
+        lp = wire.ABSENT
+        if self.logprobs:  # ``null`` on the finish chunk when no token is left to report
+            lp = self._logprobs(event.logprobs) if event.logprobs else None
+        out = [self._chunk(self._created(), "", event.finish_reason, lp)]
+        if self.include_usage:
+            out.append(self._usage_chunk(self._created(), event.usage))
+        return out
+
+    def body(self, events: Iterable[Event]) -> dict:
+        """The whole (non-stream) response body of a generation."""
+        texts: list[str] = []
+        entries: list = []
+        for event in events:
+            entries.extend(event.logprobs)
+            if isinstance(event, Text):
+                texts.append(event.text)
+                continue
+            lp = self._logprobs(tuple(entries)) if self.logprobs else wire.ABSENT
+            return self._response(self._created(), "".join(texts), event.finish_reason, event.usage, lp)
+        raise RequestError(500, "The generation ended without finishing.")
+
+    def _created(self) -> int:
+        return int(self._clock())
+
+    # --- per route ---
+
+    @abstractmethod
+    def _logprobs(self, entries: tuple) -> dict: ...
+
+    @abstractmethod
+    def _chunk(self, created: int, text: str, finish_reason: Optional[str], logprobs: Any) -> dict: ...
+
+    @abstractmethod
+    def _usage_chunk(self, created: int, usage: dict) -> dict: ...
+
+    @abstractmethod
+    def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any) -> dict: ...
+
+
+class CompletionRenderer(Renderer):
+    """POST /v1/completions: ``text`` choices; ``text_offset`` of logprobs runs on across chunks."""
+
+    id_prefix = "cmpl"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._offset = 0  # characters of text already given logprobs
+
+    def _logprobs(self, entries: tuple) -> dict:
+        lp, self._offset = completion_logprobs(entries, self._offset)
+        return lp
+
+    def _chunk(self, created: int, text: str, finish_reason: Optional[str], logprobs: Any) -> dict:
+        return wire.completion_chunk(self.id, created, self.model, text, finish_reason, logprobs)
+
+    def _usage_chunk(self, created: int, usage: dict) -> dict:
+        return wire.completion_usage_chunk(self.id, created, self.model, usage)
+
+    def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any) -> dict:
+        return wire.completion_response(self.id, created, self.model, text, finish_reason, usage, logprobs)
+
+
+class ChatRenderer(Renderer):
+    """POST /v1/chat/completions: an assistant ``delta`` per chunk, a ``message`` in the body."""
+
+    id_prefix = "chatcmpl"
+
+    def _logprobs(self, entries: tuple) -> dict:
+        return chat_logprobs(entries)
+
+    def _chunk(self, created: int, text: str, finish_reason: Optional[str], logprobs: Any) -> dict:
+        return wire.chat_chunk(self.id, created, self.model, text, finish_reason, logprobs)
+
+    def _usage_chunk(self, created: int, usage: dict) -> dict:
+        return wire.chat_usage_chunk(self.id, created, self.model, usage)
+
+    def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any) -> dict:
+        return wire.chat_response(self.id, created, self.model, text, finish_reason, usage, logprobs)

@@ -188,8 +188,42 @@ def _check_only_one(body: dict, name: str, why: str) -> None:
         raise _unsupported(name, f"Unsupported value for '{name}': {why}, got {quote(value)}.")
 
 
+# Fields other servers define that would change the answer and that we do not implement:
+# refused by name when present with anything but their neutral value (a field we accept is
+# a field we honour). Fields that cannot change the answer (``user``, ``metadata``,
+# ``store``, ``service_tier``, ``safety_identifier``, ``prompt_cache_key``, messages'
+# ``name``) are accepted and ignored on purpose; so is any field nobody defines.
+_NOT_IMPLEMENTED: dict[str, tuple[object, str]] = {
+    # name: (neutral value that is accepted, why it is refused)
+    "stop_token_ids": ([], "stopping on token ids is not supported; use 'stop' strings"),
+    "include_stop_str_in_output": (False, "stop strings are never included in the output"),
+    "skip_special_tokens": (True, "control tokens are never part of the output"),
+    "use_beam_search": (False, "beam search is not supported"),
+    "length_penalty": (1.0, "beam search is not supported"),
+    "prompt_logprobs": (None, "prompt log probabilities are not supported"),
+    "truncate_prompt_tokens": (None, "prompts are never truncated; an over-long prompt is refused"),
+    "add_generation_prompt": (True, "the assistant's turn is always opened"),
+    "continue_final_message": (False, "continuing the final message is not supported"),
+    "chat_template": (None, "the model's own chat template is always used"),
+    "chat_template_kwargs": (None, "the model's own chat template is always used"),
+    "guided_json": (None, "guided decoding is not supported"),
+    "guided_regex": (None, "guided decoding is not supported"),
+    "guided_choice": (None, "guided decoding is not supported"),
+    "guided_grammar": (None, "guided decoding is not supported"),
+    "modalities": (["text"], "only text output is supported"),
+    "audio": (None, "audio output is not supported"),
+    "prediction": (None, "predicted outputs are not supported"),
+    "reasoning_effort": (None, "the served models have no reasoning effort setting"),
+    "web_search_options": (None, "web search is not supported"),
+}
+
+
 def check_unsupported(body: dict) -> None:
     """Reject, by name, fields that would change the answer in ways the product cannot honour."""
+    for name, (neutral, why) in _NOT_IMPLEMENTED.items():
+        value = body.get(name)
+        if value is not None and value != neutral:
+            raise _unsupported(name, f"Unsupported parameter: '{name}': {why}.")
     _check_only_one(body, "n", "only 1 choice per request is supported")
     for name in ("tools", "functions"):
         if body.get(name):
@@ -296,6 +330,12 @@ def _common(body: dict, req: pb.GenerateRequest) -> tuple[bool, bool]:
     seed = _opt_int(body, "seed", INT64_MIN, INT64_MAX)
     if seed is not None:
         req.seed = seed
+    # vLLM's extensions that benchmark tools send to fix output lengths (the service checks
+    # min_tokens against max_tokens and the context).
+    req.ignore_eos = bool(_opt_bool(body, "ignore_eos"))
+    min_tokens = _opt_int(body, "min_tokens", 0, UINT32_MAX)
+    if min_tokens is not None:
+        req.min_tokens = min_tokens
     req.stop.extend(_stop(body))
     for token, b in _logit_bias(body).items():
         req.logit_bias[token] = b

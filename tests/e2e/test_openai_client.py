@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import openai
 import pytest
 
 from tests.e2e.helpers import MODEL
@@ -211,3 +212,20 @@ def test_concurrent_requests_match_sequential(oai, service_cpu):
     with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
         concurrent = list(pool.map(ask, prompts))
     assert concurrent == sequential
+
+
+def test_benchmark_tools_fixed_lengths_are_honoured(oai):
+    """aiperf, guidellm and vllm bench send vLLM's ignore_eos / min_tokens to fix output lengths."""
+    messages = [{"role": "user", "content": "Say hi."}]
+    natural = oai.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=48)
+    assert natural.choices[0].finish_reason == "stop" and natural.usage.completion_tokens < 48
+    fixed = oai.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=48,
+                                        extra_body={"ignore_eos": True})
+    assert (fixed.choices[0].finish_reason, fixed.usage.completion_tokens) == ("length", 48)
+    at_least = natural.usage.completion_tokens + 4
+    held = oai.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=48,
+                                       extra_body={"min_tokens": at_least})
+    assert held.usage.completion_tokens >= at_least
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.completions.create(model=MODEL, prompt="Say hi.", max_tokens=4, extra_body={"min_tokens": 5})
+    assert info.value.param == "min_tokens"

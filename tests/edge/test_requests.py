@@ -242,6 +242,14 @@ def test_completion_logprobs_is_the_number_of_alternatives():
     ({"suffix": "tail"}, "suffix"),
     ({"echo": True}, "echo"),
     ({"best_of": 3}, "best_of"),
+    ({"stop_token_ids": [2]}, "stop_token_ids"),
+    ({"include_stop_str_in_output": True}, "include_stop_str_in_output"),
+    ({"use_beam_search": True}, "use_beam_search"),
+    ({"guided_json": {"type": "object"}}, "guided_json"),
+    ({"chat_template": "{{ x }}"}, "chat_template"),
+    ({"add_generation_prompt": False}, "add_generation_prompt"),
+    ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"reasoning_effort": "high"}, "reasoning_effort"),
 ])
 def test_unsupported_fields_are_rejected_by_name(fields, param):
     for fn in (chat, comp):
@@ -253,6 +261,11 @@ def test_unsupported_fields_are_rejected_by_name(fields, param):
 @pytest.mark.parametrize("fields", [
     {"n": 1}, {"tools": []}, {"functions": []}, {"tool_choice": "none"}, {"tool_choice": "auto"},
     {"response_format": {"type": "text"}}, {"suffix": ""}, {"echo": False}, {"best_of": 1},
+    {"stop_token_ids": []}, {"include_stop_str_in_output": False}, {"skip_special_tokens": True},
+    {"add_generation_prompt": True}, {"modalities": ["text"]},
+    # cannot change the answer: accepted and ignored on purpose
+    {"user": "u-1"}, {"metadata": {"k": "v"}}, {"store": False}, {"service_tier": "auto"},
+    {"prompt_cache_key": "k"}, {"safety_identifier": "s"},
 ])
 def test_harmless_values_of_unsupported_fields_pass(fields):
     chat(**fields)
@@ -344,3 +357,13 @@ def test_missing_model_is_rejected():
     with pytest.raises(RequestError) as info:
         requests.completion_request({"prompt": "x"})
     assert info.value.param == "model"
+
+
+def test_ignore_eos_and_min_tokens_reach_the_request():
+    for fn in (chat, comp):
+        plain = fn()
+        assert (plain.request.ignore_eos, plain.request.min_tokens) == (False, 0)
+        parsed = fn(ignore_eos=True, min_tokens=16, max_tokens=64)
+        assert (parsed.request.ignore_eos, parsed.request.min_tokens) == (True, 16)
+        assert rejected(fn, ignore_eos="yes").param == "ignore_eos"
+        assert rejected(fn, min_tokens=-1).param == "min_tokens"

@@ -4,12 +4,17 @@ Run:  gunicorn -c python:rest_edge.gunicorn_conf
       (the app, ``rest_edge.app:create_app()``, comes from ``wsgi_app`` below)
 
 Environment: EDGE_BIND, EDGE_WORKERS, EDGE_THREADS, EDGE_WORKER_TIMEOUT, EDGE_LOG_LEVEL,
-EDGE_CONTROL_SOCKET; the app itself reads INFERENCE_TARGET, EDGE_API_KEYS,
-EDGE_MAX_BODY_BYTES (see rest_edge.app).
+EDGE_CONTROL_SOCKET, PROMETHEUS_MULTIPROC_DIR (see the metrics hooks below); the app itself
+reads INFERENCE_TARGET, EDGE_API_KEYS, EDGE_MAX_BODY_BYTES (see rest_edge.app).
+
+This module is read in the arbiter: importing it imports no prometheus_client, grpc or app.
 """
 
+import glob as _glob
 import logging as _logging
 import os as _os
+import shutil as _shutil
+import tempfile as _tempfile
 
 wsgi_app = "rest_edge.app:create_app()"
 
@@ -56,3 +61,66 @@ def post_fork(server, worker):
     app_log.handlers = list(error_log.handlers)
     app_log.setLevel(error_log.level)
     app_log.propagate = False
+
+
+# --- /metrics means the whole edge --------------------------------------------------------
+# prometheus_client's multiprocess mode (see rest_edge.metrics): the workers write their
+# metric values into files of one directory, named by PROMETHEUS_MULTIPROC_DIR, and /metrics
+# merges them. The arbiter sets it up before the first fork, so every worker inherits it.
+
+_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# Set to the directory's path when on_starting created it (it is removed on exit).
+_PRIVATE_DIR = "EDGE_PRIVATE_METRICS_DIR"
+
+
+def on_starting(server):
+    """The workers' metrics directory, before any worker exists.
+
+    PROMETHEUS_MULTIPROC_DIR set by the operator: created if missing, and its ``*.db`` files
+    (the counts of a previous run) removed. Unset: a fresh private directory (mode 0700) under
+    the temporary directory, removed when the arbiter exits. A master started by USR2 shares
+    its parent's directory as it is: both generations' workers serve during the handover and
+    their counts add up.
+    """
+    path = _os.environ.get(_MULTIPROC_DIR)
+    if path and server.master_pid:  # started by USR2; the old master's workers are writing here
+        _os.makedirs(path, exist_ok=True)
+        server.log.info("Metrics: workers share %s (with the old master's)", path)
+        return
+    if not path or _os.environ.get(_PRIVATE_DIR) == path:  # unset, or another edge's private one
+        path = _tempfile.mkdtemp(prefix="rest-edge-metrics-")
+        _os.environ[_MULTIPROC_DIR] = path
+        _os.environ[_PRIVATE_DIR] = path
+        server.log.info("Metrics: workers share %s (private, removed on exit)", path)
+        return
+    _os.makedirs(path, exist_ok=True)
+    for name in _glob.glob(_os.path.join(path, "*.db")):
+        _os.remove(name)
+    server.log.info("Metrics: workers share %s (emptied at start)", path)
+
+
+def child_exit(server, worker):
+    """Arbiter, once a worker has died (any cause, SIGKILL too): drop its share of the
+    ``live*`` gauges (in flight). Its counters and histograms stay: totals never go back."""
+    if _os.environ.get(_MULTIPROC_DIR):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def pre_exec(server):
+    """USR2, in the child about to exec the new master (whose environment is the one gunicorn
+    started with): hand it the metrics directory, so the two generations share it."""
+    path = _os.environ.get(_MULTIPROC_DIR)
+    if path:
+        server.cfg.env_orig[_MULTIPROC_DIR] = path
+        if _os.environ.get(_PRIVATE_DIR) == path:
+            server.cfg.env_orig[_PRIVATE_DIR] = path
+
+
+def on_exit(server):
+    """Remove the private metrics directory, unless another master still uses it (a USR2
+    child that was not promoted yet, or the parent of one)."""
+    path = _os.environ.get(_MULTIPROC_DIR)
+    if path and _os.environ.get(_PRIVATE_DIR) == path and server.reexec_pid == 0 and server.master_pid == 0:
+        _shutil.rmtree(path, ignore_errors=True)

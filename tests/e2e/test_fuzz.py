@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from tests.e2e.helpers import MODEL
-from tests.edge.fuzz_requests import check_answer, requests
+from tests.edge.fuzz_requests import check_answer, fuzz_settings, requests
 
 pytestmark = pytest.mark.model
 
@@ -31,14 +31,7 @@ def client(edge):
 def test_generated_requests_get_2xx_or_4xx_and_the_stack_keeps_serving(client, edge):
     seen: dict[int, int] = {}
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
-                               HealthCheck.filter_too_much],
-    )
+    @fuzz_settings(EXAMPLES)
     @given(requests(real_model=True))
     def one_request(request):
         path, data = request

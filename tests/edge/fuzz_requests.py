@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from inference_service import limits
@@ -50,6 +51,18 @@ ODD_CHARS = [
     "😀", "👩\u200d👩\u200d👧", "🇫🇷", "你", "好", "é", "\n", "\r", "\t", '"', "\\", "/",
 ]
 SNIPPETS = ["<|im_end|>", "<|im_start|>", "<|endoftext|>", "</s>", "{{", "}}", "{%", "\\u0000", "null", "%s"]
+
+def fuzz_settings(examples: int, *extra_health_checks: HealthCheck) -> settings:
+    """Reproducible runs (same examples every time, no example database) without time limits."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
+                               HealthCheck.filter_too_much, *extra_health_checks],
+    )
+
 
 def weighted(*choices: tuple[int, st.SearchStrategy]) -> st.SearchStrategy:
     """One of the strategies, each drawn about ``weight`` times in ``sum(weights)``.

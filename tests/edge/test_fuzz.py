@@ -8,11 +8,11 @@ Every request the app lets through must be a protobuf the real client can send.
 from __future__ import annotations
 
 import falcon.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from rest_edge.app import create_app
 from tests.edge.fakes import FakeClient, last, piece
-from tests.edge.fuzz_requests import check_answer, requests
+from tests.edge.fuzz_requests import check_answer, fuzz_settings, requests
 
 EXAMPLES = 1200
 
@@ -26,14 +26,7 @@ FAKE = FakeClient(_script)
 CLIENT = falcon.testing.TestClient(create_app(FAKE))
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
-                           HealthCheck.filter_too_much],
-)
+@fuzz_settings(EXAMPLES)
 @given(requests())
 def test_any_request_is_answered_2xx_or_4xx_with_the_error_shape(request):
     path, data = request

@@ -175,17 +175,16 @@ class Renderer(ABC):
         return out
 
     def body(self, events: Iterable[Event]) -> dict:
-        """The whole (non-stream) response body of a generation."""
+        """The whole (non-stream) response body of a generation (``events()`` ends with a Finish)."""
         texts: list[str] = []
         entries: list = []
         for event in events:
             entries.extend(event.logprobs)
-            if isinstance(event, Text):
-                texts.append(event.text)
-                continue
-            lp = self._logprobs(tuple(entries)) if self.logprobs else wire.ABSENT
-            return self._response(self._created(), "".join(texts), event.finish_reason, event.usage, lp)
-        raise RequestError(500, "The generation ended without finishing.")
+            if isinstance(event, Finish):
+                lp = self._logprobs(tuple(entries)) if self.logprobs else wire.ABSENT
+                return self._response(self._created(), "".join(texts), event.finish_reason, event.usage, lp)
+            texts.append(event.text)
+        raise AssertionError("events() ends with a Finish or raises")
 
     def _created(self) -> int:
         return int(self._clock())

@@ -98,10 +98,9 @@ def sse_frames(
         for event in itertools.chain((first,), rest):
             for chunk in renderer.chunks(event):
                 yield wire.sse(chunk)
-            if isinstance(event, Finish):
+            if isinstance(event, Finish):  # always comes: events() raises rather than end without it
                 yield wire.DONE
                 return
-        raise RequestError(500, "The generation ended without finishing.")  # events() never does this
     except RequestError as err:
         if departed():
             log.info("stream %s: the client went away; its generation was cancelled", renderer.id)

@@ -140,7 +140,8 @@ def test_body_logprobs_gather_every_token():
     assert body["choices"][0]["logprobs"]["tokens"] == ["a", ""]
 
 
-def test_body_without_a_finish_is_an_error():
+def test_a_service_stream_without_its_last_message_is_an_error_before_any_body():
+    unfinished = [pb.GenerateResponse(text="a")]
     with pytest.raises(RequestError) as info:
-        responses.ChatRenderer("chatcmpl-1", "m").body([responses.Text("a")])
+        responses.ChatRenderer("chatcmpl-1", "m").body(responses.events(unfinished))
     assert info.value.status == 500

@@ -1,8 +1,8 @@
 """Benchmark report: fixed-width table, PNG bar chart, raw JSON.
 
     from bench.report import write_report
-    write_report({"engine": {...metrics...}, "grpc": {...}, "rest": {...}, "peer": {...}},
-                 reference="peer", meta={...}, raw={...})
+    write_report({"engine": {...metrics...}, "grpc": {...}, "edge": {...}, "peer": {...}},
+                 reference="peer", header="what was run, how", meta={...}, raw={...})
 
 Rows are metrics (see METRICS: unknown metric names are appended as plain rows), columns are
 systems, then one ratio column per non-reference system: value / reference value, computed
@@ -25,22 +25,30 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 # key, label, unit, better ("higher" | "lower" | None)
+LEVELS = (1, 2, 4, 8)
 METRICS: list[tuple[str, str, str, Optional[str]]] = [
     ("ttft_ms", "TTFT, single stream", "ms", "lower"),
     ("decode_tps", "decode, single stream", "tok/s", "higher"),
-    ("stream_total_s", "single stream total", "s", "lower"),
-    ("agg_tps_c1", "aggregate, 1 stream", "tok/s", "higher"),
-    ("agg_tps_c2", "aggregate, 2 streams", "tok/s", "higher"),
-    ("agg_tps_c4", "aggregate, 4 streams", "tok/s", "higher"),
-    ("agg_tps_c8", "aggregate, 8 streams", "tok/s", "higher"),
-    ("ttft_p50_ms_c1", "TTFT p50, 1 stream", "ms", "lower"),
-    ("ttft_p50_ms_c2", "TTFT p50, 2 streams", "ms", "lower"),
-    ("ttft_p50_ms_c4", "TTFT p50, 4 streams", "ms", "lower"),
-    ("ttft_p50_ms_c8", "TTFT p50, 8 streams", "ms", "lower"),
+    ("tokens", "tokens a stream", "tok", None),
+    ("prompt_tokens", "prompt eval: prompt size", "tok", None),
+    ("prompt_ttft_ms", "prompt eval: TTFT", "ms", "lower"),
+    ("prompt_tps", "prompt eval: rate", "tok/s", "higher"),
+    *[(f"agg_tps_c{n}", f"aggregate, {n} stream{'s' * (n > 1)}", "tok/s", "higher") for n in LEVELS],
+    *[(f"ttft_p50_ms_c{n}", f"TTFT p50, {n} stream{'s' * (n > 1)}", "ms", "lower") for n in LEVELS],
     ("chat_prompt_tokens", "chat prompt size", "tok", None),
     ("chat_ttft_cold_ms", "chat TTFT, cold history", "ms", "lower"),
     ("chat_ttft_next_ms", "chat TTFT, next turn", "ms", "lower"),
     ("chat_cold_over_next", "chat cold / next", "x", "higher"),
+    *[row for n in LEVELS for row in (
+        (f"aiperf_ttft_p50_ms_c{n}", f"aiperf TTFT p50, concurrency {n}", "ms", "lower"),
+        (f"aiperf_ttft_p90_ms_c{n}", f"aiperf TTFT p90, concurrency {n}", "ms", "lower"),
+        (f"aiperf_itl_p50_ms_c{n}", f"aiperf ITL p50, concurrency {n}", "ms", "lower"),
+        (f"aiperf_itl_p90_ms_c{n}", f"aiperf ITL p90, concurrency {n}", "ms", "lower"),
+        (f"aiperf_output_tps_c{n}", f"aiperf output, concurrency {n}", "tok/s", "higher"),
+        (f"aiperf_input_tokens_c{n}", f"aiperf prompt size, concurrency {n}", "tok", None),
+        (f"aiperf_output_tokens_c{n}", f"aiperf tokens a request, concurrency {n}", "tok", None))],
+    ("edge_alone_fps_1", "edge alone, 1 stream", "frames/s", "higher"),
+    ("edge_alone_fps_4", "edge alone, 4 streams", "frames/s", "higher"),
     ("rss_start_mb", "RSS after load", "MB", "lower"),
     ("rss_peak_mb", "peak RSS during run", "MB", "lower"),
     ("failed_requests", "failed requests", "", "lower"),
@@ -48,8 +56,9 @@ METRICS: list[tuple[str, str, str, Optional[str]]] = [
 ]
 _KNOWN = {m[0] for m in METRICS}
 # in the table but not the chart
-NOT_CHARTED = {"ttft_p50_ms_c1", "ttft_p50_ms_c2", "ttft_p50_ms_c4", "chat_prompt_tokens",
-               "failed_requests", "foreign_cpu_pct"}
+CHARTED = {"ttft_ms", "decode_tps", "prompt_ttft_ms", "agg_tps_c1", "agg_tps_c4", "chat_ttft_cold_ms",
+           "chat_ttft_next_ms", "aiperf_ttft_p50_ms_c1", "aiperf_itl_p50_ms_c1", "aiperf_output_tps_c4",
+           "edge_alone_fps_1", "rss_peak_mb"}
 
 
 def _is_num(v: Any) -> bool:
@@ -90,7 +99,7 @@ def ratio(value: Any, ref: Any, better: Optional[str]) -> str:
 
 
 def format_table(systems: Mapping[str, Mapping[str, Any]],
-                 reference: Optional[str] = None) -> str:
+                 reference: Optional[str] = None, header: Optional[str] = None) -> str:
     names = list(systems)
     if reference is not None and reference not in systems:
         reference = None
@@ -104,7 +113,7 @@ def format_table(systems: Mapping[str, Mapping[str, Any]],
     head = f"{'metric (unit)':<{label_w}}  " + "  ".join(f"{n:>{col_w}}" for n in names)
     if rat_heads:
         head += "  |  " + "  ".join(f"{h:>{rat_w}}" for h in rat_heads)
-    lines = [head, "-" * len(head)]
+    lines = ([header, ""] if header else []) + [head, "-" * len(head)]
     for key, label, unit, better in rows:
         lab = f"{label} ({unit})" if unit else label
         line = f"{lab:<{label_w}}  " + "  ".join(
@@ -128,7 +137,7 @@ def save_chart(systems: Mapping[str, Mapping[str, Any]], path: Path,
     import matplotlib.pyplot as plt
 
     names = list(systems)
-    rows = [r for r in _rows(systems) if r[0] in _KNOWN and r[0] not in NOT_CHARTED]
+    rows = [r for r in _rows(systems) if r[0] in CHARTED]
     ncols = 4
     nrows = max(1, math.ceil(len(rows) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
@@ -161,15 +170,15 @@ def save_chart(systems: Mapping[str, Mapping[str, Any]], path: Path,
 
 
 def write_report(systems: Mapping[str, Mapping[str, Any]], *, reference: Optional[str] = None,
-                 meta: Optional[Mapping[str, Any]] = None, raw: Optional[Mapping] = None,
-                 out_dir: Path = RESULTS_DIR, print_table: bool = True) -> dict:
+                 header: Optional[str] = None, meta: Optional[Mapping[str, Any]] = None,
+                 raw: Optional[Mapping] = None, out_dir: Path = RESULTS_DIR, print_table: bool = True) -> dict:
     """Print the table, write bench.json and bench.png under out_dir; returns the JSON doc."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = format_table(systems, reference)
+    table = format_table(systems, reference, header)
     if print_table:
         print(table)
-    doc = {"meta": dict(meta or {}), "reference": reference,
+    doc = {"meta": dict(meta or {}), "reference": reference, "header": header,
            "systems": {k: dict(v) for k, v in systems.items()},
            "table": table.splitlines(), "raw": raw or {}}
     (out_dir / "bench.json").write_text(json.dumps(doc, indent=2, default=str))
@@ -188,7 +197,7 @@ def write_report(systems: Mapping[str, Mapping[str, Any]], *, reference: Optiona
 def main(argv: list[str]) -> int:
     src = Path(argv[1]) if len(argv) > 1 else RESULTS_DIR / "bench.json"
     doc = json.loads(src.read_text())
-    write_report(doc["systems"], reference=doc.get("reference"), meta=doc.get("meta"),
+    write_report(doc["systems"], reference=doc.get("reference"), header=doc.get("header"), meta=doc.get("meta"),
                  raw=doc.get("raw"), out_dir=src.parent)
     return 0
 

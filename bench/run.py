@@ -1,26 +1,31 @@
 """`make bench`: one run, one table, one chart.
 
-Measures on the same model file, one after another (never two at once: on 2 cores two
-CPU-heavy processes slow each other badly):
+Measures on the same model file, with the same number of compute threads (--threads), one
+system after another (never two at once: on 2 cores two CPU-heavy processes slow each other
+badly):
 
-1. engine   — the engine called in process (no transport);
-2. grpc     — the same requests through the real gRPC service (a subprocess);
-3. edge     — the real REST edge on gunicorn in front of that service (OpenAI SSE);
-4. peer     — llama-cpp-python's own OpenAI server (``.bench-venv``, bench/install_peer.sh);
-5. edge alone against an instant fake engine: SSE frames per second per worker.
+1. engine   - the engine called in process (no transport);
+2. grpc     - the same requests through the real gRPC service (a subprocess);
+3. edge     - the real REST edge on gunicorn in front of that service (OpenAI SSE);
+4. peer     - llama-cpp-python's own OpenAI server (.bench-venv, bench/install_peer.sh);
+5. edge alone, in front of an instant fake engine: SSE frames per second per worker.
 
-Every ratio is computed within this run. Results: bench/results/bench.{json,png}.
+Our harness times every row the same way (bench/measure.py: each clock starts at the call,
+one decode formula). The edge and the peer are also driven by NVIDIA's aiperf
+(bench/aiperf_run.py, .bench-venv-aiperf, bench/install_aiperf.sh): the "aiperf" rows.
+Every ratio is computed within this run. Results: bench/results/bench.{json,png}. Only
+successful streams are counted; if any failed, the table marks it and the run exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
+import signal
 import sys
-import threading
 import time
+import uuid
+from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,264 +33,287 @@ sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
 
-from bench import openai_load as load  # noqa: E402
+from bench import aiperf_run, prompts  # noqa: E402
+from bench.measure import Stream, aggregate_tps, concurrent, median, single_rows, successes, time_pieces  # noqa: E402
+from bench.procfs import CpuAudit, PeakMemory, cpu_busy_fraction  # noqa: E402
+from bench.prompts import MODEL  # noqa: E402
 from bench.report import write_report  # noqa: E402
+from bench.servers import start_edge, start_peer, start_service  # noqa: E402  (soak.py imports the first two from here)
+from bench.sse import chat_stream, count_prompt_tokens  # noqa: E402
+from tests.processes import stop_process  # noqa: E402
 
-MODEL = "smollm2:135m"
-# EOS and <|im_end|> banned so every system generates exactly max_tokens tokens.
-NO_EOS_BIAS = {2: -100.0, 0: -100.0}
-STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
-
-
-def _prompt_of_tokens(n: int, nonce: str) -> str:
-    base = ("The quick brown fox jumps over the lazy dog while the harbour bells ring and "
-            "the fishermen mend their nets under a grey northern sky. ")
-    return f"[{nonce}] " + base * (n // 28 + 1)
+RESULTS = REPO / "bench" / "results"
+FAILURES: dict[str, list[str]] = defaultdict(list)  # system -> what failed
 
 
-def _summarise(samples: list[dict]) -> dict:
-    keys = samples[0].keys()
-    return {k: statistics.median(s[k] for s in samples) for k in keys}
+def kept(system: str, what: str, streams: list[Stream], tokens: int | None = None) -> list[Stream]:
+    """The successful streams; the others are recorded as failures of ``system``."""
+    ok, failed = successes(streams, tokens)
+    FAILURES[system].extend(f"{what}: {error}" for error in failed)
+    return ok
 
 
-def _timed(chunks, count) -> dict:
-    """Times an iterator of stream pieces: TTFT, decode tok/s over tokens after the first piece."""
-    t0 = time.perf_counter()
-    first = last = None
-    tokens_after_first = 0
-    total = 0
-    for piece in chunks:
-        n = count(piece)
-        if n == 0:
-            continue
-        now = time.perf_counter()
-        if first is None:
-            first = now
-        else:
-            tokens_after_first += n
-        last = now
-        total += n
-    return {
-        "ttft_ms": (first - t0) * 1000,
-        "decode_tps": tokens_after_first / (last - first) if last > first else 0.0,
-        "tokens": total,
-    }
+def stream_rows(system: str, decode: list[Stream], prompt: list[Stream], max_tokens: int) -> dict:
+    """Single-stream rows (the first decode stream is a warm-up) and prompt-evaluation rows."""
+    rows = single_rows(kept(system, "decode", decode[1:], max_tokens))
+    prompt = kept(system, "prompt", prompt, 1)
+    if prompt:
+        rows.update(prompt_tokens=median(s.prompt_tokens for s in prompt),
+                    prompt_ttft_ms=median(s.ttft_s * 1000 for s in prompt),
+                    prompt_tps=median(s.prompt_tokens / s.ttft_s for s in prompt))
+    return rows
 
 
-# ---------------------------------------------------------------- engine in process / gRPC
+# ---------------------------------------------------------------- engine in process, gRPC
 
-def engine_requests(max_tokens: int, nonce: str, prompt_tokens: int):
-    from inference_service.engine.types import ChatMessage, GenerationRequest, SamplingParams
-
-    sampling = SamplingParams(temperature=0.0, logit_bias={**NO_EOS_BIAS, 2: -100.0})
-    decode = GenerationRequest(model=MODEL, messages=(ChatMessage("user", f"[{nonce}] " + STORY[0]["content"]),),
-                               max_tokens=max_tokens, sampling=sampling)
-    prompt = GenerationRequest(model=MODEL, prompt=_prompt_of_tokens(prompt_tokens, nonce), raw=True,
-                               max_tokens=1, sampling=sampling)
-    return decode, prompt
-
-
-def measure_in_process(max_tokens: int, repeats: int, prompt_tokens: int, slots: int) -> dict:
+def measure_in_process(args) -> tuple[dict, list[int]]:
     from inference_service.engine.engine import Engine, EngineConfig
+    from inference_service.engine.types import ChatMessage, GenerationRequest, SamplingParams
     from inference_service.models.registry import ModelRegistry
 
-    engine = Engine.load([ModelRegistry().resolve(MODEL)], EngineConfig(slots=slots))
+    engine = Engine.load([ModelRegistry().resolve(MODEL)], EngineConfig(slots=args.slots, threads=args.threads))
     engine.warm_up()
-    decode_runs, prompt_runs = [], []
-    for i in range(repeats):
-        decode, prompt = engine_requests(max_tokens, f"e{i}{time.time_ns()}", prompt_tokens)
-        decode_runs.append(_timed(engine.generate(decode), lambda c: len(c.token_ids)))
-        n_prompt = len(engine.prepare(prompt).prompt_ids)
-        t0 = time.perf_counter()
-        for _ in engine.generate(prompt):
-            pass
-        prompt_runs.append({"prompt_tps": n_prompt / (time.perf_counter() - t0),
-                            "prompt_ttft_ms": (time.perf_counter() - t0) * 1000, "prompt_tokens": n_prompt})
-    return {**_summarise(decode_runs), **_summarise(prompt_runs)}
+    end_of_turn = prompts.end_of_turn_ids_in_process(engine)
+    sampling = SamplingParams(temperature=0.0, logit_bias=prompts.no_eos_bias(end_of_turn))
+    decode, prompt = [], []
+    for i in range(args.repeats + 1):
+        nonce = f"e{i}{time.time_ns()}"
+        request = GenerationRequest(model=MODEL, messages=(ChatMessage("user", prompts.story(nonce)),),
+                                    max_tokens=args.max_tokens, sampling=sampling)
+        decode.append(time_pieces(lambda: engine.generate(request), lambda c: len(c.token_ids)))
+        request = GenerationRequest(model=MODEL, prompt=prompts.prompt_of_tokens(args.prompt_tokens, nonce), raw=True,
+                                    max_tokens=1, sampling=sampling)
+        prompt.append(time_pieces(lambda: engine.generate(request), lambda c: len(c.token_ids),
+                                  lambda c: c.usage and c.usage.prompt_tokens))
+    return stream_rows("engine", decode, prompt[1:], args.max_tokens), end_of_turn
 
 
-def measure_grpc(address: str, max_tokens: int, repeats: int, prompt_tokens: int) -> dict:
-    from inference_service import convert  # noqa: F401  (same process layout as clients)
+def measure_grpc(address: str, args, bias: dict[int, float]) -> dict:
     from inference_service.v1 import inference_pb2 as pb
     from inference_service.v1 import inference_pb2_grpc as pb_grpc
 
     stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(address))
-    list(stub.Generate(pb.GenerateRequest(model=MODEL, prompt="warm", raw=True, max_tokens=2)))
-    decode_runs, prompt_runs = [], []
-    for i in range(repeats):
+    decode, prompt = [], []
+    for i in range(args.repeats + 1):
         nonce = f"g{i}{time.time_ns()}"
-        decode = pb.GenerateRequest(model=MODEL, messages=[pb.ChatMessage(role="user", content=f"[{nonce}] " + STORY[0]["content"])],
-                                    max_tokens=max_tokens, temperature=0.0, logit_bias=NO_EOS_BIAS)
-        decode_runs.append(_timed(stub.Generate(decode), lambda r: len(r.token_ids)))
-        prompt = pb.GenerateRequest(model=MODEL, prompt=_prompt_of_tokens(prompt_tokens, nonce), raw=True,
-                                    max_tokens=1, temperature=0.0)
-        t0 = time.perf_counter()
-        usage = None
-        for r in stub.Generate(prompt):
-            usage = r.usage if r.HasField("usage") else usage
-        elapsed = time.perf_counter() - t0
-        prompt_runs.append({"prompt_tps": usage.prompt_tokens / elapsed, "prompt_ttft_ms": elapsed * 1000,
-                            "prompt_tokens": usage.prompt_tokens})
-    return {**_summarise(decode_runs), **_summarise(prompt_runs)}
+        request = pb.GenerateRequest(model=MODEL, messages=[pb.ChatMessage(role="user", content=prompts.story(nonce))],
+                                     max_tokens=args.max_tokens, temperature=0.0, logit_bias=bias)
+        decode.append(time_pieces(lambda: stub.Generate(request, timeout=600), lambda r: len(r.token_ids)))
+        request = pb.GenerateRequest(model=MODEL, prompt=prompts.prompt_of_tokens(args.prompt_tokens, nonce), raw=True,
+                                     max_tokens=1, temperature=0.0, logit_bias=bias)
+        prompt.append(time_pieces(lambda: stub.Generate(request, timeout=600), lambda r: len(r.token_ids),
+                                  lambda r: r.usage.prompt_tokens if r.HasField("usage") else None))
+    return stream_rows("grpc", decode, prompt[1:], args.max_tokens)
 
 
-def measure_http(base_url: str, max_tokens: int, repeats: int) -> dict:
-    """The same decode request as in process, as an OpenAI streamed chat (edge or peer)."""
-    runs = []
-    bias = {str(k): v for k, v in NO_EOS_BIAS.items()}
-    for i in range(repeats + 1):  # the first is a warm-up
-        messages = [{"role": "user", "content": f"[h{i}{time.time_ns()}] " + STORY[0]["content"]}]
-        r = load.measure_stream(base_url, MODEL, messages, max_tokens, temperature=0.0,
-                                extra={"logit_bias": bias})
-        if not r.ok:
-            raise SystemExit(f"stream against {base_url} failed: {r.error}")
-        if i:
-            runs.append({"ttft_ms": r.ttft_s * 1000, "decode_tps": r.decode_tps, "tokens": r.completion_tokens})
-    return _summarise(runs)
+# ---------------------------------------------------------------- over HTTP: edge, peer
+
+def http_bias(bias: dict[int, float]) -> dict:
+    return {"logit_bias": {str(k): v for k, v in bias.items()}}
 
 
-# ---------------------------------------------------------------- processes
+def measure_http(system: str, base_url: str, args, bias: dict[int, float]) -> dict:
+    """The decode request of the engine and gRPC rows, as an OpenAI streamed chat."""
+    decode = [chat_stream(base_url, MODEL, [{"role": "user", "content": prompts.story(f"h{i}{time.time_ns()}")}],
+                          args.max_tokens, extra=http_bias(bias)) for i in range(args.repeats + 1)]
+    return stream_rows(system, decode, [], args.max_tokens)
 
-def start_service(slots: int, log_dir: Path):
-    address = f"127.0.0.1:{load.free_port()}"
-    log = (log_dir / "service.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "inference_service", "serve", "--address", address,
-                             "--slots", str(slots), "--max-waiting", "64"],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"service exited; see {log_dir / 'service.log'}")
+def measure_suite(system: str, base_url: str, pids: list[int], args, bias: dict[int, float]) -> dict:
+    """N streams at once for each N in --concurrency, then a chat's next turn; peak memory of
+    ``pids`` (with their children) and CPU used by other processes meanwhile."""
+    rows: dict = {}
+    max_tokens = args.max_tokens // 2
+    with PeakMemory(*pids) as memory, CpuAudit(*pids) as cpu:
+        for n in args.concurrency:
+            print(f"  {system}: {n} streams at once", flush=True)
+            nonce = uuid.uuid4().hex[:8]  # prompts no cache has seen
+            streams = concurrent(lambda i: chat_stream(base_url, MODEL, prompts.essay(i, nonce), max_tokens,
+                                                       extra=http_bias(bias)), n)
+            ok = kept(system, f"{n} streams", streams, max_tokens)
+            if len(ok) == n:  # a level with a failed stream gets no figure
+                rows[f"agg_tps_c{n}"] = aggregate_tps(ok)
+                rows[f"ttft_p50_ms_c{n}"] = median(s.ttft_s * 1000 for s in ok)
+        print(f"  {system}: chat, cold history and next turn", flush=True)
+        cold, warm, ask = [], [], []
+        for _ in range(args.repeats):
+            ask = prompts.chat_history(1000, nonce=uuid.uuid4().hex) + [
+                {"role": "user", "content": "Which places did the notes mention?"}]
+            first = chat_stream(base_url, MODEL, ask, 32)
+            cold += kept(system, "chat cold", [first])
+            more = ask + [{"role": "assistant", "content": first.text},
+                          {"role": "user", "content": "Thanks. And which years?"}]
+            warm += kept(system, "chat next", [chat_stream(base_url, MODEL, more, 32)])
+    # the cold prompt's size: from stream usage, else (the peer sends none) asked afterwards
+    rows["chat_prompt_tokens"] = median(s.prompt_tokens for s in cold) or count_prompt_tokens(base_url, MODEL, ask)
+    rows["chat_ttft_cold_ms"] = median(s.ttft_s * 1000 for s in cold)
+    rows["chat_ttft_next_ms"] = median(s.ttft_s * 1000 for s in warm)
+    if rows["chat_ttft_cold_ms"] and rows["chat_ttft_next_ms"]:
+        rows["chat_cold_over_next"] = rows["chat_ttft_cold_ms"] / rows["chat_ttft_next_ms"]
+    rows.update(rss_start_mb=round(memory.start_mb, 1), rss_peak_mb=round(memory.peak_mb, 1),
+                foreign_cpu_pct=cpu.result()["foreign_pct"])
+    return rows
+
+
+def measure_aiperf(system: str, base_url: str, tokenizer_dir: Path, args, bias: dict[int, float]) -> dict:
+    rows: dict = {}
+    for n in args.aiperf_concurrency:
+        print(f"  {system}: aiperf, concurrency {n}, {args.aiperf_requests} requests", flush=True)
         try:
-            if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                return proc, address
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("service did not become SERVING")
-
-
-def start_edge(target: str, log_dir: Path, name: str, workers: int = 1, threads: int = 16):
-    port = load.free_port()
-    env = dict(os.environ, INFERENCE_TARGET=target, EDGE_BIND=f"127.0.0.1:{port}",
-               EDGE_WORKERS=str(workers), EDGE_THREADS=str(threads), EDGE_LOG_LEVEL="warning")
-    argv = [str(Path(sys.executable).with_name("gunicorn")), "-c", "python:rest_edge.gunicorn_conf",
-            "--access-logfile", "/dev/null"]
-    return load.start_server(argv, f"http://127.0.0.1:{port}", None, log_path=str(log_dir / f"{name}.log"),
-                             env=env, cwd=str(REPO))
+            result = aiperf_run.profile(base_url, MODEL, tokenizer_dir, RESULTS / "aiperf" / f"{system}-c{n}",
+                                        concurrency=n, requests=args.aiperf_requests,
+                                        extra_inputs={**http_bias(bias), "temperature": 0.0})
+        except (RuntimeError, OSError) as error:
+            FAILURES[system].append(f"aiperf c{n}: {error}")
+            continue
+        rows.update({f"aiperf_{k}_c{n}": v for k, v in result.items()})
+    return rows
 
 
 # ---------------------------------------------------------------- edge alone
 
-def measure_edge_alone(log_dir: Path, frames: int = 2000, streams: int = 4) -> dict:
+def measure_edge_alone(frames: int = 2000, streams: int = 4) -> dict:
     """SSE frames/s of one gunicorn worker in front of a fake engine that answers instantly."""
-    from inference_service.engine.types import GenerationChunk, Usage
+    from inference_service.engine.types import GenerationChunk, ModelDescription, Usage
     from inference_service.server import create_server
 
     class InstantEngine:
         def generate(self, request, cancelled=None, deadline=None):
             for i in range(frames - 1):
                 yield GenerationChunk(text=" tok", token_ids=(i % 1000,))
-            yield GenerationChunk(text="", finish_reason="length", usage=Usage(1, frames))
+            yield GenerationChunk(text="", finish_reason="length", usage=Usage(1, frames - 1))
 
         def models(self):
-            from inference_service.engine.types import ModelDescription
             return [ModelDescription(MODEL, 0, "bench", 4096, True)]
 
     server = create_server(InstantEngine(), "127.0.0.1:0")
+    rows = {}
     try:
-        with start_edge(f"127.0.0.1:{server.port}", log_dir, "edge_alone") as edge:
-            def one(results, i):
-                r = load.measure_stream(edge.base_url, MODEL, [{"role": "user", "content": f"x{i}"}],
-                                        max_tokens=frames, include_usage=False)
-                results.append(r)
-            single: list = []
-            t0 = time.perf_counter()
-            one(single, 0)
-            single_fps = single[0].content_frames / (time.perf_counter() - t0)
-            many: list = []
-            threads = [threading.Thread(target=one, args=(many, i)) for i in range(streams)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            many_fps = sum(r.content_frames for r in many) / (time.perf_counter() - t0)
+        with start_edge(f"127.0.0.1:{server.port}", RESULTS, "edge_alone") as edge:
+            def one(i: int) -> Stream:
+                return chat_stream(edge.base_url, MODEL, [{"role": "user", "content": f"x{i}"}], frames,
+                                   include_usage=False)
+
+            for n in (1, streams):
+                ok = kept("edge", f"edge alone, {n} streams", concurrent(one, n), frames - 1)
+                rows[f"edge_alone_fps_{n}"] = aggregate_tps(ok) if len(ok) == n else None
     finally:
         server.server.stop(0)
-    return {"edge_alone_fps_1": single_fps, f"edge_alone_fps_{streams}": many_fps}
+    return rows
 
 
 # ---------------------------------------------------------------- main
 
-def main(argv=None) -> int:
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="compute threads of every system: engine, service, peer (default: CPU count)")
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=320)
     parser.add_argument("--slots", type=int, default=int(os.environ.get("INFERENCE_SLOTS", "2")))
-    parser.add_argument("--concurrency", default="1,2,4,8")
+    parser.add_argument("--concurrency", default="1,2,4,8", help="our harness's concurrency levels")
+    parser.add_argument("--aiperf-concurrency", default="1,4")
+    parser.add_argument("--aiperf-requests", type=int, default=20)
     parser.add_argument("--skip-peer", action="store_true")
-    parser.add_argument("--skip-suite", action="store_true", help="only single-stream rows")
+    parser.add_argument("--skip-suite", action="store_true", help="only single-stream rows (and no aiperf)")
+    parser.add_argument("--skip-aiperf", action="store_true")
     args = parser.parse_args(argv)
-    concurrency = tuple(int(x) for x in args.concurrency.split(","))
-    log_dir = REPO / "bench" / "results"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    args.concurrency = [int(x) for x in args.concurrency.split(",")]
+    args.aiperf_concurrency = [int(x) for x in args.aiperf_concurrency.split(",")]
+    if not args.skip_aiperf and not args.skip_suite and not aiperf_run.AIPERF.exists():
+        parser.error(f"{aiperf_run.AIPERF} missing: run bash bench/install_aiperf.sh (or pass --skip-aiperf)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally blocks stop our servers
     from inference_service.models.registry import ModelRegistry
-    model_file = ModelRegistry().resolve(MODEL)
+
+    model_file = ModelRegistry().resolve(MODEL).source_path
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    busy = cpu_busy_fraction(1.0)
+    header = (f"{MODEL} ({model_file.name}); {args.threads} compute threads for every system (ours: the cap, "
+              f"adaptive policy); {args.slots} slots; {args.max_tokens} tokens a stream, median of {args.repeats} "
+              f"after a warm-up; machine {busy:.0%} busy before the run")
+    print(header, flush=True)
+    with_aiperf = not (args.skip_aiperf or args.skip_suite)
+    tokenizer = aiperf_run.write_tokenizer(model_file, RESULTS / "aiperf" / "tokenizer") if with_aiperf else None
 
     systems: dict[str, dict] = {}
     print("engine in process ...", flush=True)
-    systems["engine"] = measure_in_process(args.max_tokens, args.repeats, args.prompt_tokens, args.slots)
+    systems["engine"], end_of_turn = measure_in_process(args)
 
     print(f"gRPC service ({args.slots} slots) ...", flush=True)
-    proc, address = start_service(args.slots, log_dir)
+    bias = prompts.no_eos_bias(end_of_turn)  # every system: EOS banned, exactly max_tokens tokens
+    proc, address = start_service(args.slots, RESULTS, args.threads)
     try:
-        systems["grpc"] = measure_grpc(address, args.max_tokens, args.repeats, args.prompt_tokens)
+        with grpc.insecure_channel(address) as channel:
+            if prompts.end_of_turn_ids_over_grpc(channel) != end_of_turn:
+                raise SystemExit("the service and the engine disagree on the end-of-turn tokens")
+        systems["grpc"] = measure_grpc(address, args, bias)
         print("REST edge on gunicorn ...", flush=True)
-        with start_edge(address, log_dir, "edge") as edge:
-            systems["edge"] = measure_http(edge.base_url, args.max_tokens, args.repeats)
+        with start_edge(address, RESULTS, "edge") as edge:
+            systems["edge"] = measure_http("edge", edge.base_url, args, bias)
             if not args.skip_suite:
-                suite = load.run_suite(edge.base_url, MODEL, pid=proc.pid, max_tokens=args.max_tokens // 2,
-                                       concurrency=concurrency)
-                systems["edge"].update({k: v for k, v in suite["metrics"].items()
-                                        if k not in ("ttft_ms", "decode_tps", "stream_total_s")})
+                systems["edge"].update(measure_suite("edge", edge.base_url, [proc.pid, edge.pid], args, bias))
+            if with_aiperf:
+                systems["edge"].update(measure_aiperf("edge", edge.base_url, tokenizer, args, bias))
     finally:
-        load.stop_process(proc)
+        stop_process(proc)
 
     if not args.skip_peer:
         print("peer: llama-cpp-python server ...", flush=True)
-        with load.start_peer(str(model_file.source_path), log_path=str(log_dir / "peer.log")) as peer:
-            systems["peer"] = measure_http(peer.base_url, args.max_tokens, args.repeats)
+        with start_peer(model_file, RESULTS, args.threads) as peer:
+            systems["peer"] = measure_http("peer", peer.base_url, args, bias)
             if not args.skip_suite:
-                suite = load.run_suite(peer.base_url, MODEL, pid=peer.pid, max_tokens=args.max_tokens // 2,
-                                       concurrency=concurrency)
-                systems["peer"].update({k: v for k, v in suite["metrics"].items()
-                                        if k not in ("ttft_ms", "decode_tps", "stream_total_s")})
+                systems["peer"].update(measure_suite("peer", peer.base_url, [peer.pid], args, bias))
+            if with_aiperf:
+                systems["peer"].update(measure_aiperf("peer", peer.base_url, tokenizer, args, bias))
 
     print("edge alone, instant fake engine ...", flush=True)
-    systems["edge"].update(measure_edge_alone(log_dir))
+    systems["edge"].update(measure_edge_alone())
+    for name, failures in FAILURES.items():
+        systems[name]["failed_requests"] = len(failures)
 
-    e, g = systems["engine"], systems["grpc"]
-    summary = {
-        "grpc/engine decode tok/s": g["decode_tps"] / e["decode_tps"],
-        "grpc - engine TTFT (ms)": g["ttft_ms"] - e["ttft_ms"],
-        "grpc - engine prompt eval (ms)": g["prompt_ttft_ms"] - e["prompt_ttft_ms"],
-        "edge/engine decode tok/s": systems["edge"]["decode_tps"] / e["decode_tps"],
-    }
-    if "peer" in systems:
-        summary["edge/peer decode tok/s"] = systems["edge"]["decode_tps"] / systems["peer"]["decode_tps"]
-        summary["edge/peer TTFT"] = systems["edge"]["ttft_ms"] / systems["peer"]["ttft_ms"]
-    write_report(systems, reference="peer" if "peer" in systems else "engine",
-                 meta={"max_tokens": args.max_tokens, "slots": args.slots, "repeats": args.repeats,
-                       "summary": summary})
+    summary = ratios(systems)
+    write_report(systems, reference="peer" if "peer" in systems else "engine", header=header,
+                 meta={"model": MODEL, "threads": args.threads, "slots": args.slots, "max_tokens": args.max_tokens,
+                       "repeats": args.repeats, "cpu_busy_before": busy, "summary": summary,
+                       "failures": dict(FAILURES), "when": time.strftime("%Y-%m-%d %H:%M")})
     print("\nratios (this run):")
     for k, v in summary.items():
-        print(f"  {k:34s} {v:8.3f}")
+        print(f"  {k:44s} {v:8.3f}")
+    if any(FAILURES.values()):
+        print("\nFAILED requests (their rows count only the successes):", file=sys.stderr)
+        for name, failures in FAILURES.items():
+            for failure in failures[:10]:
+                print(f"  {name}: {failure}", file=sys.stderr)
+        return 1
     return 0
+
+
+def ratios(systems: dict[str, dict]) -> dict[str, float]:
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    e, g, h = systems["engine"], systems["grpc"], systems["edge"]
+    out = {"grpc/engine decode tok/s": ratio(g.get("decode_tps"), e.get("decode_tps")),
+           "grpc - engine TTFT (ms)": g["ttft_ms"] - e["ttft_ms"] if g.get("ttft_ms") and e.get("ttft_ms") else None,
+           "grpc - engine prompt eval (ms)": (g["prompt_ttft_ms"] - e["prompt_ttft_ms"]
+                                              if g.get("prompt_ttft_ms") and e.get("prompt_ttft_ms") else None),
+           "edge/engine decode tok/s": ratio(h.get("decode_tps"), e.get("decode_tps"))}
+    if "peer" in systems:
+        p = systems["peer"]
+        out["edge/peer decode tok/s"] = ratio(h.get("decode_tps"), p.get("decode_tps"))
+        out["edge/peer TTFT"] = ratio(h.get("ttft_ms"), p.get("ttft_ms"))
+    for name in ("edge", "peer"):  # the same quantity, two harnesses: 1 stream's decode rate
+        s = systems.get(name, {})
+        if s.get("aiperf_itl_p50_ms_c1"):
+            out[f"{name}: aiperf (1000/ITL p50) / ours decode tok/s"] = ratio(1000 / s["aiperf_itl_p50_ms_c1"],
+                                                                           s.get("decode_tps"))
+    return {k: v for k, v in out.items() if v is not None}
 
 
 if __name__ == "__main__":

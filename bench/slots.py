@@ -1,6 +1,6 @@
 """`make bench-slots`: which slot count serves a 2-core machine best, for one stream and many.
 
-In process (no transport), greedy, EOS banned so every stream makes exactly --max-tokens
+In process (no transport), greedy, end-of-turn tokens banned so every stream makes exactly --max-tokens
 tokens. For each slot count: aggregate tokens/s and median TTFT at 1, 2 and 4 concurrent
 streams. Threads are split among the slots computing at once (the engine's rule).
 """
@@ -8,48 +8,36 @@ streams. Threads are split among the slots computing at once (the engine's rule)
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.measure import aggregate_tps, concurrent, median, successes, time_pieces  # noqa: E402
+from bench.prompts import MODEL, end_of_turn_ids_in_process, no_eos_bias  # noqa: E402
 from inference_service.engine.engine import Engine, EngineConfig  # noqa: E402
 from inference_service.engine.types import ChatMessage, GenerationRequest, SamplingParams  # noqa: E402
 from inference_service.models.registry import ModelRegistry  # noqa: E402
 
-MODEL = "smollm2:135m"
-
 
 def run_streams(engine: Engine, n: int, max_tokens: int) -> tuple[float, float]:
-    ttfts: list[float] = []
-    tokens: list[int] = []
-    start = time.perf_counter()
+    """n streams at once: aggregate tokens/s and median TTFT (ms)."""
+    sampling = SamplingParams(temperature=0.0, logit_bias=no_eos_bias(end_of_turn_ids_in_process(engine)))
 
-    def one(i: int) -> None:
+    def one(i: int):
         request = GenerationRequest(
             model=MODEL,
             messages=(ChatMessage("user", f"[{i}-{time.time_ns()}] Write a story about a harbour."),),
             max_tokens=max_tokens,
-            sampling=SamplingParams(temperature=0.0, logit_bias={0: -100.0, 2: -100.0}),
+            sampling=sampling,
         )
-        t0 = time.perf_counter()
-        count = 0
-        for chunk in engine.generate(request):
-            if count == 0 and chunk.token_ids:
-                ttfts.append(time.perf_counter() - t0)
-            count += len(chunk.token_ids)
-        tokens.append(count)
+        return time_pieces(lambda: engine.generate(request), lambda chunk: len(chunk.token_ids))
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    return sum(tokens) / elapsed, statistics.median(ttfts) * 1000
+    ok, failed = successes(concurrent(one, n), max_tokens)
+    if failed:
+        raise SystemExit(f"{len(failed)} of {n} streams failed: {failed[:3]}")
+    return aggregate_tps(ok), median(s.ttft_s for s in ok) * 1000
 
 
 def main() -> int:

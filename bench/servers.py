@@ -1,0 +1,56 @@
+"""The systems under test as processes: the gRPC service, the REST edge on gunicorn and the
+peer, llama-cpp-python's own OpenAI server (.bench-venv, bench/install_peer.sh). Started and
+stopped by tests/processes.py; each logs to LOG_DIR/<name>.log. A process that does not
+come up stops the benchmark with its log's tail.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from bench.prompts import MODEL
+from tests import processes
+from tests.processes import REPO, HttpServer
+
+PEER_PYTHON = REPO / ".bench-venv" / "bin" / "python"
+
+
+def _started(start, *args, **kwargs):
+    try:
+        return start(*args, **kwargs)
+    except RuntimeError as error:
+        raise SystemExit(str(error)) from None
+
+
+def start_service(slots: int, log_dir: Path, threads: int | None = None) -> tuple[subprocess.Popen, str]:
+    """The gRPC service with ``slots`` slots (and at most ``threads`` compute threads):
+    (process, address). Stop it with tests.processes.stop_process."""
+    args = ["--slots", str(slots), "--max-waiting", "64"] + (["--threads", str(threads)] if threads else [])
+    service = _started(processes.start_service, log_dir / "service.log", *args)
+    return service.process, service.address
+
+
+def start_edge(target: str, log_dir: Path, name: str, workers: int = 1, threads: int = 16) -> HttpServer:
+    """The REST edge in front of ``target``, access log off; a context manager that stops it."""
+    return _started(processes.start_edge, target, log_dir / f"{name}.log", gunicorn_args=["--access-logfile", "/dev/null"],
+                    EDGE_WORKERS=str(workers), EDGE_THREADS=str(threads), EDGE_LOG_LEVEL="warning")
+
+
+def peer_argv(model_file: Path, port: int, threads: int) -> list[str]:
+    """llama-cpp-python 0.3.36's server. interrupt_requests False: its default makes a new
+    request cut the stream in progress short. logits_all False: its default keeps the logits
+    of every prompt token (slower prompt evaluation); our engine computes last-token logits."""
+    return [str(PEER_PYTHON), "-m", "llama_cpp.server", "--model", str(model_file), "--model_alias", MODEL,
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_batch", "512",
+            "--n_threads", str(threads), "--n_threads_batch", str(threads),
+            "--logits_all", "False", "--interrupt_requests", "False", "--verbose", "False"]
+
+
+def start_peer(model_file: Path, log_dir: Path, threads: int) -> HttpServer:
+    """The peer on ``model_file``, ready when GET /v1/models answers; a context manager."""
+    if not PEER_PYTHON.exists():
+        raise SystemExit(f"{PEER_PYTHON} missing: run bash bench/install_peer.sh (or pass --skip-peer)")
+    port = processes.free_port()
+    return _started(processes.start_http_server, peer_argv(model_file, port, threads), f"http://127.0.0.1:{port}",
+                    log_dir / "peer.log", ready_path="/v1/models")

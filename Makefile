@@ -8,12 +8,14 @@ BUF    := .tools/node_modules/.bin/buf
 GRPC_ADDRESS ?= 127.0.0.1:50051
 EDGE_BIND    ?= 127.0.0.1:8000
 
-.PHONY: run test setup model proto lint-proto bench bench-slots clean help
+.PHONY: run test setup model proto lint-proto bench bench-slots bench-contention soak clean help
 
 help:
 	@echo "make run     set up, pull the default model, start the gRPC service ($(GRPC_ADDRESS)) and the edge ($(EDGE_BIND))"
 	@echo "make test    set up and run every test (proto lint, stub drift, unit, gRPC, end to end)"
-	@echo "make bench   benchmark in-process / gRPC / edge / llama-cpp-python, table + bench/results/bench.png"
+	@echo "make bench   benchmark in-process / gRPC / edge / llama-cpp-python (our harness + NVIDIA aiperf), table + bench/results/bench.png"
+	@echo "make soak    16 hostile clients for 2 minutes: failures, RSS/Pss_Anon against the memory bound, idle CPU after"
+	@echo "make bench-contention   decode tok/s quiet vs one busy process beside: ours adaptive/fixed, llama-server -t 2/-t 1"
 	@echo "make proto   regenerate the Python stubs from protos/"
 
 $(VENV)/.installed: pyproject.toml
@@ -51,10 +53,19 @@ test: setup model lint-proto
 
 bench: setup model
 	bash bench/install_peer.sh
+	bash bench/install_aiperf.sh
 	$(PY) bench/run.py
 
 bench-slots: setup model
 	$(PY) bench/slots.py
+
+# Builds llama.cpp's llama-server once (bench/.build, ~6-8 min on 2 cores), then one table.
+bench-contention: setup model
+	bash bench/install_peer.sh llama-server
+	$(PY) bench/contention.py
+
+soak: setup model
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) .tools bench/results

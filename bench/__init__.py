@@ -1,1 +1,1 @@
-"""Benchmark harness: see bench/openai_load.py and bench/report.py."""
+"""Benchmark harness: bench/run.py (make bench), bench/soak.py (make soak), bench/contention.py."""

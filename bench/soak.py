@@ -34,12 +34,14 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import openai_load as load  # noqa: E402
-from bench.run import start_edge, start_service  # noqa: E402
+from bench.procfs import proc_ticks  # noqa: E402
+from bench.prompts import filler_text  # noqa: E402
+from bench.servers import start_edge, start_service  # noqa: E402
 from inference_service.engine.memory import kv_cache_bytes  # noqa: E402
 from inference_service.models.registry import ModelRegistry  # noqa: E402
 from inference_service.v1 import inference_pb2 as pb  # noqa: E402
 from inference_service.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
+from tests.processes import stop_process  # noqa: E402
 
 MODEL = "smollm2:135m"
 # The README's memory bound: Pss_Anon <= BASE_ANON_MB + slots x SLOT_OVERHEAD x KV cache.
@@ -54,7 +56,7 @@ def memory_mb(pid: int) -> dict:
 
 
 def cpu_seconds(pid: int) -> float:
-    return load._proc_ticks(pid) / 100.0
+    return proc_ticks(pid) / 100.0
 
 
 class Client:
@@ -97,7 +99,7 @@ class Client:
             self.record("request", type(exc).__name__, False, str(exc))
 
     def chat_body(self, **extra) -> dict:
-        words = load.filler_text(self.rng, self.rng.randint(1, 6))
+        words = filler_text(self.rng, self.rng.randint(1, 6))
         return {"model": MODEL, "messages": [{"role": "user", "content": words}],
                 "temperature": self.rng.choice([0, 0.7, 1.0]), **extra}
 
@@ -109,7 +111,7 @@ class Client:
             self.status_outcome("stream", r.status_code if ok or r.status_code != 200 else 599, text)
 
     def non_stream(self) -> None:
-        body = {"model": MODEL, "prompt": load.filler_text(self.rng, 2), "max_tokens": self.rng.randint(8, 48)}
+        body = {"model": MODEL, "prompt": filler_text(self.rng, 2), "max_tokens": self.rng.randint(8, 48)}
         r = self.http.post("/v1/completions", json=body)
         self.status_outcome("non-stream", r.status_code, r.text)
 
@@ -127,7 +129,7 @@ class Client:
 
     def abandon_non_stream(self) -> None:
         """A raw socket, so the departure can come at any moment, before any answer."""
-        body = json.dumps({"model": MODEL, "prompt": load.filler_text(self.rng, 3), "max_tokens": 300}).encode()
+        body = json.dumps({"model": MODEL, "prompt": filler_text(self.rng, 3), "max_tokens": 300}).encode()
         host, port = self.base_url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=30) as sock:
             sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
@@ -137,14 +139,14 @@ class Client:
 
     def over_long_prompt(self) -> None:
         """Beyond the context: 26 kB, 200 kB (tokenized, then refused) or 600 kB (refused untokenized)."""
-        body = {"model": MODEL, "prompt": load.filler_text(self.rng, self.rng.choice([400, 3000, 8000])),
+        body = {"model": MODEL, "prompt": filler_text(self.rng, self.rng.choice([400, 3000, 8000])),
                 "max_tokens": 16}
         r = self.http.post("/v1/completions", json=body)
         self.status_outcome("over-long prompt", r.status_code, r.text, expected=(400,))
 
     def long_prompt(self) -> None:
         """About 1,500 prompt tokens: the KV cache is written far into the context."""
-        body = {"model": MODEL, "prompt": load.filler_text(self.rng, 90), "max_tokens": 8,
+        body = {"model": MODEL, "prompt": filler_text(self.rng, 90), "max_tokens": 8,
                 "stream": self.rng.random() < 0.5}
         r = self.http.post("/v1/completions", json=body)
         self.status_outcome("long prompt", r.status_code, r.text)
@@ -158,7 +160,7 @@ def fill_every_slot(base_url: str, address: str, slots: int, context_length: int
         stub = pb_grpc.InferenceServiceStub(channel)
         text = ""
         while True:
-            longer = text + " " + load.filler_text(rng, 10)
+            longer = text + " " + filler_text(rng, 10)
             tokens = len(stub.Tokenize(pb.TokenizeRequest(model=MODEL, text=longer), timeout=30).token_ids)
             if tokens > context_length - 64:
                 break
@@ -224,7 +226,7 @@ def main(argv=None) -> int:
             with grpc.insecure_channel(address) as channel:
                 status = pb_grpc.InferenceServiceStub(channel).GetStatus(pb.GetStatusRequest(), timeout=10)
     finally:
-        load.stop_process(service)
+        stop_process(service)
 
     print(f"\nsoak: {args.clients} clients, {args.seconds:.0f} s, slots {args.slots}, logs in {log_dir}\n")
     print("| action | outcome | count |\n| --- | --- | --- |")

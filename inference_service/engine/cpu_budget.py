@@ -1,40 +1,44 @@
 """How many compute threads the engine may use right now.
 
 ggml's compute threads spin-wait on each other at every graph node: when one of them has
-no core (another process took it), every other thread spins until it comes back, and a
-token that takes 15 ms on a quiet machine takes seconds. Measured on a 2-core machine with
-one busy process beside the server: 2 threads fell from 68 to 0.4 tok/s, while 1 thread
-kept 63 of 72 tok/s. So the thread count must follow the CPU the machine actually leaves us.
+no core (another process took it), the others spin until it comes back, and a token that
+takes 5 ms on a quiet machine takes seconds. Measured on a 2-core machine with one busy
+process beside the server: 2 threads fell from 68 to 0.4 tok/s, while 1 thread kept 63 of
+72 tok/s. So the thread count must follow the CPU the machine actually leaves us.
 
 Two parts:
 
-* a hard cap, read once (and again every ``LIMITS_REFRESH_S``): the configured
-  ``--threads``, the CPUs this process may run on (``os.sched_getaffinity``) and the cgroup
-  CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``) rounded down,
-  at least 1. A quota of 1.5 CPUs gives 1 thread: spinning threads burn quota even while
-  they wait, a throttled period stops the whole process, and the quota also pays for the
-  gRPC and sampler threads;
-* under the ``adaptive`` policy, a live estimate of the cores the others leave us, from
-  two counters sampled every ``window_s`` by a daemon thread (started at the first call;
-  an estimate kept fresh while the service idles, so the first token of a request after a
-  quiet hour does not stall on a neighbour that arrived a second ago): the busy time of our CPUs in ``/proc/stat`` (steal included: a vCPU the hypervisor
-  took is a missing core too) minus our own process CPU time. Our own spin-waiting counts
-  as ours, so it cancels out; what remains is what other processes (and the hypervisor)
-  took. ``available = min(cores - others, quota)``, smoothed over time (``tau_s`` when
-  others fall, a fifth of it when they rise), then turned into a thread count with hysteresis: drop a thread when ``available < threads -
-  0.5``, add one when ``available >= threads + 0.7``.
+* a hard cap, read at start and every ``LIMITS_REFRESH_S``: the configured ``--threads``,
+  the CPUs this process may run on (``os.sched_getaffinity``) and the cgroup CPU quota (v2
+  ``cpu.max``, v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``, the smallest on our cgroup's
+  path) rounded down, at least 1. A quota of 1.5 CPUs gives 1 thread: spinning threads
+  burn quota while they wait, the quota also pays for the gRPC and sampler threads, and
+  one thread decodes at 65-93% of two (machine-dependent), while 2 threads on 1.5 CPUs
+  would be throttled a quarter of every period;
+* under the ``adaptive`` policy, a live estimate of the cores the others leave us. A daemon
+  thread samples two counters every ``window_s``: the busy time of our CPUs in
+  ``/proc/stat`` (steal included: a vCPU the hypervisor took is a missing core too) and our
+  own process CPU time. Our spin-waiting counts as ours, so it cancels out; the difference
+  is what other processes (and the hypervisor) took. ``available = min(cores - others,
+  quota)``, smoothed over time (time constant ``tau_s`` when others fall, a fifth of it when
+  they rise: too many threads cost 100x, too few a fraction), becomes a thread count with
+  hysteresis: drop to fewer threads when ``available < threads - 0.5``, add one when
+  ``available >= threads + 0.7``. Sampling in the background keeps the estimate fresh while
+  the service idles: the first token after a quiet hour does not stall on a neighbour that
+  arrived a second ago.
 
-  With 2 threads and one busy neighbour, the scheduler shares 2 cores among 3 runnable
-  threads, so the neighbour gets about 0.67 core: above 0.5, we drop to 1 thread. At 1
-  thread the neighbour gets a whole core (others = 1.0); when it leaves, others falls to
-  ~0 and within about a second we are back to 2. A niced neighbour that the scheduler
-  gives little CPU does not cost us threads.
+  With 2 threads and one busy neighbour, the neighbour gets 0.67 core (fairness per thread)
+  to 1 core (per group: autogroup sessions, containers' cgroups): above 0.5, so we drop to
+  1 thread within a token or two. At 1 thread it has its core (others = 1.0); when it
+  leaves, others decays and we are back at 2 threads about a second later. A niced
+  neighbour that the scheduler gives little CPU costs us nothing. One core is all a process
+  gets beside one busy process on 2 cores, so busy/quiet tends to 1 thread's speed / 2's.
 
 ``threads()`` is the hot path (called before every evaluation): an attribute read, well
-under a microsecond; the sampler's work (about 30 microseconds) happens off it, 4 times a
-second. Thread-safe. ``background=False`` resamples lazily instead, on the calling thread
-(at most once per ``window_s``; used by the tests, with injected readers and clock).
-Failures to read ``/proc`` or cgroup files fall back to the hard cap.
+under a microsecond; the sampler's work (about 30 microseconds) is off it, 4 times a
+second. Thread-safe. ``background=False`` resamples lazily on the calling thread instead
+(at most once per ``window_s``; the tests use it, with injected readers and clock).
+Failing to read ``/proc`` or cgroup files falls back to the hard cap.
 """
 
 from __future__ import annotations
@@ -45,7 +49,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 log = logging.getLogger(__name__)

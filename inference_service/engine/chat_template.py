@@ -10,9 +10,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from inference_service.engine.types import ChatMessage
 from inference_service.errors import InvalidRequest
-from inference_service.limits import ELLIPSIS, quote
+from inference_service.limits import ELLIPSIS, ROLES, quote
 
-ROLES = ("system", "user", "assistant")
 _MAX_REASON_CHARS = 200  # of a template's own error message, quoted in ours
 
 

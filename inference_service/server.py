@@ -29,6 +29,13 @@ from inference_service.errors import (
     QueueFull,
     ServiceUnavailable,
 )
+from inference_service.limits import (
+    MAX_DETAILS_BYTES,
+    MAX_PARAM_CHARS,
+    PARAM_METADATA_KEY,
+    RETRY_AFTER_METADATA_KEY,
+    clip_utf8,
+)
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
 
@@ -48,6 +55,7 @@ def server_concurrency(model_count: int, slots: int, max_waiting: int) -> int:
     every generation the models can run or queue gets a thread, plus headroom for the rest.
     """
     return model_count * (slots + max_waiting) + CONTROL_RPC_HEADROOM
+
 
 # Most specific first: ContextLengthExceeded is also an InvalidRequest.
 STATUS_FOR_ERROR: list[tuple[type[InferenceError], grpc.StatusCode]] = [
@@ -75,14 +83,6 @@ def _abort(context: grpc.ServicerContext, error: Exception) -> None:
     that no message can push the trailers past gRPC's metadata limit (8 KiB by default), which
     the client would report as a misleading RESOURCE_EXHAUSTED.
     """
-    from inference_service.limits import (
-        MAX_DETAILS_BYTES,
-        MAX_PARAM_CHARS,
-        PARAM_METADATA_KEY,
-        RETRY_AFTER_METADATA_KEY,
-        clip_utf8,
-    )
-
     if not isinstance(error, InferenceError):
         log.exception("unexpected error", exc_info=error)
         context.abort(grpc.StatusCode.INTERNAL, "internal error")

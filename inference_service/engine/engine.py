@@ -19,8 +19,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from inference_service.engine.chat_template import ChatTemplate
+from inference_service.engine.cpu_budget import shared_budget
 from inference_service.engine.handoff import run_on_thread
-from inference_service.engine.memory import TRIM_AFTER_CHARS, kv_cache_bytes, release_freed_memory
+from inference_service.engine.memory import TRIM_AFTER_CHARS, release_freed_memory
 from inference_service.engine.model_context import ModelContext
 from inference_service.engine.prompt import PromptEncoder
 from inference_service.engine.sampler import Sampler
@@ -39,13 +40,12 @@ from inference_service.engine.types import (
     TopLogprob,
     Usage,
 )
-from inference_service.engine.validation import validate_request
+from inference_service.engine.validation import unknown_model, validate_request
 from inference_service.errors import (
     Cancelled,
     ContextLengthExceeded,
     DeadlineExceeded,
     InvalidRequest,
-    ModelNotFound,
 )
 from inference_service.models.registry import ModelFile
 
@@ -127,7 +127,6 @@ class LoadedModel:
         self.vocab_size = contexts[0].vocab_size
         # No text longer than this fits the context, whatever its tokens: refused untokenized.
         self.max_prompt_chars = self.context_length * self.tokenizer.longest_token_bytes
-        self.kv_cache_bytes = kv_cache_bytes(model_file.loadable_path, self.context_length)
         self.scheduler = SlotScheduler(contexts, max_waiting=config.max_waiting)
         self.created = int(model_file.source_path.stat().st_mtime)
 
@@ -156,8 +155,6 @@ class LoadedModel:
         adaptive policy, by the cores other processes leave us right now; it is asked
         before every evaluation (microseconds), so a slot changes thread count between tokens.
         """
-        from inference_service.engine.cpu_budget import shared_budget  # a sys.modules hit after the first call
-
         budget = shared_budget(self.config.threads, self.config.thread_policy)
         return max(1, budget.threads() // max(1, self.scheduler.busy_now()))
 
@@ -209,8 +206,6 @@ class Engine:
         except KeyError:
             # ModelNotFound quoting a short prefix of the name; InvalidRequest for a name no
             # model could have (too long, not valid Unicode): never echoed into gRPC trailers.
-            from inference_service.engine.validation import unknown_model
-
             raise unknown_model(name, self._models) from None
 
     def tokenize(self, model_name: str, text: str = "", messages: Sequence[ChatMessage] = (),

@@ -118,9 +118,17 @@ def pre_exec(server):
             server.cfg.env_orig[_PRIVATE_DIR] = path
 
 
+def _old_master_alive(server):
+    """A USR2 child's old master still runs while it is our parent. gunicorn itself notices
+    the parent is gone only on its next loop turn (up to a second later), so a TERM in that
+    window would otherwise find ``master_pid`` still set and leave the directory behind."""
+    return bool(server.master_pid) and server.master_pid == _os.getppid()
+
+
 def on_exit(server):
     """Remove the private metrics directory, unless another master still uses it (a USR2
-    child that was not promoted yet, or the parent of one)."""
+    child not reaped yet, or the old master still alive beside us)."""
     path = _os.environ.get(_MULTIPROC_DIR)
-    if path and _os.environ.get(_PRIVATE_DIR) == path and server.reexec_pid == 0 and server.master_pid == 0:
+    if (path and _os.environ.get(_PRIVATE_DIR) == path
+            and server.reexec_pid == 0 and not _old_master_alive(server)):
         _shutil.rmtree(path, ignore_errors=True)

@@ -290,13 +290,16 @@ def test_usr2_upgrade_keeps_the_counts(grpc_target, tmp_path):
             os.kill(new_master, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("master_pid, reexec_pid, kept", [(0, 0, False), (0, 4242, True), (4242, 0, True)],
-                         ids=["alone", "usr2-parent", "usr2-child"])
+@pytest.mark.parametrize("master_pid, reexec_pid, kept", [
+    (0, 0, False), (0, 4242, True), ("parent", 0, True), (4242, 0, False)],
+    ids=["alone", "usr2-parent", "usr2-child", "usr2-child-orphaned-before-gunicorn-noticed"])
 def test_hooks_never_touch_another_edges_directory(monkeypatch, tmp_path, master_pid, reexec_pid, kept):
     """An arbiter started with another edge's private directory in its environment makes its
     own (a USR2 child shares it instead); a master removes its private directory on exit
     only when no other master (its USR2 child or parent) still uses it."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a private directory goes
+    if master_pid == "parent":
+        master_pid = os.getppid()
     other = tmp_path / "other"
     other.mkdir()
     (other / "counter_1.db").write_bytes(b"another edge's counts")

@@ -8,7 +8,7 @@ BUF    := .tools/node_modules/.bin/buf
 GRPC_ADDRESS ?= 127.0.0.1:50051
 EDGE_BIND    ?= 127.0.0.1:8000
 
-.PHONY: run test setup model proto lint-proto bench bench-slots bench-contention soak clean help
+.PHONY: run test setup model test-models proto lint-proto bench bench-slots bench-contention soak clean help
 
 help:
 	@echo "make run     set up, pull the default model, start the gRPC service ($(GRPC_ADDRESS)) and the edge ($(EDGE_BIND))"
@@ -32,6 +32,10 @@ setup: $(VENV)/.installed
 model: setup
 	$(PY) -m inference_service pull
 
+# The second real model the tests use (gemma3:270m, 246 MB: only the llama.cpp engine runs it).
+test-models: setup
+	$(PY) -m inference_service pull gemma3:270m
+
 run: setup model
 	@echo "gRPC service on $(GRPC_ADDRESS), OpenAI edge on http://$(EDGE_BIND) -- Ctrl-C stops both"
 	@$(PY) -m inference_service serve --address $(GRPC_ADDRESS) & service=$$!; \
@@ -48,7 +52,7 @@ lint-proto: $(BUF)
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 
-test: setup model lint-proto
+test: setup model test-models lint-proto
 	$(PY) -m pytest
 
 bench: setup model

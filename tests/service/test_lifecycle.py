@@ -134,4 +134,6 @@ def test_pull_of_an_unknown_model_fails_naming_it():
     done = cli("pull", "no-such-model:1b")
     assert done.returncode == 1
     assert done.stdout == ""
-    assert done.stderr == "error: no packaged model named 'no-such-model:1b'; known: smollm2:135m\n"
+    assert done.stderr.startswith("error: no model named 'no-such-model:1b'; tried: "), done.stderr
+    assert "known: gemma3:270m, smollm2:135m" in done.stderr
+    assert done.stderr.count("\n") == 1  # one line, no traceback

@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[engine,edge,dev]'
+	@echo "llama.cpp engine: the first install compiles llama.cpp (about 6 minutes on 2 cores; cached after)"
+	set -o pipefail; $(PY) -m pip install --progress-bar on -e '.[llamacpp]' | { grep -v '^Requirement already satisfied' || true; }
 	touch $@
 
 $(BUF):

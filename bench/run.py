@@ -174,17 +174,37 @@ def measure_aiperf(system: str, base_url: str, tokenizer_dir: Path, args, bias: 
 
 def measure_edge_alone(frames: int = 2000, streams: int = 4) -> dict:
     """SSE frames/s of one gunicorn worker in front of a fake engine that answers instantly."""
-    from inference_service.engine.types import GenerationChunk, ModelDescription, Usage
+    from inference_service.engine.types import (
+        EmbeddingResult,
+        EngineStatus,
+        GenerationChunk,
+        InferenceEngine,
+        ModelDescription,
+        ModelStatus,
+        Usage,
+    )
+    from inference_service.errors import InvalidRequest
     from inference_service.server import create_server
 
-    class InstantEngine:
+    class InstantEngine(InferenceEngine):
+        """Answers every stream with ``frames`` chunks at once: the edge is all that is timed."""
+
         def generate(self, request, cancelled=None, deadline=None):
             for i in range(frames - 1):
                 yield GenerationChunk(text=" tok", token_ids=(i % 1000,))
             yield GenerationChunk(text="", finish_reason="length", usage=Usage(1, frames - 1))
 
         def models(self):
-            return [ModelDescription(MODEL, 0, "bench", 4096, True)]
+            return [ModelDescription(MODEL, 0, "bench", 4096, True, engine="instant")]
+
+        def status(self):
+            return EngineStatus(models=(ModelStatus(MODEL, slots=64, busy_slots=0, waiting=0, max_waiting=0),))
+
+        def tokenize(self, model_name, text="", messages=(), raw=False):
+            return [], []
+
+        def embed(self, model_name, inputs, cancelled=None) -> EmbeddingResult:
+            raise InvalidRequest("the instant engine computes no embeddings", "model")
 
     server = create_server(InstantEngine(), "127.0.0.1:0")
     rows = {}

@@ -44,6 +44,21 @@ def main(argv: list[str] | None = None) -> int:
                        help="independent sequences per model (each its own KV cache)")
     serve.add_argument("--max-waiting", type=int, default=_env_int("INFERENCE_MAX_WAITING", 32),
                        help="requests that may wait for a slot before RESOURCE_EXHAUSTED")
+    serve.add_argument("--engine", choices=("auto", "ctransformers", "llamacpp"),
+                       default=os.environ.get("INFERENCE_ENGINE", "auto"),
+                       help="what computes the models: auto (ctransformers for the llama-family files it loads, "
+                            "llama.cpp for the rest; the default), ctransformers, or llamacpp (needs the llamacpp "
+                            "extra); one model's own choice: --model NAME@llamacpp")
+    serve.add_argument("--max-batch-tokens", type=int, default=_env_int("INFERENCE_MAX_BATCH_TOKENS", 512),
+                       help="llama.cpp engine: tokens decoded together in one step (all sequences)")
+    serve.add_argument("--prefill-chunk", type=int, default=_env_int("INFERENCE_PREFILL_CHUNK", 128),
+                       help="llama.cpp engine: prompt tokens per step while other streams decode "
+                            "(smaller: steadier streams; larger: faster first token of a long prompt)")
+    serve.add_argument("--llamacpp-kv", choices=("unified", "per-slot"),
+                       default=os.environ.get("INFERENCE_LLAMACPP_KV", "unified"),
+                       help="llama.cpp engine KV cache: unified (default; streams batch better, but text may "
+                            "vary with concurrent load) or per-slot (text independent of what else runs, "
+                            "little gain from batching)")
     serve.add_argument("--grace", type=float, default=30.0, help="seconds in-flight streams get on SIGTERM")
     serve.add_argument("--log-level", default=os.environ.get("INFERENCE_LOG_LEVEL", "INFO"))
 
@@ -88,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         thread_policy=args.thread_policy,
         slots=args.slots,
         max_waiting=args.max_waiting,
+        engine=args.engine,
+        max_batch_tokens=args.max_batch_tokens,
+        prefill_chunk=args.prefill_chunk,
+        kv_layout=args.llamacpp_kv,
     )
     from inference_service.engine.cpu_budget import shared_budget
 

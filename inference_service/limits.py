@@ -12,7 +12,8 @@ engine's dependencies (``inference_service/__init__.py`` is import-light for tha
 String fields that name something (a model, a role, a participant) or that the stream has to
 hold text back for (stop strings) have no business being long; they are bounded in characters
 (Unicode code points, ``len()`` of a Python ``str``). Prompts and message contents are bounded
-by the edge's body limit and by the model's context instead. Every string must also be valid
+by the edge's body limit and by the model's context instead; so are texts to embed, which also
+have a generous bound of their own (see "embeddings" below). Every string must also be valid
 Unicode text: a lone surrogate (:func:`lone_surrogate`) is refused naming the field.
 
 Error messages never echo a client's value unbounded: :func:`quote` gives at most
@@ -101,6 +102,23 @@ MAX_STOP_CHARS = 256  # each ``stop`` string: a stream holds back up to that muc
 MAX_STOP_STRINGS = 4  # ``stop``: a string or a list of at most this many
 MAX_TOP_LOGPROBS = 20  # ``top_logprobs`` (chat) / ``logprobs`` (completions)
 
+# --- embeddings (/v1/embeddings, ``Embed``) ------------------------------------------------
+#
+# ``input`` is one text or token array, or a list of them: at most MAX_EMBEDDING_INPUTS (OpenAI's
+# own cap on the array), none of them empty (OpenAI refuses empty strings too). The model's
+# context bounds each input once tokenized (a longer one is refused, never truncated); the
+# bounds below only stop absurd inputs before any tokenizer runs. They are generous on purpose:
+# 32768 tokens is more than the context of any embedding model we know of (the long ones,
+# nomic-embed and bge-m3, stop at 8192) and than the ``--context-length`` we run with; 131072
+# characters is 32768 tokens at 4 characters a token, about what English prose averages. A
+# request also travels whole through the edge's body limit (1 MiB by default) and gRPC's message
+# limit (4 MiB), which bound the sum of its inputs.
+
+MAX_EMBEDDING_INPUTS = 2048  # texts or token arrays in one request
+MAX_EMBEDDING_INPUT_CHARS = 131_072  # characters of one text
+MAX_EMBEDDING_INPUT_TOKENS = 32_768  # token ids of one token array
+MAX_TOKEN_ID = 2**31 - 1  # token ids travel as int32; the model's vocabulary bounds them further
+
 # --- echoing ----------------------------------------------------------------------------------
 
 QUOTE_CHARS = 64  # characters of a bad value quoted in an error message
@@ -160,6 +178,17 @@ def surrogate_message(param: str, text: str, index: int) -> str:
 def too_long_message(param: str, text: str, limit: int) -> str:
     """The error message for a string longer than ``limit`` characters (it is not quoted)."""
     return f"Invalid '{param}': string too long. Expected a string with maximum length {limit}, but got a string with length {len(text)} instead."
+
+
+def too_many_inputs_message(param: str, count: int) -> str:
+    """The error message for an embedding request with more than ``MAX_EMBEDDING_INPUTS`` inputs."""
+    return f"Invalid '{param}': expected at most {MAX_EMBEDDING_INPUTS} inputs, but got {count}."
+
+
+def too_many_tokens_message(param: str, count: int) -> str:
+    """The error message for a token array longer than ``MAX_EMBEDDING_INPUT_TOKENS``."""
+    return (f"Invalid '{param}': expected at most {MAX_EMBEDDING_INPUT_TOKENS} token ids, "
+            f"but got {count}.")
 
 
 def clip_utf8(text: str, max_bytes: int) -> str:

@@ -17,8 +17,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from inference_service import convert
-from inference_service.engine.types import ChatMessage
+from inference_service import convert, limits
+from inference_service.engine.types import ChatMessage, InferenceEngine, ModelDescription
+from inference_service.engine.validation import check_model_name
 from inference_service.errors import (
     Cancelled,
     ContextLengthExceeded,
@@ -152,8 +153,58 @@ class RejectUndecodableRequests(grpc.ServerInterceptor):
         return handler._replace(request_deserializer=lenient, unary_unary=unary_unary)
 
 
+def _model_info(model: ModelDescription) -> pb.ModelInfo:
+    info = convert.model_to_proto(model)
+    info.engine = model.engine
+    info.architecture = model.architecture
+    info.can_embed = model.can_embed
+    info.embedding_dimensions = model.embedding_dimensions if model.can_embed else 0
+    return info
+
+
+def embedding_inputs(request: pb.EmbedRequest) -> list[str | tuple[int, ...]]:
+    """An EmbedRequest's inputs for ``engine.embed``, checked against the shared limits.
+
+    Errors name the input the way the REST edge's client wrote it (``input``, ``input[3]``):
+    the edge passes ``error-param`` on as the OpenAI error's ``param``. The model's context
+    and vocabulary are the engine's to check.
+    """
+    check_model_name(request.model)
+    count = len(request.inputs)
+    if count == 0:
+        raise InvalidRequest("input must hold at least one text or token array", "input")
+    if count > limits.MAX_EMBEDDING_INPUTS:
+        raise InvalidRequest(limits.too_many_inputs_message("input", count), "input")
+    inputs: list[str | tuple[int, ...]] = []
+    for i, item in enumerate(request.inputs):
+        param = f"input[{i}]" if count > 1 else "input"
+        kind = item.WhichOneof("kind")
+        if kind == "text":
+            text = item.text
+            if not text:
+                raise InvalidRequest(f"{param} is an empty string", param)
+            if len(text) > limits.MAX_EMBEDDING_INPUT_CHARS:
+                raise InvalidRequest(limits.too_long_message(param, text, limits.MAX_EMBEDDING_INPUT_CHARS), param)
+            index = limits.lone_surrogate(text)  # protobuf refuses them; in-process callers may not
+            if index is not None:
+                raise InvalidRequest(limits.surrogate_message(param, text, index), param)
+            inputs.append(text)
+        elif kind == "tokens":
+            ids = tuple(item.tokens.ids)
+            if not ids:
+                raise InvalidRequest(f"{param} is an empty token array", param)
+            if len(ids) > limits.MAX_EMBEDDING_INPUT_TOKENS:
+                raise InvalidRequest(limits.too_many_tokens_message(param, len(ids)), param)
+            if min(ids) < 0:
+                raise InvalidRequest(f"{param} holds a negative token id ({min(ids)})", param)
+            inputs.append(ids)
+        else:
+            raise InvalidRequest(f"{param} sets neither text nor tokens", param)
+    return inputs
+
+
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, engine, draining: threading.Event | None = None):
+    def __init__(self, engine: InferenceEngine, draining: threading.Event | None = None):
         self._engine = engine
         self._draining = draining or threading.Event()
         self._in_flight = 0  # Generate calls not yet terminated
@@ -200,7 +251,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             models = self._engine.models()
         except Exception as error:  # noqa: BLE001
             _abort(context, error)
-        return pb.ListModelsResponse(models=[convert.model_to_proto(m) for m in models])
+        return pb.ListModelsResponse(models=[_model_info(m) for m in models])
 
     def Tokenize(self, request, context):
         try:
@@ -209,6 +260,24 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         except Exception as error:  # noqa: BLE001
             _abort(context, error)
         return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
+
+    def Embed(self, request, context):
+        if self._draining.is_set():
+            _abort(context, ServiceUnavailable("the service is shutting down"))
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)
+        try:
+            inputs = embedding_inputs(request)
+            result = self._engine.embed(request.model, inputs, cancelled=cancelled)
+        except Cancelled:
+            context.abort(grpc.StatusCode.CANCELLED, "cancelled")  # the client is gone; nobody reads it
+        except Exception as error:  # noqa: BLE001
+            _abort(context, error)
+        return pb.EmbedResponse(
+            embeddings=[pb.Embedding(values=vector) for vector in result.vectors],
+            prompt_tokens=result.prompt_tokens,
+            model=request.model,
+        )
 
     def GetStatus(self, request, context):
         try:
@@ -249,7 +318,7 @@ class RunningServer:
 
 
 def create_server(
-    engine,
+    engine: InferenceEngine,
     address: str = "127.0.0.1:50051",
     *,
     max_workers: int = 64,
@@ -257,10 +326,11 @@ def create_server(
 ) -> RunningServer:
     """Builds and starts a server; ``address`` may use port 0 for an ephemeral port.
 
-    ``engine`` is anything with ``generate``, ``models``, ``tokenize`` and ``status`` (tests
-    inject fakes). With ``serving=False`` health stays NOT_SERVING until ``set_serving(True)``
-    (model loading). At most ``max_workers`` calls are handled at once; beyond that a call is
-    refused at once with RESOURCE_EXHAUSTED instead of waiting unseen for a thread.
+    ``engine`` is anything with ``generate``, ``models``, ``tokenize``, ``status`` and ``embed``
+    (``engine.types.InferenceEngine``; tests inject fakes). With ``serving=False`` health stays
+    NOT_SERVING until ``set_serving(True)`` (model loading). At most ``max_workers`` calls are
+    handled at once; beyond that a call is refused at once with RESOURCE_EXHAUSTED instead of
+    waiting unseen for a thread.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
@@ -286,7 +356,7 @@ def create_server(
     return running
 
 
-class LoadingEngine:
+class LoadingEngine(InferenceEngine):
     """The engine while it loads: every call is UNAVAILABLE until ``ready(engine)``.
 
     The server binds before the models load, so health can answer NOT_SERVING meanwhile.
@@ -295,7 +365,7 @@ class LoadingEngine:
     def __init__(self):
         self._engine = None
 
-    def ready(self, engine) -> None:
+    def ready(self, engine: InferenceEngine) -> None:
         self._engine = engine
 
     def _loaded(self):
@@ -315,10 +385,14 @@ class LoadingEngine:
     def status(self):
         return self._loaded().status()
 
+    def embed(self, model_name, inputs, cancelled=None):
+        return self._loaded().embed(model_name, inputs, cancelled=cancelled)
+
 
 def serve(model_specs: list[str], address: str, engine_config, grace: float) -> None:
     """Binds first (health NOT_SERVING), loads and warms the models, serves until SIGTERM/SIGINT."""
     from inference_service.engine.engine import Engine
+    from inference_service.engine.engine_choice import split_engine
     from inference_service.models.registry import ModelRegistry
 
     loading = LoadingEngine()
@@ -336,8 +410,9 @@ def serve(model_specs: list[str], address: str, engine_config, grace: float) -> 
     signal.signal(signal.SIGINT, request_stop)
     try:
         registry = ModelRegistry()
-        model_files = [registry.resolve(spec) for spec in model_specs]
-        engine = Engine.load(model_files, engine_config)
+        entries = [split_engine(spec) for spec in model_specs]
+        model_files = [registry.resolve(spec) for spec, _ in entries]
+        engine = Engine.load(model_files, engine_config, engines=[chosen for _, chosen in entries])
         engine.warm_up()
     except InferenceError as error:
         running.server.stop(0)
@@ -349,4 +424,5 @@ def serve(model_specs: list[str], address: str, engine_config, grace: float) -> 
         time.sleep(0.1)
     log.info("signal %s: draining (grace %.0fs)", received[0], grace)
     running.drain_and_stop(grace)
+    engine.close()
     log.info("stopped")

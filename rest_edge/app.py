@@ -26,6 +26,7 @@ from rest_edge.client import DEFAULT_TARGET, InferenceClient
 from rest_edge.metrics import Metrics, MetricsMiddleware, MetricsResource
 from rest_edge.resources import (
     Client,
+    EmbeddingsResource,
     GenerationResource,
     HealthResource,
     ModelResource,
@@ -104,6 +105,7 @@ def create_app(
                   GenerationResource(client, requests.completion_request, responses.CompletionRenderer, **common))
     app.add_route("/v1/chat/completions",
                   GenerationResource(client, requests.chat_request, responses.ChatRenderer, **common))
+    app.add_route("/v1/embeddings", EmbeddingsResource(client, **common))
     app.add_route("/v1/models", ModelsResource(client))
     app.add_route("/v1/models/{model:path}", ModelResource(client))
     app.add_route("/health", HealthResource(client))

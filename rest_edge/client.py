@@ -55,8 +55,27 @@ class GenerateCall:
         return self._call.cancel()
 
 
+class EmbedCall:
+    """An in-flight Embed RPC: ``result()`` waits for the answer, ``cancel()`` stops it."""
+
+    def __init__(self, future):
+        self._future = future
+
+    def result(self) -> pb.EmbedResponse:
+        try:
+            return self._future.result()
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from None
+        except grpc.FutureCancelledError:  # cancelled here, before the service answered
+            raise errors.from_grpc(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
+
+    def cancel(self) -> bool:
+        """Cancel the RPC; a no-op (False) when it already ended."""
+        return self._future.cancel()
+
+
 class InferenceClient:
-    """Generate / ListModels / health of one inference service, over one channel.
+    """Generate / Embed / ListModels / health of one inference service, over one channel.
 
     The channel is created here (after gunicorn forked, as ``create_app`` runs in the worker)
     and connects lazily on the first call. Channels and stubs are thread-safe: one client
@@ -84,6 +103,13 @@ class InferenceClient:
         """Start a Generate RPC; ``timeout`` is its deadline, for the whole stream."""
         try:
             return GenerateCall(self._stub.Generate(request, timeout=timeout))
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from None
+
+    def embed(self, request: pb.EmbedRequest, timeout: Optional[float] = None) -> EmbedCall:
+        """Start an Embed RPC; ``timeout`` is its deadline."""
+        try:
+            return EmbedCall(self._stub.Embed.future(request, timeout=timeout))
         except grpc.RpcError as err:
             raise error_from_rpc(err) from None
 

@@ -1,4 +1,4 @@
-"""Requests in: OpenAI JSON bodies become ``GenerateRequest`` messages.
+"""Requests in: OpenAI JSON bodies become ``GenerateRequest`` (and ``EmbedRequest``) messages.
 
 Pure functions, no I/O. A request body (already-decoded JSON object) is checked here for what
 only the edge can see: JSON types, the shape of each field, and fields the product does not
@@ -479,3 +479,105 @@ def chat_request(body: dict, request_id: str = "") -> ParsedRequest:
         req.top_logprobs = top_logprobs or 0
     stream, include_usage = _common(body, req)
     return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs)
+
+
+# --- /v1/embeddings -----------------------------------------------------------------------
+
+ENCODING_FORMATS = ("float", "base64")
+_INPUT_SHAPES = "a string, an array of strings, an array of token ids or an array of token id arrays"
+
+
+@dataclass
+class ParsedEmbedding:
+    """A validated embedding request: the protobuf to send and how to answer."""
+
+    request: pb.EmbedRequest
+    model: str
+    encoding_format: str = "float"
+    dimensions: Optional[int] = None  # asked for; the resource checks it against the model's
+
+
+def _is_token_id(value: Any) -> bool:
+    """A JSON number that can be a token id's: an integer (``3.0`` counts, as elsewhere)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _token_ids(values: list, param: str) -> pb.EmbedInput:
+    """One token array, ``param`` its JSON path: non-empty, bounded, ids in the int32 range."""
+    if not values:
+        raise invalid(f"Invalid '{param}': expected a non-empty array of token ids.", param=param,
+                      code="invalid_value")
+    if len(values) > limits.MAX_EMBEDDING_INPUT_TOKENS:
+        raise invalid(limits.too_many_tokens_message(param, len(values)), param=param, code="invalid_value")
+    ids = []
+    for k, value in enumerate(values):
+        if not _is_token_id(value):
+            raise _type_error(f"{param}[{k}]", "a token id (a non-negative integer)", value)
+        value = int(value)
+        if not 0 <= value <= limits.MAX_TOKEN_ID:
+            raise _range_error(f"{param}[{k}]", f">= 0 and <= {limits.MAX_TOKEN_ID}", value)
+        ids.append(value)
+    return pb.EmbedInput(tokens=pb.TokenIds(ids=ids))
+
+
+def _embedding_text(value: str, param: str) -> pb.EmbedInput:
+    if not value:
+        raise invalid(f"Invalid '{param}': must not be an empty string.", param=param, code="invalid_value")
+    return pb.EmbedInput(text=_text(value, param, limits.MAX_EMBEDDING_INPUT_CHARS))
+
+
+def _embedding_inputs(body: dict) -> list[pb.EmbedInput]:
+    """``input``: a string, a list of strings, one token array, or a list of token arrays.
+
+    A list may mix strings and token arrays (each is embedded on its own); at most
+    ``MAX_EMBEDDING_INPUTS`` of them, none empty.
+    """
+    value = body.get("input")
+    if value is None:
+        raise invalid("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    if isinstance(value, str):
+        return [_embedding_text(value, "input")]
+    if not isinstance(value, list):
+        raise _type_error("input", _INPUT_SHAPES, value)
+    if not value:
+        raise invalid("Invalid 'input': expected a non-empty array.", param="input", code="invalid_value")
+    if _is_token_id(value[0]):
+        return [_token_ids(value, "input")]  # one token array
+    if len(value) > limits.MAX_EMBEDDING_INPUTS:
+        raise invalid(limits.too_many_inputs_message("input", len(value)), param="input", code="invalid_value")
+    inputs = []
+    for i, item in enumerate(value):
+        param = f"input[{i}]"
+        if isinstance(item, str):
+            inputs.append(_embedding_text(item, param))
+        elif isinstance(item, list):
+            inputs.append(_token_ids(item, param))
+        else:
+            raise _type_error(param, "a string or an array of token ids", item)
+    return inputs
+
+
+def embedding_request(body: dict, request_id: str = "") -> ParsedEmbedding:
+    """POST /v1/embeddings body → EmbedRequest.
+
+    ``user`` is accepted and ignored on purpose, like any field nobody defines. ``dimensions``
+    is accepted only when it equals the model's own dimension (the resource checks that):
+    this server never shortens vectors.
+    """
+    model = _required_str(body, "model", limits.MAX_MODEL_CHARS)
+    inputs = _embedding_inputs(body)
+    encoding_format = body.get("encoding_format")
+    if encoding_format is None:
+        encoding_format = "float"
+    elif not isinstance(encoding_format, str):
+        raise _type_error("encoding_format", "a string", encoding_format)
+    elif encoding_format not in ENCODING_FORMATS:
+        raise invalid(
+            f"Invalid 'encoding_format': expected 'float' or 'base64', but got {quote(encoding_format)}.",
+            param="encoding_format", code="invalid_value",
+        )
+    dimensions = _opt_int(body, "dimensions", 1, UINT32_MAX)
+    request = pb.EmbedRequest(model=model, inputs=inputs, request_id=request_id)
+    return ParsedEmbedding(request, model, encoding_format, dimensions)

@@ -1,7 +1,8 @@
 """Falcon resources: thin HTTP adapters over an injected inference client.
 
 The client is anything with ``generate(request, timeout) -> call`` (iterable of
-GenerateResponse, with ``cancel()``), ``list_models() -> [ModelInfo]`` and ``health() -> bool``;
+GenerateResponse, with ``cancel()``), ``embed(request, timeout) -> call`` (``result()`` an
+EmbedResponse, with ``cancel()``), ``list_models() -> [ModelInfo]`` and ``health() -> bool``;
 its failures are :class:`RequestError`. Tests inject a fake.
 """
 
@@ -26,6 +27,7 @@ log = logging.getLogger("rest_edge")
 
 class Client(Protocol):
     def generate(self, request: pb.GenerateRequest, timeout: Optional[float] = None) -> Any: ...
+    def embed(self, request: pb.EmbedRequest, timeout: Optional[float] = None) -> Any: ...
     def list_models(self, timeout: Optional[float] = None) -> list: ...
     def health(self, timeout: Optional[float] = None) -> bool: ...
 
@@ -141,6 +143,56 @@ class GenerationResource:
             return None
         counter = self._metrics.stream_errors
         return lambda err: counter.labels(route or "unmatched", str(err.status)).inc()
+
+
+class EmbeddingsResource:
+    """POST /v1/embeddings: parse, check ``dimensions``, call Embed, render.
+
+    ``dimensions`` is honoured only as what it always is here: the model's own full length
+    (asked from ListModels). Any other value is refused naming it, since this server never
+    shortens vectors (truncating is only meaningful for models trained for it).
+    A client that leaves while its inputs are embedded cancels the call.
+    """
+
+    def __init__(self, client: Client, *, max_body_bytes: int, request_timeout: Optional[float],
+                 metrics: Optional[Metrics] = None):
+        self._client = client
+        self._max_body_bytes = max_body_bytes
+        self._request_timeout = request_timeout
+        self._metrics = metrics
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        parsed = requests.embedding_request(requests.parse_json_body(read_body(req, self._max_body_bytes)),
+                                            new_id("embd"))
+        if parsed.dimensions is not None:
+            self._check_dimensions(parsed.model, parsed.dimensions)
+        call = self._client.embed(parsed.request, timeout=self._request_timeout)
+        departures = self._metrics.client_departures.labels(req.uri_template or "unmatched") if self._metrics else None
+
+        def on_gone() -> None:
+            if call.cancel() and departures is not None:
+                departures.inc()
+
+        watch = disconnect.watch_client(req.env, on_gone)
+        try:
+            result = call.result()
+        finally:
+            watch.close()
+        _json(resp, responses.embedding_body(result, parsed.model, parsed.encoding_format))
+
+    def _check_dimensions(self, model: str, dimensions: int) -> None:
+        info = next((m for m in self._client.list_models() if m.name == model), None)
+        if info is None or not info.can_embed:
+            return  # Embed answers with the model's own error (404, or a model that cannot embed)
+        if dimensions != info.embedding_dimensions:
+            raise RequestError(
+                400,
+                f"Unsupported value for 'dimensions': {quote(dimensions)}. This server returns the model's full "
+                f"vectors, {info.embedding_dimensions} dimensions for {quote(model)}; omit 'dimensions' or send "
+                f"{info.embedding_dimensions}.",
+                param="dimensions",
+                code="unsupported_parameter",
+            )
 
 
 def _model_not_found(name: str) -> RequestError:

@@ -4,14 +4,17 @@ Pure functions and per-response renderers, no I/O. :func:`events` turns the gRPC
 ``Text`` and ``Finish`` events; a renderer (:class:`CompletionRenderer` for /v1/completions,
 :class:`ChatRenderer` for /v1/chat/completions) turns events into the chunks of a stream or
 into a whole body, built by :mod:`rest_edge.wire` (the byte-exact shapes). Log probabilities,
-usage and model infos get their OpenAI shapes here too. The SSE framing and the cancellation
-of a stream are ``rest_edge.streaming``'s.
+usage, model infos and embeddings (:func:`embedding_body`) get their OpenAI shapes here too.
+The SSE framing and the cancellation of a stream are ``rest_edge.streaming``'s.
 """
 
 from __future__ import annotations
 
+import base64
 import math
+import sys
 import time
+from array import array
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Union
@@ -131,6 +134,28 @@ def completion_logprobs(entries: Iterable[pb.TokenLogprob], offset: int = 0) -> 
 
 def model_object(info: pb.ModelInfo) -> dict:
     return wire.model_object(info.name, info.created, info.owned_by or "library")
+
+
+# --- embeddings ------------------------------------------------------------------------------
+
+def base64_floats(values: Iterable[float]) -> str:
+    """A vector as OpenAI's ``encoding_format: "base64"`` has it: little-endian float32 bytes."""
+    packed = array("f", values)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+def embedding_body(response: pb.EmbedResponse, model: str, encoding_format: str = "float") -> dict:
+    """The /v1/embeddings body of an EmbedResponse, one ``data`` entry per input, in order.
+
+    Float vectors are written as the exact values of the float32 numbers the service sent
+    (``0.10000000149011612``, as OpenAI writes them), so a client reading them as float32
+    gets the bits that base64 would have given.
+    """
+    encode = base64_floats if encoding_format == "base64" else list
+    data = [wire.embedding_object(i, encode(e.values)) for i, e in enumerate(response.embeddings)]
+    return wire.embedding_list(data, model, response.prompt_tokens)
 
 
 # --- one renderer per route ---------------------------------------------------------------------

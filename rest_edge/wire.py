@@ -9,6 +9,8 @@ writes keys in that order, so each builder below *is* the key order of its shape
 * chat chunk:        id, object, created, model, system_fingerprint,
   choices[index, delta{role, content}, finish_reason]
 * non-stream bodies: id, object, created, model, system_fingerprint, choices, usage
+* embeddings:        object "list", data[object "embedding", index, embedding], model,
+  usage{prompt_tokens, total_tokens} (OpenAI's shape; not part of the reference capture)
 
 ``logprobs`` keys are only added when the client asked for log probabilities (the reference
 shapes have none); they sit where OpenAI puts them, just before ``finish_reason``.
@@ -189,3 +191,22 @@ def model_object(name: str, created: int, owned_by: str) -> dict:
 
 def model_list(models: list[dict]) -> dict:
     return {"object": "list", "data": list(models)}
+
+
+# --- /v1/embeddings ----------------------------------------------------------------------
+
+EMBEDDING_OBJECT = "embedding"
+
+
+def embedding_object(index: int, embedding: Any) -> dict:
+    """One input's vector: a list of floats, or a base64 string (``encoding_format``)."""
+    return {"object": EMBEDDING_OBJECT, "index": index, "embedding": embedding}
+
+
+def embedding_list(data: list[dict], model: str, prompt_tokens: int) -> dict:
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }

@@ -15,6 +15,23 @@ from inference_service.limits import ELLIPSIS, ROLES, quote
 _MAX_REASON_CHARS = 200  # of a template's own error message, quoted in ours
 
 
+# Templates for architectures whose GGUF files often come without one (base models, older
+# conversions), as Ollama's model files and llama.cpp's built-in templates supply them.
+# Gemma has no system role: a system message opens the first user turn.
+_GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set prefix = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "<start_of_turn>{{ role }}\n{{ (prefix if loop.first else '') + message['content'] }}<end_of_turn>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+FALLBACK_TEMPLATES = {"gemma": _GEMMA_TEMPLATE, "gemma2": _GEMMA_TEMPLATE, "gemma3": _GEMMA_TEMPLATE}
+
+
 def _raise_exception(message: str) -> None:
     raise TemplateError(message)
 

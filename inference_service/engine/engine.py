@@ -18,8 +18,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from inference_service.engine.chat_template import ChatTemplate
+from inference_service.engine.chat_template import FALLBACK_TEMPLATES, ChatTemplate
 from inference_service.engine.cpu_budget import shared_budget
+from inference_service.engine.engine_choice import GGUFIdentity, choose_engine, llama_cpp_available
 from inference_service.engine.handoff import run_on_thread
 from inference_service.engine.memory import TRIM_AFTER_CHARS, release_freed_memory
 from inference_service.engine.model_context import ModelContext
@@ -30,9 +31,12 @@ from inference_service.engine.text_stream import TextStreamer
 from inference_service.engine.tokenizer import TextTokenizer
 from inference_service.engine.types import (
     ChatMessage,
+    EmbeddingInput,
+    EmbeddingResult,
     EngineStatus,
     GenerationChunk,
     GenerationRequest,
+    InferenceEngine,
     ModelDescription,
     ModelStatus,
     SamplingParams,
@@ -71,6 +75,16 @@ class EngineConfig:
     # spin-wait on each other, so one without a core stalls every token); "fixed": always
     # the cap. See engine/cpu_budget.py.
     thread_policy: str = "adaptive"
+    # "auto" (ctransformers for what it loads, llama.cpp for the rest), "ctransformers" or
+    # "llamacpp"; a model spec may name its own (see engine_choice).
+    engine: str = "auto"
+    # llama.cpp: tokens per batched decode, and prompt tokens per step while other streams
+    # decode (bounds the pause a joining prompt causes them; see llamacpp_batch).
+    max_batch_tokens: int = 512
+    prefill_chunk: int = 128
+    # llama.cpp: "unified" (faster batches, results may vary with concurrent load) or
+    # "per-slot" (results independent of what else runs); see llamacpp_batch.
+    kv_layout: str = "unified"
 
     def __post_init__(self):
         if self.thread_policy not in ("adaptive", "fixed"):
@@ -93,50 +107,101 @@ def effective_context_length(configured: int, model_context: int | None) -> int:
 
 
 class LoadedModel:
-    """A model's tokenizer, template and slots."""
+    """A model's tokenizer, template and slots, on the engine that computes it.
 
-    def __init__(self, model_file: ModelFile, config: EngineConfig):
+    ctransformers: one context per slot, each a whole model instance with its own KV cache.
+    llama.cpp: one context whose sequences are the slots, decoded together in batches
+    (``llamacpp_batch``). Everything above the slots (prompts, sampling, stop strings,
+    logprobs, the queue) is the same code for both.
+    """
+
+    def __init__(self, model_file: ModelFile, config: EngineConfig, engine: str | None = None):
         self.name = model_file.name
         self.file = model_file
         self.config = config
-        self.tokenizer = TextTokenizer.from_gguf(model_file.source_path)
+        self.identity = GGUFIdentity.read(model_file.source_path)
+        self.engine = choose_engine(engine or config.engine, self.identity, self.name)
+        self._llama_model = None
+        self._decoder = None
+        self._embedder = None
+        self._embedder_lock = threading.Lock()
+        if self.engine == "llamacpp":
+            from inference_service.engine.llamacpp_runtime import LlamaModel
+            from inference_service.engine.llamacpp_tokenizer import LlamaCppTokenizer
+
+            self._llama_model = LlamaModel(model_file.source_path)
+            self.tokenizer = LlamaCppTokenizer(self._llama_model)
+        else:
+            self.tokenizer = TextTokenizer.from_gguf(model_file.source_path)
         vocab = self.tokenizer.vocab
         self.context_length = effective_context_length(config.context_length, vocab.context_length)
         if self.context_length < config.context_length:
             log.warning("%s: serving a context of %d tokens, the model's own, not the configured %d",
                         self.name, self.context_length, config.context_length)
         self.template = None
-        if vocab.chat_template:
+        template_source = vocab.chat_template or FALLBACK_TEMPLATES.get(self.identity.architecture)
+        if template_source:
+            if not vocab.chat_template:
+                log.info("%s: the file has no chat template; using the %s one", self.name, self.identity.architecture)
+
             def token(i):
                 return vocab.tokens[i] if i is not None and 0 <= i < len(vocab.tokens) else ""
-            self.template = ChatTemplate(vocab.chat_template, token(vocab.bos_token_id), token(vocab.eos_token_id))
+            self.template = ChatTemplate(template_source, token(vocab.bos_token_id), token(vocab.eos_token_id))
         self.prompts = PromptEncoder(self.tokenizer, self.template)
         eot = {self.tokenizer.token_id(t) for t in END_OF_TURN_TOKENS}
         eot.add(vocab.eos_token_id)
+        eot |= getattr(self.tokenizer, "end_of_generation_ids", frozenset())
         self.end_of_turn_ids = frozenset(i for i in eot if i is not None)
-        contexts = [
-            ModelContext(
-                model_file.loadable_path,
+        if self.engine == "llamacpp":
+            from inference_service.engine.llamacpp_batch import BatchedDecoder
+
+            budget = shared_budget(config.threads, config.thread_policy)
+            self._decoder = BatchedDecoder(
+                self._llama_model,
+                sequences=config.slots,
                 context_length=self.context_length,
-                block_size=config.block_size,
-                threads=config.threads,
-                exact_reuse=config.exact_prefix_reuse,
+                threads=budget.threads,
+                max_batch_tokens=config.max_batch_tokens,
+                prefill_chunk=config.prefill_chunk,
+                kv_layout=config.kv_layout,
             )
-            for _ in range(config.slots)
-        ]
-        self.vocab_size = contexts[0].vocab_size
+            contexts = self._decoder.sequences
+            self.vocab_size = self._llama_model.vocab_size
+        else:
+            contexts = [
+                ModelContext(
+                    model_file.loadable_path,
+                    context_length=self.context_length,
+                    block_size=config.block_size,
+                    threads=config.threads,
+                    exact_reuse=config.exact_prefix_reuse,
+                )
+                for _ in range(config.slots)
+            ]
+            self.vocab_size = contexts[0].vocab_size
         # No text longer than this fits the context, whatever its tokens: refused untokenized.
         self.max_prompt_chars = self.context_length * self.tokenizer.longest_token_bytes
         self.scheduler = SlotScheduler(contexts, max_waiting=config.max_waiting)
         self.created = int(model_file.source_path.stat().st_mtime)
 
+    @property
+    def can_embed(self) -> bool:
+        """Embeddings come from llama.cpp, whichever engine generates: a ctransformers model
+        gets a llama.cpp instance of the same file on its first embedding request."""
+        return self._llama_model is not None or llama_cpp_available()
+
     def describe(self) -> ModelDescription:
+        can_embed = self.can_embed
         return ModelDescription(
             name=self.name,
             created=self.created,
             owned_by=self.file.owned_by,
             context_length=self.context_length,
             has_chat_template=self.template is not None,
+            engine=self.engine,
+            architecture=self.identity.architecture,
+            can_embed=can_embed,
+            embedding_dimensions=self.identity.embedding_length if can_embed else 0,
         )
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
@@ -154,11 +219,42 @@ class LoadedModel:
         The budget is ``config.threads`` capped by affinity and cgroup quota and, under the
         adaptive policy, by the cores other processes leave us right now; it is asked
         before every evaluation (microseconds), so a slot changes thread count between tokens.
+        (A llama.cpp model computes all its slots in one batch and asks the budget itself.)
         """
         budget = shared_budget(self.config.threads, self.config.thread_policy)
         return max(1, budget.threads() // max(1, self.scheduler.busy_now()))
 
+    def embedder(self):
+        """The model's embedding context and the tokenizer its inputs need, made on first use
+        (a context of its own; for a ctransformers model, llama.cpp's instance of the file)."""
+        if not self.can_embed:
+            raise InvalidRequest(
+                f"model {self.name!r} cannot compute embeddings here: they need the llama.cpp engine "
+                "(pip install -e '.[llamacpp]')", "model")
+        with self._embedder_lock:
+            if self._embedder is None:
+                from inference_service.engine.llamacpp_embedding import LlamaCppEmbedder
+                from inference_service.engine.llamacpp_runtime import LlamaModel
+                from inference_service.engine.llamacpp_tokenizer import LlamaCppTokenizer
 
+                if self._llama_model is None:
+                    self._llama_model = LlamaModel(self.file.source_path)
+                tokenizer = self.tokenizer if self.engine == "llamacpp" else LlamaCppTokenizer(self._llama_model)
+                budget = shared_budget(self.config.threads, self.config.thread_policy)
+                self._embedder = (
+                    LlamaCppEmbedder(self._llama_model.pointer, context_length=self.context_length,
+                                     threads=budget.threads()),
+                    tokenizer,
+                )
+            return self._embedder
+
+    def close(self) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+        if self._embedder is not None:
+            self._embedder[0].close()
+        if self._llama_model is not None:
+            self._llama_model.close()
 
 
 class EngineCounters:
@@ -180,15 +276,24 @@ class EngineCounters:
             return dict(self._totals)
 
 
-class Engine:
+class Engine(InferenceEngine):
+    """The real engine: models loaded on ctransformers or llama.cpp, behind one interface."""
+
     def __init__(self, models: Sequence[LoadedModel]):
         self._models = {m.name: m for m in models}
         self.counters = EngineCounters()
 
     @classmethod
-    def load(cls, model_files: Sequence[ModelFile], config: EngineConfig | None = None) -> "Engine":
+    def load(cls, model_files: Sequence[ModelFile], config: EngineConfig | None = None,
+             engines: Sequence[str | None] | None = None) -> "Engine":
+        """Loads each model on its engine (``engines[i]``, or ``config.engine`` when None)."""
         config = config or EngineConfig()
-        return cls([LoadedModel(f, config) for f in model_files])
+        engines = list(engines) if engines is not None else [None] * len(model_files)
+        return cls([LoadedModel(f, config, engine) for f, engine in zip(model_files, engines)])
+
+    def close(self) -> None:
+        for model in self._models.values():
+            model.close()
 
     def models(self) -> list[ModelDescription]:
         return [m.describe() for m in self._models.values()]
@@ -207,6 +312,42 @@ class Engine:
             # ModelNotFound quoting a short prefix of the name; InvalidRequest for a name no
             # model could have (too long, not valid Unicode): never echoed into gRPC trailers.
             raise unknown_model(name, self._models) from None
+
+    def embed(self, model_name: str, inputs: Sequence[EmbeddingInput],
+              cancelled: threading.Event | None = None) -> EmbeddingResult:
+        """One unit-length vector per input (text, or token ids), pooled as the model says."""
+        model = self.model(model_name)
+        embedder, tokenizer = model.embedder()
+        if not inputs:
+            raise InvalidRequest("input must not be empty", "input")
+        sequences: list[list[int]] = []
+        for i, item in enumerate(inputs):
+            param = f"input[{i}]" if len(inputs) > 1 else "input"
+            if isinstance(item, str):
+                if not item:
+                    raise InvalidRequest("an input text must not be empty", param)
+                if len(item) > model.max_prompt_chars:
+                    raise ContextLengthExceeded(
+                        f"This model's maximum context length is {model.context_length} tokens. However, "
+                        f"{param} has {len(item)} characters, more than that many tokens can hold.", param=param)
+                ids = tokenizer.encode_for_embedding(item)
+            else:
+                ids = list(item)
+                if not ids:
+                    raise InvalidRequest("an input token list must not be empty", param)
+                bad = next((t for t in ids if not 0 <= t < model.vocab_size), None)
+                if bad is not None:
+                    raise InvalidRequest(f"token id {bad} is not in the vocabulary (0..{model.vocab_size - 1})", param)
+            if len(ids) > model.context_length:
+                raise ContextLengthExceeded(
+                    f"This model's maximum context length is {model.context_length} tokens. However, {param} "
+                    f"has {len(ids)} tokens. Please reduce the length of the input.", param=param)
+            sequences.append(ids)
+        vectors = embedder.embed(sequences, cancelled)
+        return EmbeddingResult(
+            vectors=tuple(tuple(vector.tolist()) for vector in vectors),
+            prompt_tokens=sum(map(len, sequences)),
+        )
 
     def tokenize(self, model_name: str, text: str = "", messages: Sequence[ChatMessage] = (),
                  raw: bool = False) -> tuple[list[int], list[str]]:
@@ -302,11 +443,14 @@ def _generate_in_slot(model: LoadedModel, prepared: PreparedGeneration, ticket: 
     final = None
     try:
         with model.scheduler.lease(ticket, cancelled=cancelled, deadline=deadline) as context:
-            for chunk in _run_in_slot(model, context, prepared, cancelled, counters):
-                if chunk.finish_reason is None:
-                    yield chunk
-                else:
-                    final = chunk
+            try:
+                for chunk in _run_in_slot(model, context, prepared, cancelled, counters):
+                    if chunk.finish_reason is None:
+                        yield chunk
+                    else:
+                        final = chunk
+            finally:
+                context.detach()
     except (Cancelled, DeadlineExceeded):
         counters.add("generations_cancelled")
         raise

@@ -125,6 +125,9 @@ class ModelContext:
         del self.cached_tokens[length:]
         self.canonical_length = min(self.canonical_length, length)
 
+    def detach(self) -> None:
+        """The generation using this slot ended (nothing to do: no shared decoder to tell)."""
+
     def logits(self) -> np.ndarray:
         """The last evaluated position's logits: a zero-copy view, valid until the next evaluation."""
         pointer = self._llm.ctransformers_llm_logits_data()

@@ -40,7 +40,18 @@ class PromptEncoder:
         markup = tokenizer.markup_strings
         self._markup = re.compile("|".join(re.escape(m) for m in markup)) if markup else None
 
+    def _with_bos(self, ids: list[int]) -> list[int]:
+        """Prompts of models whose vocabulary asks for it (``add_bos``) start with BOS, once
+        (a template that writes it already has it), as llama.cpp does."""
+        bos = self.tokenizer.vocab.bos_token_id
+        if self.tokenizer.add_bos and bos is not None and (not ids or ids[0] != bos):
+            return [bos, *ids]
+        return ids
+
     def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        return self._with_bos(self._encode_chat(messages))
+
+    def _encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         assert self.template is not None
         if self._markup is None:
             return self.tokenizer.encode_text(self.template.render(messages))
@@ -70,9 +81,9 @@ class PromptEncoder:
     def encode_prompt(self, prompt: str, raw: bool) -> list[int]:
         """A completion prompt: raw prompts are markup by contract; otherwise it is one user turn."""
         if raw:
-            return self.tokenizer.encode_markup(prompt)
+            return self._with_bos(self.tokenizer.encode_markup(prompt))
         if self.template is None:
-            return self.tokenizer.encode_text(prompt)
+            return self._with_bos(self.tokenizer.encode_text(prompt))
         return self.encode_chat([ChatMessage("user", prompt)])
 
 

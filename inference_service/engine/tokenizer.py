@@ -21,7 +21,11 @@ TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
 
 # Pre-tokenizers by tokenizer.ggml.pre: "split digits one by one" first, then the GPT-2 regex.
-_DIGIT_SPLITTING_PRE = {"smollm", "starcoder", "refact", "command-r", "qwen2", "deepseek-coder"}
+# (Qwen2's own regex differs from GPT-2's: its files go to the llama.cpp engine's tokenizer.)
+_DIGIT_SPLITTING_PRE = {"smollm", "starcoder", "refact", "command-r", "deepseek-coder"}
+# The pre-tokenizers this tokenizer reproduces exactly (the GPT-2 regex, with or without
+# digits split one by one); a vocabulary with any other goes to llama.cpp's tokenizer.
+SUPPORTED_PRE_TOKENIZERS = frozenset(_DIGIT_SPLITTING_PRE | {"default", "gpt-2", "gpt2"})
 
 
 @lru_cache(maxsize=1)
@@ -47,6 +51,7 @@ class GGUFVocabulary:
     bos_token_id: int | None
     eos_token_id: int | None
     chat_template: str | None
+    add_bos: bool
     # The context the model was trained for (``<arch>.context_length``); the engine serves at
     # most this much (``engine.effective_context_length``). None when the file does not say.
     context_length: int | None
@@ -73,15 +78,49 @@ class GGUFVocabulary:
             bos_token_id=value("tokenizer.ggml.bos_token_id"),
             eos_token_id=value("tokenizer.ggml.eos_token_id"),
             chat_template=value("tokenizer.chat_template"),
+            add_bos=bool(value("tokenizer.ggml.add_bos_token", False)),
             context_length=int(context_length) if context_length is not None else None,
         )
 
 
-class TextTokenizer:
+class TokenPieces:
+    """The byte view of a vocabulary that streaming and logprobs need, whoever tokenizes.
+
+    Subclasses set ``vocab``, ``special_ids`` (control tokens: markup, never text) and
+    ``_token_bytes`` (each token's bytes; empty for control tokens).
+    """
+
+    vocab: GGUFVocabulary
+    special_ids: frozenset[int]
+    _token_bytes: list[bytes]
+
+    @property
+    def longest_token_bytes(self) -> int:
+        return max(1, max(map(len, self._token_bytes)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._token_bytes)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return b"".join(self._token_bytes[i] for i in token_ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._token_bytes[token_id]
+
+    def token_text(self, token_id: int) -> str:
+        """The token as readable text (for logprobs); broken UTF-8 shows as U+FFFD."""
+        if token_id in self.special_ids:
+            return self.vocab.tokens[token_id]
+        return self._token_bytes[token_id].decode("utf-8", errors="replace")
+
+
+class TextTokenizer(TokenPieces):
     """Byte-level BPE tokenizer plus the byte view of every token the streamer needs."""
 
     def __init__(self, vocab: GGUFVocabulary):
         self.vocab = vocab
+        self.add_bos = vocab.add_bos  # prompts start with BOS (the GGUF's add_bos_token)
         token_to_id = {token: i for i, token in enumerate(vocab.tokens)}
         merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
         bpe = models.BPE(vocab=token_to_id, merges=merges, fuse_unk=False, byte_fallback=False)
@@ -123,14 +162,6 @@ class TextTokenizer:
     def from_gguf(cls, path: Path) -> "TextTokenizer":
         return cls(GGUFVocabulary.read(path))
 
-    @property
-    def longest_token_bytes(self) -> int:
-        return max(map(len, self._token_bytes))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.vocab.tokens)
-
     def encode_text(self, text: str) -> list[int]:
         """Token ids of ``text`` as text: ``<|im_end|>`` in it gives the tokens of its characters."""
         return self._text_tokenizer.encode(text, add_special_tokens=False).ids
@@ -141,18 +172,6 @@ class TextTokenizer:
         Only for text the caller or the chat template wrote as markup (raw prompts).
         """
         return self._markup_tokenizer.encode(text, add_special_tokens=False).ids
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return b"".join(self._token_bytes[i] for i in token_ids).decode("utf-8", errors="replace")
-
-    def token_bytes(self, token_id: int) -> bytes:
-        return self._token_bytes[token_id]
-
-    def token_text(self, token_id: int) -> str:
-        """The token as readable text (for logprobs); broken UTF-8 shows as U+FFFD."""
-        if token_id in self.special_ids:
-            return self.vocab.tokens[token_id]
-        return self._token_bytes[token_id].decode("utf-8", errors="replace")
 
     def token_id(self, token: str) -> int | None:
         return self._markup_tokenizer.token_to_id(token)

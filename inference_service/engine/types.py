@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Iterator, Literal, Optional, Protocol, Sequence, Union
 
 FinishReason = Literal["stop", "length"]
 
@@ -88,6 +89,22 @@ class ModelDescription:
     owned_by: str
     context_length: int
     has_chat_template: bool
+    engine: str = ""  # "ctransformers" or "llamacpp": what computes this model
+    architecture: str = ""  # the GGUF's general.architecture ("llama", "gemma3", "qwen2"...)
+    can_embed: bool = False  # serves Embed (/v1/embeddings)
+    embedding_dimensions: int = 0  # length of its embedding vectors (0 when it cannot embed)
+
+
+# One input of an embedding request: text, or token ids the caller already has.
+EmbeddingInput = Union[str, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """One vector per input, in input order, and the tokens they took."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    prompt_tokens: int
 
 
 @dataclass(frozen=True)
@@ -112,3 +129,27 @@ class EngineStatus:
     generations_failed: int = 0
     prompt_tokens_evaluated: int = 0
     tokens_generated: int = 0
+
+
+class InferenceEngine(Protocol):
+    """What the gRPC servicer needs from an engine; every engine, the loading stand-in and
+    the test and bench fakes implement it.
+
+    Errors are ``inference_service.errors.InferenceError`` subclasses, raised before the
+    first chunk when knowable up front. ``generate`` returns at once; its work runs on a
+    thread of its own that stops before the next token once ``cancelled`` is set or the
+    iterator is closed; ``deadline`` (``time.monotonic()``) bounds the wait for a slot.
+    """
+
+    def models(self) -> list[ModelDescription]: ...
+
+    def status(self) -> EngineStatus: ...
+
+    def tokenize(self, model_name: str, text: str = "", messages: Sequence[ChatMessage] = (),
+                 raw: bool = False) -> tuple[list[int], list[str]]: ...
+
+    def generate(self, request: GenerationRequest, cancelled: Optional[threading.Event] = None,
+                 deadline: Optional[float] = None) -> Iterator[GenerationChunk]: ...
+
+    def embed(self, model_name: str, inputs: Sequence[EmbeddingInput],
+              cancelled: Optional[threading.Event] = None) -> EmbeddingResult: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$inference_service/v1/inference.proto\x12\x14inference_service.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xca\x05\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x33\n\x08messages\x18\x03 \x03(\x0b\x32!.inference_service.v1.ChatMessage\x12\x0b\n\x03raw\x18\x04 \x01(\x08\x12\x17\n\nmax_tokens\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x18\n\x0btemperature\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\t \x01(\rH\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\n \x01(\x02H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0b \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x0c \x01(\x02H\x06\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\r \x01(\x02H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\x0e \x01(\x03H\x08\x88\x01\x01\x12\x10\n\x08logprobs\x18\x0f \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x10 \x01(\r\x12H\n\nlogit_bias\x18\x11 \x03(\x0b\x32\x34.inference_service.v1.GenerateRequest.LogitBiasEntry\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x12\x12\n\nignore_eos\x18\x13 \x01(\x08\x12\x12\n\nmin_tokens\x18\x14 \x01(\r\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\x07\n\x05_seed\"S\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0btoken_bytes\x18\x04 \x01(\x0c\"\x8d\x01\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0btoken_bytes\x18\x04 \x01(\x0c\x12\x36\n\x0ctop_logprobs\x18\x05 \x03(\x0b\x32 .inference_service.v1.TopLogprob\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\"\xdf\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x34\n\x08logprobs\x18\x03 \x03(\x0b\x32\".inference_service.v1.TokenLogprob\x12\x39\n\rfinish_reason\x18\x04 \x01(\x0e\x32\".inference_service.v1.FinishReason\x12*\n\x05usage\x18\x05 \x01(\x0b\x32\x1b.inference_service.v1.Usage\x12\r\n\x05model\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\"o\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x03\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\x12\x19\n\x11has_chat_template\x18\x05 \x01(\x08\"E\n\x12ListModelsResponse\x12/\n\x06models\x18\x01 \x03(\x0b\x32\x1f.inference_service.v1.ModelInfo\"p\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x33\n\x08messages\x18\x03 \x03(\x0b\x32!.inference_service.v1.ChatMessage\x12\x0b\n\x03raw\x18\x04 \x01(\x08\"5\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"\x12\n\x10GetStatusRequest\"d\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\r\x12\x12\n\nbusy_slots\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x13\n\x0bmax_waiting\x18\x05 \x01(\r\"\x8a\x02\n\x11GetStatusResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32!.inference_service.v1.ModelStatus\x12\x1b\n\x13generations_started\x18\x02 \x01(\x04\x12\x1c\n\x14generations_finished\x18\x03 \x01(\x04\x12\x1d\n\x15generations_cancelled\x18\x04 \x01(\x04\x12\x1a\n\x12generations_failed\x18\x05 \x01(\x04\x12\x1f\n\x17prompt_tokens_evaluated\x18\x06 \x01(\x04\x12\x18\n\x10tokens_generated\x18\x07 \x01(\x04\x12\x11\n\tin_flight\x18\x08 \x01(\r*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x89\x03\n\x10InferenceService\x12[\n\x08Generate\x12%.inference_service.v1.GenerateRequest\x1a&.inference_service.v1.GenerateResponse0\x01\x12_\n\nListModels\x12\'.inference_service.v1.ListModelsRequest\x1a(.inference_service.v1.ListModelsResponse\x12Y\n\x08Tokenize\x12%.inference_service.v1.TokenizeRequest\x1a&.inference_service.v1.TokenizeResponse\x12\\\n\tGetStatus\x12&.inference_service.v1.GetStatusRequest\x1a\'.inference_service.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$inference_service/v1/inference.proto\x12\x14inference_service.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xca\x05\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x33\n\x08messages\x18\x03 \x03(\x0b\x32!.inference_service.v1.ChatMessage\x12\x0b\n\x03raw\x18\x04 \x01(\x08\x12\x17\n\nmax_tokens\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x18\n\x0btemperature\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\t \x01(\rH\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\n \x01(\x02H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0b \x01(\x02H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x0c \x01(\x02H\x06\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\r \x01(\x02H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\x0e \x01(\x03H\x08\x88\x01\x01\x12\x10\n\x08logprobs\x18\x0f \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x10 \x01(\r\x12H\n\nlogit_bias\x18\x11 \x03(\x0b\x32\x34.inference_service.v1.GenerateRequest.LogitBiasEntry\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x12\x12\n\nignore_eos\x18\x13 \x01(\x08\x12\x12\n\nmin_tokens\x18\x14 \x01(\r\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penaltyB\x14\n\x12_frequency_penaltyB\x13\n\x11_presence_penaltyB\x07\n\x05_seed\"S\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0btoken_bytes\x18\x04 \x01(\x0c\"\x8d\x01\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0btoken_bytes\x18\x04 \x01(\x0c\x12\x36\n\x0ctop_logprobs\x18\x05 \x03(\x0b\x32 .inference_service.v1.TopLogprob\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\"\xdf\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x34\n\x08logprobs\x18\x03 \x03(\x0b\x32\".inference_service.v1.TokenLogprob\x12\x39\n\rfinish_reason\x18\x04 \x01(\x0e\x32\".inference_service.v1.FinishReason\x12*\n\x05usage\x18\x05 \x01(\x0b\x32\x1b.inference_service.v1.Usage\x12\r\n\x05model\x18\x06 \x01(\t\"\x13\n\x11ListModelsRequest\"\xc6\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x03\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\x12\x19\n\x11has_chat_template\x18\x05 \x01(\x08\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x07 \x01(\t\x12\x11\n\tcan_embed\x18\x08 \x01(\x08\x12\x1c\n\x14\x65mbedding_dimensions\x18\t \x01(\r\"E\n\x12ListModelsResponse\x12/\n\x06models\x18\x01 \x03(\x0b\x32\x1f.inference_service.v1.ModelInfo\"p\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x33\n\x08messages\x18\x03 \x03(\x0b\x32!.inference_service.v1.ChatMessage\x12\x0b\n\x03raw\x18\x04 \x01(\x08\"5\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"\x12\n\x10GetStatusRequest\"d\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\r\x12\x12\n\nbusy_slots\x18\x03 \x01(\r\x12\x0f\n\x07waiting\x18\x04 \x01(\r\x12\x13\n\x0bmax_waiting\x18\x05 \x01(\r\"\x8a\x02\n\x11GetStatusResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32!.inference_service.v1.ModelStatus\x12\x1b\n\x13generations_started\x18\x02 \x01(\x04\x12\x1c\n\x14generations_finished\x18\x03 \x01(\x04\x12\x1d\n\x15generations_cancelled\x18\x04 \x01(\x04\x12\x1a\n\x12generations_failed\x18\x05 \x01(\x04\x12\x1f\n\x17prompt_tokens_evaluated\x18\x06 \x01(\x04\x12\x18\n\x10tokens_generated\x18\x07 \x01(\x04\x12\x11\n\tin_flight\x18\x08 \x01(\r\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"V\n\nEmbedInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x30\n\x06tokens\x18\x02 \x01(\x0b\x32\x1e.inference_service.v1.TokenIdsH\x00\x42\x06\n\x04kind\"c\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x06inputs\x18\x02 \x03(\x0b\x32 .inference_service.v1.EmbedInput\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"j\n\rEmbedResponse\x12\x33\n\nembeddings\x18\x01 \x03(\x0b\x32\x1f.inference_service.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\r\n\x05model\x18\x03 \x01(\t*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xdb\x03\n\x10InferenceService\x12[\n\x08Generate\x12%.inference_service.v1.GenerateRequest\x1a&.inference_service.v1.GenerateResponse0\x01\x12_\n\nListModels\x12\'.inference_service.v1.ListModelsRequest\x1a(.inference_service.v1.ListModelsResponse\x12Y\n\x08Tokenize\x12%.inference_service.v1.TokenizeRequest\x1a&.inference_service.v1.TokenizeResponse\x12\\\n\tGetStatus\x12&.inference_service.v1.GetStatusRequest\x1a\'.inference_service.v1.GetStatusResponse\x12P\n\x05\x45mbed\x12\".inference_service.v1.EmbedRequest\x1a#.inference_service.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST_LOGITBIASENTRY']._loaded_options = None
   _globals['_GENERATEREQUEST_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=2134
-  _globals['_FINISHREASON']._serialized_end=2229
+  _globals['_FINISHREASON']._serialized_start=2573
+  _globals['_FINISHREASON']._serialized_end=2668
   _globals['_CHATMESSAGE']._serialized_start=62
   _globals['_CHATMESSAGE']._serialized_end=106
   _globals['_GENERATEREQUEST']._serialized_start=109
@@ -51,20 +51,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATERESPONSE']._serialized_end=1367
   _globals['_LISTMODELSREQUEST']._serialized_start=1369
   _globals['_LISTMODELSREQUEST']._serialized_end=1388
-  _globals['_MODELINFO']._serialized_start=1390
-  _globals['_MODELINFO']._serialized_end=1501
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1503
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1572
-  _globals['_TOKENIZEREQUEST']._serialized_start=1574
-  _globals['_TOKENIZEREQUEST']._serialized_end=1686
-  _globals['_TOKENIZERESPONSE']._serialized_start=1688
-  _globals['_TOKENIZERESPONSE']._serialized_end=1741
-  _globals['_GETSTATUSREQUEST']._serialized_start=1743
-  _globals['_GETSTATUSREQUEST']._serialized_end=1761
-  _globals['_MODELSTATUS']._serialized_start=1763
-  _globals['_MODELSTATUS']._serialized_end=1863
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1866
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2132
-  _globals['_INFERENCESERVICE']._serialized_start=2232
-  _globals['_INFERENCESERVICE']._serialized_end=2625
+  _globals['_MODELINFO']._serialized_start=1391
+  _globals['_MODELINFO']._serialized_end=1589
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1591
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1660
+  _globals['_TOKENIZEREQUEST']._serialized_start=1662
+  _globals['_TOKENIZEREQUEST']._serialized_end=1774
+  _globals['_TOKENIZERESPONSE']._serialized_start=1776
+  _globals['_TOKENIZERESPONSE']._serialized_end=1829
+  _globals['_GETSTATUSREQUEST']._serialized_start=1831
+  _globals['_GETSTATUSREQUEST']._serialized_end=1849
+  _globals['_MODELSTATUS']._serialized_start=1851
+  _globals['_MODELSTATUS']._serialized_end=1951
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1954
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2220
+  _globals['_TOKENIDS']._serialized_start=2222
+  _globals['_TOKENIDS']._serialized_end=2245
+  _globals['_EMBEDINPUT']._serialized_start=2247
+  _globals['_EMBEDINPUT']._serialized_end=2333
+  _globals['_EMBEDREQUEST']._serialized_start=2335
+  _globals['_EMBEDREQUEST']._serialized_end=2434
+  _globals['_EMBEDDING']._serialized_start=2436
+  _globals['_EMBEDDING']._serialized_end=2463
+  _globals['_EMBEDRESPONSE']._serialized_start=2465
+  _globals['_EMBEDRESPONSE']._serialized_end=2571
+  _globals['_INFERENCESERVICE']._serialized_start=2671
+  _globals['_INFERENCESERVICE']._serialized_end=3146
 # @@protoc_insertion_point(module_scope)

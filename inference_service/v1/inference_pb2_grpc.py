@@ -55,6 +55,11 @@ class InferenceServiceStub:
                 request_serializer=inference__service_dot_v1_dot_inference__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=inference__service_dot_v1_dot_inference__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/inference_service.v1.InferenceService/Embed',
+                request_serializer=inference__service_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=inference__service_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -91,6 +96,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embed turns texts, or token ids, into one embedding vector each (models whose
+        ModelInfo.can_embed is set).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +126,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=inference__service_dot_v1_dot_inference__pb2.GetStatusRequest.FromString,
                     response_serializer=inference__service_dot_v1_dot_inference__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=inference__service_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
+                    response_serializer=inference__service_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +242,33 @@ class InferenceService:
             '/inference_service.v1.InferenceService/GetStatus',
             inference__service_dot_v1_dot_inference__pb2.GetStatusRequest.SerializeToString,
             inference__service_dot_v1_dot_inference__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference_service.v1.InferenceService/Embed',
+            inference__service_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+            inference__service_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

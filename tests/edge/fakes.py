@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import struct
 import threading
 import time
 from concurrent import futures
@@ -63,8 +65,50 @@ class FakeCall:
         return True
 
 
+EMBEDDING_DIMENSIONS = 4
+
+
+def vector_of(item: pb.EmbedInput) -> list[float]:
+    """The fake client's vector of one input: from a hash, float32-exact (not normalized)."""
+    key = item.text.encode("utf-8") if item.WhichOneof("kind") == "text" else repr(list(item.tokens.ids)).encode()
+    digest = hashlib.sha256(key).digest()
+    raw = [(b - 127.5) / 127.5 for b in digest[:EMBEDDING_DIMENSIONS]]
+    return list(struct.unpack(f"<{EMBEDDING_DIMENSIONS}f", struct.pack(f"<{EMBEDDING_DIMENSIONS}f", *raw)))
+
+
+def embed_response(request: pb.EmbedRequest) -> pb.EmbedResponse:
+    """What the fake client answers by default: ``vector_of`` each input, one token per character or id."""
+    return pb.EmbedResponse(
+        embeddings=[pb.Embedding(values=vector_of(item)) for item in request.inputs],
+        prompt_tokens=sum(len(item.text) if item.WhichOneof("kind") == "text" else len(item.tokens.ids)
+                          for item in request.inputs),
+        model=request.model,
+    )
+
+
+class FakeEmbedCall:
+    """An Embed call: ``result()`` gives the response or raises the scripted error."""
+
+    def __init__(self, outcome: Any):
+        self._outcome = outcome
+        self.cancelled = 0
+
+    def result(self) -> pb.EmbedResponse:
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
+
+    def cancel(self) -> bool:
+        self.cancelled += 1
+        return True
+
+
 class FakeClient:
-    """The client interface of the resources, scripted per test."""
+    """The client interface of the resources, scripted per test.
+
+    ``embed_script(request)`` returns the EmbedResponse (or an exception that ``result()``
+    raises); by default :func:`embed_response`. ``embed_error`` is raised by ``embed()`` itself.
+    """
 
     def __init__(
         self,
@@ -74,8 +118,15 @@ class FakeClient:
         healthy: Any = True,
         generate_error: Optional[BaseException] = None,
         models_error: Optional[BaseException] = None,
+        embed_script: Any = embed_response,
+        embed_error: Optional[BaseException] = None,
     ):
         self.script = script
+        self.embed_script = embed_script
+        self.embed_error = embed_error
+        self.embed_requests: list[pb.EmbedRequest] = []
+        self.embed_calls: list[FakeEmbedCall] = []
+        self.list_models_calls = 0
         self.models = list(models)
         self.healthy = healthy
         self.generate_error = generate_error
@@ -94,7 +145,17 @@ class FakeClient:
         self.calls.append(call)
         return call
 
+    def embed(self, request: pb.EmbedRequest, timeout: Optional[float] = None) -> FakeEmbedCall:
+        self.embed_requests.append(request)
+        self.timeouts.append(timeout)
+        if self.embed_error is not None:
+            raise self.embed_error
+        call = FakeEmbedCall(self.embed_script(request))
+        self.embed_calls.append(call)
+        return call
+
     def list_models(self, timeout: Optional[float] = None) -> list[pb.ModelInfo]:
+        self.list_models_calls += 1
         if self.models_error is not None:
             raise self.models_error
         return list(self.models)

@@ -1,26 +1,37 @@
 """A fake engine for the real gRPC server: scripted by the request's model name.
 
-It has the engine's interface (``generate``, ``models``, ``tokenize``) and honours the
-``cancelled`` event the servicer passes, like the real engine: it checks it before every
-chunk and records that it stopped.
+It has the engine's interface (``generate``, ``models``, ``tokenize``, ``status``, ``embed``)
+and honours the ``cancelled`` event the servicer passes, like the real engine: it checks it
+before every chunk (or, embedding, while gated) and records that it stopped.
+
+Embeddings: model "fake" embeds each input as :func:`fake_vector` (deterministic, unit length,
+exact float32 values, ``EMBEDDING_DIMENSIONS`` long), one prompt token per character or token
+id; the ERRORS names raise their errors, "no-embed" is a model that cannot embed, "gated"
+waits for ``release`` or the caller's cancellation.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import struct
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from inference_service.engine.handoff import run_on_thread
 from inference_service.engine.types import (
+    EmbeddingResult,
     EngineStatus,
     GenerationChunk,
     GenerationRequest,
+    InferenceEngine,
     ModelDescription,
     ModelStatus,
     Usage,
 )
 from inference_service.errors import (
+    Cancelled,
     ContextLengthExceeded,
     DeadlineExceeded,
     InvalidRequest,
@@ -46,6 +57,36 @@ ERRORS = {
 }
 
 
+EMBEDDING_DIMENSIONS = 8
+
+# Embed's errors: those of generation, with the context error naming the input, plus a model
+# that cannot embed (as a generation-only model of the real engine answers).
+EMBED_ERRORS = {
+    **ERRORS,
+    "context": lambda: ContextLengthExceeded(
+        "input has 5000 tokens, more than the model's context of 4096 tokens", param="input"
+    ),
+    "no-embed": lambda: InvalidRequest("model 'no-embed' cannot compute embeddings", "model"),
+}
+
+
+def fake_vector(item: str | Sequence[int]) -> tuple[float, ...]:
+    """The fake engine's vector of one input: from a hash, unit length, float32-exact."""
+    key = item.encode("utf-8") if isinstance(item, str) else b"ids:" + ",".join(map(str, item)).encode()
+    digest = hashlib.sha256(key).digest()
+    raw = [(b - 127.5) / 127.5 for b in digest[:EMBEDDING_DIMENSIONS]]
+    norm = math.sqrt(sum(x * x for x in raw))
+    return struct.unpack(f"<{EMBEDDING_DIMENSIONS}f", struct.pack(f"<{EMBEDDING_DIMENSIONS}f", *(x / norm for x in raw)))
+
+
+@dataclass
+class EmbedCall:
+    model: str
+    inputs: tuple
+    cancelled: threading.Event
+    stopped_by_cancel: threading.Event = field(default_factory=threading.Event)
+
+
 @dataclass
 class Call:
     request: GenerationRequest
@@ -56,16 +97,20 @@ class Call:
     finished: threading.Event = field(default_factory=threading.Event)
 
 
-class FakeEngine:
+class FakeEngine(InferenceEngine):
     def __init__(self):
         self.calls: list[Call] = []
         self.call_started = threading.Semaphore(0)
-        self.release = threading.Event()  # lets "gated" streams finish
+        self.release = threading.Event()  # lets "gated" streams (and embeddings) finish
+        self.embed_calls: list[EmbedCall] = []
+        self.embed_started = threading.Semaphore(0)
 
     # --- engine interface ---------------------------------------------------------------
 
     def models(self) -> list[ModelDescription]:
-        return [ModelDescription(name="fake", created=1700000000, owned_by="tests", context_length=4096, has_chat_template=True)]
+        return [ModelDescription(name="fake", created=1700000000, owned_by="tests", context_length=4096,
+                                 has_chat_template=True, engine="fake", architecture="llama", can_embed=True,
+                                 embedding_dimensions=EMBEDDING_DIMENSIONS)]
 
     def status(self) -> EngineStatus:
         busy = sum(1 for c in self.calls if not (c.finished.is_set() or c.stopped_by_cancel.is_set()))
@@ -81,6 +126,24 @@ class FakeEngine:
             raise ModelNotFound(f"model {model_name!r} not found; served: fake")
         source = text or "".join(m.content for m in messages)
         return [ord(c) for c in source], list(source)
+
+    def embed(self, model_name: str, inputs, cancelled=None) -> EmbeddingResult:
+        if model_name in EMBED_ERRORS:
+            raise EMBED_ERRORS[model_name]()
+        call = EmbedCall(model=model_name, inputs=tuple(inputs), cancelled=cancelled or threading.Event())
+        self.embed_calls.append(call)
+        self.embed_started.release()
+        if model_name == "gated":
+            while not self.release.wait(CHUNK_PAUSE):
+                if call.cancelled.is_set():
+                    call.stopped_by_cancel.set()
+                    raise Cancelled("the caller went away")
+        elif model_name != "fake":
+            raise ModelNotFound(f"model {model_name!r} not found; served: fake")
+        return EmbeddingResult(
+            vectors=tuple(fake_vector(item) for item in inputs),
+            prompt_tokens=sum(len(item) for item in inputs),
+        )
 
     def generate(self, request: GenerationRequest, cancelled=None, deadline=None) -> Iterator[GenerationChunk]:
         if request.model in ERRORS:

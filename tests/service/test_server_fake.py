@@ -250,7 +250,7 @@ def test_reflection_lists_the_services(harness):
     assert "grpc.health.v1.Health" in services
     pool = DescriptorPool(database)
     service = pool.FindServiceByName("inference_service.v1.InferenceService")
-    assert {m.name for m in service.methods} == {"Generate", "ListModels", "Tokenize", "GetStatus"}
+    assert {m.name for m in service.methods} == {"Generate", "ListModels", "Tokenize", "GetStatus", "Embed"}
     generate = service.methods_by_name["Generate"]
     assert generate.server_streaming and not generate.client_streaming
     assert generate.input_type.full_name == "inference_service.v1.GenerateRequest"

@@ -1,0 +1,123 @@
+"""Fixtures shared by the tests of the two engines (ctransformers and llama.cpp).
+
+Imported by the test modules that use them (``from tests.engines import ...``), not a conftest:
+
+- ``smollm2_engines``: the default model loaded in process on each engine, lazily, once per
+  session (``.get("ctransformers")``, ``.get("llamacpp")``), closed at the end;
+- ``each_engine``: parametrized over the engines, so a test taking it runs once on each;
+- ``batching_engine``: a separate 4-slot llama.cpp engine (continuous batching tests);
+- ``gemma3_file``: the gemma3:270m GGUF (llama.cpp only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from inference_service.engine.engine import Engine, EngineConfig, LoadedModel
+from inference_service.engine.types import ChatMessage, GenerationChunk, GenerationRequest, SamplingParams
+
+SMOLLM2 = "smollm2:135m"
+GEMMA3 = "gemma3:270m"
+
+ENGINE_NAMES = ("ctransformers", "llamacpp")
+CONTEXT_LENGTH = 2048
+GREEDY = SamplingParams(temperature=0.0)
+# Bounds a hang on a busy 2-core machine; never a measured limit.
+SAFETY_SECONDS = 120
+
+
+class EngineCache:
+    """One in-process engine per engine name, loaded on first use and kept for the session."""
+
+    def __init__(self, model_file, config: EngineConfig):
+        self._model_file = model_file
+        self._config = config
+        self._engines: dict[str, Engine] = {}
+
+    def get(self, name: str) -> Engine:
+        if name not in self._engines:
+            self._engines[name] = Engine.load([self._model_file], self._config, engines=[name])
+        return self._engines[name]
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+
+
+@pytest.fixture(scope="session")
+def smollm2_engines(model_file):
+    cache = EngineCache(model_file, EngineConfig(slots=2, max_waiting=4, context_length=CONTEXT_LENGTH))
+    yield cache
+    cache.close()
+
+
+@pytest.fixture(scope="session", params=ENGINE_NAMES)
+def each_engine(request, smollm2_engines) -> Engine:
+    """The default model on one engine; a test taking this runs once per engine."""
+    return smollm2_engines.get(request.param)
+
+
+@pytest.fixture(scope="session")
+def batching_engine(model_file):
+    """A 4-slot llama.cpp engine of its own: its slots' caches belong to the batching tests."""
+    engine = Engine.load([model_file], EngineConfig(slots=4, max_waiting=4, context_length=CONTEXT_LENGTH),
+                         engines=["llamacpp"])
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def per_slot_engine(model_file):
+    """A 4-slot llama.cpp engine with per-slot KV streams (``--llamacpp-kv per-slot``)."""
+    engine = Engine.load([model_file], EngineConfig(slots=4, max_waiting=4, context_length=CONTEXT_LENGTH,
+                                                    kv_layout="per-slot"), engines=["llamacpp"])
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def gemma3_file():
+    """gemma3:270m from the model registry (``make test`` pulls it: ``make test-models``)."""
+    from inference_service.models.registry import ModelRegistry
+
+    return ModelRegistry().resolve(GEMMA3)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    chunks: list[GenerationChunk]
+
+    @property
+    def text(self) -> str:
+        return "".join(c.text for c in self.chunks)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [i for c in self.chunks for i in c.token_ids]
+
+    @property
+    def last(self) -> GenerationChunk:
+        return self.chunks[-1]
+
+    @property
+    def logprobs(self):
+        return [lp for c in self.chunks for lp in c.logprobs]
+
+
+def run(engine: Engine, request: GenerationRequest) -> Run:
+    return Run(list(engine.generate(request)))
+
+
+def chat(*turns: tuple[str, str], model: str = SMOLLM2, **fields) -> GenerationRequest:
+    fields.setdefault("sampling", GREEDY)
+    return GenerationRequest(model=model, messages=tuple(ChatMessage(r, c) for r, c in turns), **fields)
+
+
+def loaded(engine: Engine, name: str = SMOLLM2) -> LoadedModel:
+    return engine.model(name)

@@ -8,7 +8,7 @@ BUF    := .tools/node_modules/.bin/buf
 GRPC_ADDRESS ?= 127.0.0.1:50051
 EDGE_BIND    ?= 127.0.0.1:8000
 
-.PHONY: run test setup model test-models proto lint-proto bench bench-slots bench-contention soak clean help
+.PHONY: run test setup model test-models proto lint-proto bench bench-slots bench-contention bench-engines soak clean help
 
 help:
 	@echo "make run     set up, pull the default model, start the gRPC service ($(GRPC_ADDRESS)) and the edge ($(EDGE_BIND))"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench   benchmark in-process / gRPC / edge / llama-cpp-python (our harness + NVIDIA aiperf), table + bench/results/bench.png"
 	@echo "make soak    16 hostile clients for 2 minutes: failures, RSS/Pss_Anon against the memory bound, idle CPU after"
 	@echo "make bench-contention   decode tok/s quiet vs one busy process beside: ours adaptive/fixed, llama-server -t 2/-t 1"
+	@echo "make bench-engines      our ctransformers and llama.cpp engines (via the edge) beside llama-server -np 2/4: table + bench/results/engines.png"
 	@echo "make proto   regenerate the Python stubs from protos/"
 
 $(VENV)/.installed: pyproject.toml
@@ -69,6 +70,11 @@ bench-slots: setup model
 bench-contention: setup model
 	bash bench/install_peer.sh llama-server
 	$(PY) bench/contention.py
+
+# Our two engines through the edge beside llama-server -np 2/4 (built as above), ~5 min.
+bench-engines: setup model
+	bash bench/install_peer.sh llama-server
+	$(PY) bench/engines.py
 
 soak: setup model
 	$(PY) bench/soak.py

@@ -1,19 +1,22 @@
-"""The systems under test as processes: the gRPC service, the REST edge on gunicorn and the
-peer, llama-cpp-python's own OpenAI server (.bench-venv, bench/install_peer.sh). Started and
-stopped by tests/processes.py; each logs to LOG_DIR/<name>.log. A process that does not
-come up stops the benchmark with its log's tail.
+"""The systems under test as processes: the gRPC service, the REST edge on gunicorn, the
+peer, llama-cpp-python's own OpenAI server (.bench-venv, bench/install_peer.sh), and
+llama.cpp's own ``llama-server`` (bench/.build, ``bash bench/install_peer.sh llama-server``).
+Started and stopped by tests/processes.py; each logs to LOG_DIR/<name>.log. A process that
+does not come up stops the benchmark with its log's tail.
 """
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Sequence
 
 from bench.prompts import MODEL
 from tests import processes
 from tests.processes import REPO, HttpServer
 
 PEER_PYTHON = REPO / ".bench-venv" / "bin" / "python"
+LLAMA_SERVER = REPO / "bench" / ".build" / "llama-build" / "bin" / "llama-server"
 
 
 def _started(start, *args, **kwargs):
@@ -23,11 +26,15 @@ def _started(start, *args, **kwargs):
         raise SystemExit(str(error)) from None
 
 
-def start_service(slots: int, log_dir: Path, threads: int | None = None) -> tuple[subprocess.Popen, str]:
-    """The gRPC service with ``slots`` slots (and at most ``threads`` compute threads):
-    (process, address). Stop it with tests.processes.stop_process."""
+def start_service(slots: int, log_dir: Path, threads: int | None = None, engine: str | None = None,
+                  extra_args: Sequence[str] = (), name: str = "service") -> tuple[subprocess.Popen, str]:
+    """The gRPC service with ``slots`` slots (and at most ``threads`` compute threads), on
+    ``engine`` (auto | ctransformers | llamacpp; None: the service's default), plus any
+    ``extra_args`` of ``serve``; logs to LOG_DIR/<name>.log. (process, address); stop it with
+    tests.processes.stop_process."""
     args = ["--slots", str(slots), "--max-waiting", "64"] + (["--threads", str(threads)] if threads else [])
-    service = _started(processes.start_service, log_dir / "service.log", *args)
+    args += (["--engine", engine] if engine else []) + list(extra_args)
+    service = _started(processes.start_service, log_dir / f"{name}.log", *args)
     return service.process, service.address
 
 
@@ -54,3 +61,22 @@ def start_peer(model_file: Path, log_dir: Path, threads: int) -> HttpServer:
     port = processes.free_port()
     return _started(processes.start_http_server, peer_argv(model_file, port, threads), f"http://127.0.0.1:{port}",
                     log_dir / "peer.log", ready_path="/v1/models")
+
+
+def llama_server_argv(model_file: Path, port: int, threads: int, parallel: int, ctx_per_slot: int = 4096) -> list[str]:
+    """llama.cpp's llama-server with ``parallel`` slots of ``ctx_per_slot`` tokens each
+    (``-c`` is the whole KV cache, split among the slots), its continuous batching and prompt
+    cache at their defaults, ``threads`` for generation and for prompt evaluation."""
+    return [str(LLAMA_SERVER), "-m", str(model_file), "--host", "127.0.0.1", "--port", str(port), "-a", MODEL,
+            "-c", str(ctx_per_slot * parallel), "-np", str(parallel), "-t", str(threads), "-tb", str(threads),
+            "--no-webui"]
+
+
+def start_llama_server(model_file: Path, log_dir: Path, threads: int, parallel: int, name: str = "llama-server",
+                       ctx_per_slot: int = 4096) -> HttpServer:
+    """llama-server on ``model_file``, ready when GET /health answers 200; a context manager."""
+    if not LLAMA_SERVER.exists():
+        raise SystemExit(f"{LLAMA_SERVER} missing: run `bash bench/install_peer.sh llama-server` first")
+    port = processes.free_port()
+    return _started(processes.start_http_server, llama_server_argv(model_file, port, threads, parallel, ctx_per_slot),
+                    f"http://127.0.0.1:{port}", log_dir / f"{name}.log", ready_path="/health")

@@ -8,7 +8,7 @@ BUF    := .tools/node_modules/.bin/buf
 GRPC_ADDRESS ?= 127.0.0.1:50051
 EDGE_BIND    ?= 127.0.0.1:8000
 
-.PHONY: run test setup model test-models proto lint-proto bench bench-slots bench-contention bench-engines soak clean help
+.PHONY: run test setup model test-models proto lint-proto bench bench-slots bench-contention bench-engines bench-structured soak clean help
 
 help:
 	@echo "make run     set up, pull the default model, start the gRPC service ($(GRPC_ADDRESS)) and the edge ($(EDGE_BIND))"
@@ -17,6 +17,7 @@ help:
 	@echo "make soak    16 hostile clients for 2 minutes: failures, RSS/Pss_Anon against the memory bound, idle CPU after"
 	@echo "make bench-contention   decode tok/s quiet vs one busy process beside: ours adaptive/fixed, llama-server -t 2/-t 1"
 	@echo "make bench-engines      our ctransformers and llama.cpp engines (via the edge) beside llama-server -np 2/4: table + bench/results/engines.png"
+	@echo "make bench-structured   decode tok/s with and without grammar constraints (JSON schema, tool calls), both engines"
 	@echo "make proto   regenerate the Python stubs from protos/"
 
 $(VENV)/.installed: pyproject.toml
@@ -51,9 +52,14 @@ proto: setup
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. \
 		protos/inference_service/v1/inference.proto
 
+# buf breaking (buf.yaml: FILE) compares the protos with the local branch main of this clone
+# (a fresh clone, shallow or not, has it). A checkout without a local main (a CI job on a
+# detached pull-request head) passes BUF_AGAINST='.git#branch=origin/main'.
+BUF_AGAINST ?= .git\#branch=main
 lint-proto: $(BUF)
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
+	$(BUF) breaking --against '$(BUF_AGAINST)'
 
 test: setup model test-models lint-proto
 	$(PY) -m pytest
@@ -75,6 +81,10 @@ bench-contention: setup model
 bench-engines: setup model
 	bash bench/install_peer.sh llama-server
 	$(PY) bench/engines.py
+
+# Decode tok/s unconstrained vs a 20-field JSON schema vs a forced tool call; grammar compile ms.
+bench-structured: setup model
+	$(PY) bench/structured.py
 
 soak: setup model
 	$(PY) bench/soak.py

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Iterable, Optional
+
 from inference_service.engine.types import (
     ChatMessage,
+    Constraint,
     EngineStatus,
     GenerationChunk,
     GenerationRequest,
     ModelDescription,
     SamplingParams,
     TokenLogprob,
+    Tool,
+    ToolCall,
+    ToolChoiceMode,
 )
+from inference_service.errors import InvalidRequest
 from inference_service.v1 import inference_pb2 as pb
 
 _FINISH_REASONS = {
     None: pb.FINISH_REASON_UNSPECIFIED,
     "stop": pb.FINISH_REASON_STOP,
     "length": pb.FINISH_REASON_LENGTH,
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
+}
+
+# ToolChoice.Mode → GenerationRequest.tool_choice; UNSPECIFIED (absent) is "auto".
+TOOL_CHOICE_MODES: dict[int, ToolChoiceMode] = {
+    pb.ToolChoice.MODE_UNSPECIFIED: "auto",
+    pb.ToolChoice.MODE_NONE: "none",
+    pb.ToolChoice.MODE_AUTO: "auto",
+    pb.ToolChoice.MODE_REQUIRED: "required",
+    pb.ToolChoice.MODE_FUNCTION: "function",
 }
 
 
@@ -39,10 +56,14 @@ def request_from_proto(message: pb.GenerateRequest) -> GenerationRequest:
         logprobs=message.logprobs or message.top_logprobs > 0,
         top_logprobs=message.top_logprobs,
     )
+    mode = message.tool_choice.mode
+    if mode not in TOOL_CHOICE_MODES:  # a value of a newer proto
+        raise InvalidRequest(f"tool_choice has an unknown mode ({mode})", "tool_choice")
+    tool_choice = TOOL_CHOICE_MODES[mode]
     return GenerationRequest(
         model=message.model,
         prompt=message.prompt if not message.messages else (message.prompt or None),
-        messages=tuple(ChatMessage(m.role, m.content) for m in message.messages),
+        messages=messages_from_proto(message.messages),
         raw=message.raw,
         max_tokens=_optional(message, "max_tokens", None),
         stop=tuple(s for s in message.stop if s),
@@ -50,7 +71,46 @@ def request_from_proto(message: pb.GenerateRequest) -> GenerationRequest:
         request_id=message.request_id,
         ignore_eos=message.ignore_eos,
         min_tokens=message.min_tokens,
+        constraint=constraint_from_proto(message.constraint),
+        tools=tuple(tool_from_proto(t) for t in message.tools),
+        tool_choice=tool_choice,
+        tool_choice_name=message.tool_choice.function_name if tool_choice == "function" else "",
+        parallel_tool_calls=_optional(message, "parallel_tool_calls", True),
     )
+
+
+def tool_call_from_proto(call: pb.ToolCall) -> ToolCall:
+    return ToolCall(id=call.id, name=call.name, arguments=call.arguments_json)
+
+
+def tool_call_to_proto(call: ToolCall) -> pb.ToolCall:
+    return pb.ToolCall(id=call.id, name=call.name, arguments_json=call.arguments)
+
+
+def messages_from_proto(messages: Iterable[pb.ChatMessage]) -> tuple[ChatMessage, ...]:
+    """Chat turns, tool calls and tool results included (Generate and Tokenize)."""
+    return tuple(
+        ChatMessage(m.role, m.content, tool_calls=tuple(tool_call_from_proto(c) for c in m.tool_calls),
+                    tool_call_id=m.tool_call_id, name=m.name)
+        for m in messages
+    )
+
+
+def constraint_from_proto(message: pb.Constraint) -> Optional[Constraint]:
+    """The oneof's member; ``json_object: false`` and an unset oneof are no constraint."""
+    kind = message.WhichOneof("kind")
+    if kind is None or (kind == "json_object" and not message.json_object):
+        return None
+    if kind == "json_object":
+        return Constraint("json_object")
+    return Constraint(kind, getattr(message, kind))
+
+
+def tool_from_proto(message: pb.Tool) -> Tool:
+    """Empty ``parameters_json`` means an object with no declared properties (Tool's default)."""
+    if message.parameters_json:
+        return Tool(message.name, message.description, message.parameters_json)
+    return Tool(message.name, message.description)
 
 
 def _logprob_to_proto(lp: TokenLogprob) -> pb.TokenLogprob:
@@ -75,6 +135,8 @@ def chunk_to_proto(chunk: GenerationChunk, model: str) -> pb.GenerateResponse:
     )
     if chunk.logprobs:
         response.logprobs.extend(_logprob_to_proto(lp) for lp in chunk.logprobs)
+    if chunk.tool_calls:
+        response.tool_calls.extend(tool_call_to_proto(call) for call in chunk.tool_calls)
     if chunk.usage is not None:
         response.usage.prompt_tokens = chunk.usage.prompt_tokens
         response.usage.completion_tokens = chunk.usage.completion_tokens

@@ -22,7 +22,9 @@ Error messages never echo a client's value unbounded: :func:`quote` gives at mos
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -81,7 +83,8 @@ LOGIT_BIAS_RANGE = Range(-LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT)
 
 # --- chat roles -------------------------------------------------------------------------------
 
-ROLES = ("system", "user", "assistant")  # ``messages[].role`` over gRPC (and in the chat template)
+# ``messages[].role`` over gRPC (and in the chat template); a "tool" turn holds a call's result.
+ROLES = ("system", "user", "assistant", "tool")
 # Other names of a supported role the REST edge accepts: OpenAI's newer name for system.
 ROLE_ALIASES = {"developer": "system"}
 
@@ -118,6 +121,53 @@ MAX_EMBEDDING_INPUTS = 2048  # texts or token arrays in one request
 MAX_EMBEDDING_INPUT_CHARS = 131_072  # characters of one text
 MAX_EMBEDDING_INPUT_TOKENS = 32_768  # token ids of one token array
 MAX_TOKEN_ID = 2**31 - 1  # token ids travel as int32; the model's vocabulary bounds them further
+
+# --- structured outputs and tool calling -----------------------------------------------------
+#
+# ``response_format`` becomes a constraint (a JSON schema, any JSON object, or over gRPC also a
+# regex or a Lark grammar); ``tools`` are functions the model may call. Names follow OpenAI's
+# rule for function names (and for ``response_format.json_schema.name``): 1 to 64 characters,
+# letters, digits, underscores and dashes. Schemas and grammars are compiled for every request,
+# so they are bounded well below the body limit (1 MiB): 64 Ki characters is far beyond a
+# hand-written or pydantic-generated schema. Descriptions go into the prompt, which the
+# context bounds anyway; their bound only stops absurd ones.
+
+MAX_TOOLS = 128  # ``tools``: OpenAI's cap
+MAX_FUNCTION_NAME_CHARS = 64  # ``tools[].function.name``, ``tool_choice``, ``json_schema.name``
+FUNCTION_NAME_PATTERN = "^[a-zA-Z0-9_-]+$"  # as OpenAI's error messages write it
+FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]+")  # the whole name matches (``fullmatch``)
+MAX_DESCRIPTION_CHARS = 8192  # ``tools[].function.description``, ``json_schema.description``
+MAX_SCHEMA_CHARS = 65_536  # a JSON schema as JSON text, a regex, a Lark grammar
+MAX_TOOL_CALL_ID_CHARS = 256  # ``messages[].tool_calls[].id``, ``messages[].tool_call_id``
+MAX_TOOL_ARGUMENTS_CHARS = 65_536  # ``messages[].tool_calls[].function.arguments`` (JSON text)
+
+
+def function_name_problem(name: str) -> Optional[str]:
+    """Why ``name`` cannot name a function (or a schema), else None: OpenAI's rule."""
+    if not name:
+        return "must not be empty"
+    if len(name) > MAX_FUNCTION_NAME_CHARS:
+        return f"must be at most {MAX_FUNCTION_NAME_CHARS} characters, got {len(name)}"
+    if not FUNCTION_NAME.fullmatch(name):
+        return f"does not match the pattern '{FUNCTION_NAME_PATTERN}' (letters, digits, '_' and '-')"
+    return None
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_object_problem(text: str) -> Optional[str]:
+    """Why ``text`` is not the JSON text of an object (tool call arguments), else None."""
+    try:
+        value = json.loads(text, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc) or type(exc).__name__
+        return f"is not valid JSON ({reason[:100]})"
+    if not isinstance(value, dict):
+        return "must be a JSON object"
+    return None
+
 
 # --- echoing ----------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from inference_service import convert, limits
-from inference_service.engine.types import ChatMessage, InferenceEngine, ModelDescription
+from inference_service.engine.types import InferenceEngine, ModelDescription
 from inference_service.engine.validation import check_model_name
 from inference_service.errors import (
     Cancelled,
@@ -203,9 +203,135 @@ def embedding_inputs(request: pb.EmbedRequest) -> list[str | tuple[int, ...]]:
     return inputs
 
 
+def _bounded(text: str, limit: int, param: str) -> None:
+    if len(text) > limit:
+        raise InvalidRequest(limits.too_long_message(param, text, limit), param)
+
+
+def _function_name(name: str, param: str, what: str) -> None:
+    problem = limits.function_name_problem(name)
+    if problem is not None:
+        raise InvalidRequest(f"{what} {limits.quote(name)} {problem}", param)
+
+
+def check_tool_fields(request: pb.GenerateRequest) -> None:
+    """The bounds of a GenerateRequest's structured-output and tool fields (``limits``).
+
+    Errors name the field the way the REST edge's client wrote it (``tools[2].function.name``,
+    ``response_format``, ``tool_choice``, ``messages[3].tool_calls[0].function.arguments``):
+    the edge passes ``error-param`` on as the OpenAI error's ``param``. Whether a schema or a
+    grammar compiles is the engine's to say. Protobuf already refused invalid UTF-8.
+    """
+    kind = request.constraint.WhichOneof("kind")
+    if kind in ("json_schema", "regex", "lark"):
+        _bounded(getattr(request.constraint, kind), limits.MAX_SCHEMA_CHARS, "response_format")
+    if len(request.tools) > limits.MAX_TOOLS:
+        raise InvalidRequest(f"tools takes at most {limits.MAX_TOOLS} tools, got {len(request.tools)}", "tools")
+    names: set[str] = set()
+    for i, tool in enumerate(request.tools):
+        param = f"tools[{i}].function"
+        _function_name(tool.name, f"{param}.name", f"{param}.name")
+        if tool.name in names:
+            raise InvalidRequest(f"two tools are named {limits.quote(tool.name)}", f"{param}.name")
+        names.add(tool.name)
+        _bounded(tool.description, limits.MAX_DESCRIPTION_CHARS, f"{param}.description")
+        _bounded(tool.parameters_json, limits.MAX_SCHEMA_CHARS, f"{param}.parameters")
+    mode = request.tool_choice.mode
+    if mode in (pb.ToolChoice.MODE_REQUIRED, pb.ToolChoice.MODE_FUNCTION) and not request.tools:
+        raise InvalidRequest("tool_choice 'required' or a named function needs tools", "tool_choice")
+    if mode == pb.ToolChoice.MODE_FUNCTION:
+        name = request.tool_choice.function_name
+        _function_name(name, "tool_choice", "tool_choice's function name")
+        if name not in names:
+            raise InvalidRequest(f"tool_choice names {limits.quote(name)}, which is not one of the tools",
+                                 "tool_choice")
+    check_message_tool_fields(request.messages)
+
+
+def check_message_tool_fields(messages) -> None:
+    """The bounds of the ChatMessages' names, tool calls and tool results (Generate, Tokenize)."""
+    for i, message in enumerate(messages):
+        param = f"messages[{i}]"
+        _bounded(message.name, limits.MAX_NAME_CHARS, f"{param}.name")
+        if message.tool_calls and message.role != "assistant":
+            raise InvalidRequest(f"{param} has tool_calls, which only assistant turns have", f"{param}.tool_calls")
+        for j, call in enumerate(message.tool_calls):
+            call_param = f"{param}.tool_calls[{j}]"
+            if not call.id:
+                raise InvalidRequest(f"{call_param}.id is required", f"{call_param}.id")
+            _bounded(call.id, limits.MAX_TOOL_CALL_ID_CHARS, f"{call_param}.id")
+            _function_name(call.name, f"{call_param}.function.name", f"{call_param}.function.name")
+            arguments = f"{call_param}.function.arguments"
+            _bounded(call.arguments_json, limits.MAX_TOOL_ARGUMENTS_CHARS, arguments)
+            problem = limits.json_object_problem(call.arguments_json)
+            if problem is not None:
+                raise InvalidRequest(f"{arguments} {problem}", arguments)
+        if message.role == "tool" and not message.tool_call_id:
+            raise InvalidRequest(f"{param}.tool_call_id is required on a tool turn", f"{param}.tool_call_id")
+        if message.role != "tool" and message.tool_call_id:
+            raise InvalidRequest(f"{param} has a tool_call_id, which only tool turns have", f"{param}.tool_call_id")
+        _bounded(message.tool_call_id, limits.MAX_TOOL_CALL_ID_CHARS, f"{param}.tool_call_id")
+
+
+class GenerateObserver:
+    """Told about every Generate call (``inference_service.metrics`` counts them); does nothing.
+
+    ``first_token``: seconds from the call's start to its first chunk with tokens;
+    ``tokens``: a later chunk's tokens and the seconds since the previous chunk with tokens;
+    ``finished``: the call's final gRPC status code name (``OK``, ``INVALID_ARGUMENT``,
+    ``CANCELLED``...), once it has terminated. Called on gRPC's threads: keep them quick.
+    """
+
+    def first_token(self, seconds: float) -> None:
+        pass
+
+    def tokens(self, count: int, seconds: float) -> None:
+        pass
+
+    def finished(self, code: str) -> None:
+        pass
+
+
+class _GenerateTiming:
+    """One Generate call's timing and end, reported to a :class:`GenerateObserver`."""
+
+    def __init__(self, observer: GenerateObserver, context: grpc.ServicerContext):
+        self._observer = observer
+        self._started = self._last = time.monotonic()
+        self._first = True
+        self.completed = False  # the stream ran to its end (gRPC then sends OK)
+        if not context.add_callback(lambda: self._terminated(context)):
+            self._terminated(context)
+
+    def chunk(self, token_count: int) -> None:
+        if not token_count:
+            return
+        now = time.monotonic()
+        if self._first:
+            self._first = False
+            self._observer.first_token(now - self._started)
+        else:
+            self._observer.tokens(token_count, now - self._last)
+        self._last = now
+
+    def _terminated(self, context: grpc.ServicerContext) -> None:
+        code = context.code()  # set by abort(); None when the handler did not set one
+        if code is not None:
+            name = code.name
+        elif self.completed:
+            name = "OK"
+        elif context.time_remaining() == 0:  # grpcio gives 0 once a client's deadline passed
+            name = "DEADLINE_EXCEEDED"
+        else:
+            name = "CANCELLED"  # the client went away
+        self._observer.finished(name)
+
+
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, engine: InferenceEngine, draining: threading.Event | None = None):
+    def __init__(self, engine: InferenceEngine, draining: threading.Event | None = None,
+                 observer: GenerateObserver | None = None):
         self._engine = engine
+        self._observer = observer or GenerateObserver()
         self._draining = draining or threading.Event()
         self._in_flight = 0  # Generate calls not yet terminated
         self._idle = threading.Condition()
@@ -230,6 +356,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     def Generate(self, request, context):
         self._track(context)
+        timing = _GenerateTiming(self._observer, context)
         if self._draining.is_set():
             _abort(context, ServiceUnavailable("the service is shutting down"))
         cancelled = threading.Event()
@@ -238,9 +365,12 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         # Without a client deadline grpcio reports an enormous time_remaining: treat as none.
         deadline = time.monotonic() + remaining if remaining is not None and remaining < 1e8 else None
         try:
+            check_tool_fields(request)
             domain_request = convert.request_from_proto(request)
             for chunk in self._engine.generate(domain_request, cancelled=cancelled, deadline=deadline):
+                timing.chunk(len(chunk.token_ids))
                 yield convert.chunk_to_proto(chunk, request.model)
+            timing.completed = True
         except Cancelled:
             return  # the client is gone; nobody reads a status
         except Exception as error:  # noqa: BLE001 - every error becomes a status, never a traceback
@@ -255,7 +385,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     def Tokenize(self, request, context):
         try:
-            messages = [ChatMessage(m.role, m.content) for m in request.messages]
+            check_message_tool_fields(request.messages)
+            messages = convert.messages_from_proto(request.messages)
             ids, tokens = self._engine.tokenize(request.model, request.text, messages, raw=request.raw)
         except Exception as error:  # noqa: BLE001
             _abort(context, error)
@@ -323,6 +454,7 @@ def create_server(
     *,
     max_workers: int = 64,
     serving: bool = True,
+    observer: GenerateObserver | None = None,
 ) -> RunningServer:
     """Builds and starts a server; ``address`` may use port 0 for an ephemeral port.
 
@@ -330,7 +462,8 @@ def create_server(
     (``engine.types.InferenceEngine``; tests inject fakes). With ``serving=False`` health stays
     NOT_SERVING until ``set_serving(True)`` (model loading). At most ``max_workers`` calls are
     handled at once; beyond that a call is refused at once with RESOURCE_EXHAUSTED instead of
-    waiting unseen for a thread.
+    waiting unseen for a thread. ``observer`` is told each Generate call's timing and status
+    (metrics); by default nobody is.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
@@ -339,7 +472,7 @@ def create_server(
         interceptors=[RejectUndecodableRequests()],
     )
     draining = threading.Event()
-    servicer = InferenceServicer(engine, draining)
+    servicer = InferenceServicer(engine, draining, observer)
     pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -389,15 +522,29 @@ class LoadingEngine(InferenceEngine):
         return self._loaded().embed(model_name, inputs, cancelled=cancelled)
 
 
-def serve(model_specs: list[str], address: str, engine_config, grace: float) -> None:
-    """Binds first (health NOT_SERVING), loads and warms the models, serves until SIGTERM/SIGINT."""
+def serve(model_specs: list[str], address: str, engine_config, grace: float,
+          metrics_address: str | None = None) -> None:
+    """Binds first (health NOT_SERVING), loads and warms the models, serves until SIGTERM/SIGINT.
+
+    With ``metrics_address`` (HOST:PORT) Prometheus metrics are served there from before the
+    models load (``inference_service.metrics``); without it prometheus_client is not imported.
+    """
     from inference_service.engine.engine import Engine
     from inference_service.engine.engine_choice import split_engine
     from inference_service.models.registry import ModelRegistry
 
     loading = LoadingEngine()
+    exporter = None  # the metrics endpoint, when asked for
+    if metrics_address:
+        from inference_service import metrics as service_metrics
+
+        try:
+            exporter = service_metrics.start(loading, metrics_address)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"error: metrics address {metrics_address}: {error}") from None
     concurrency = server_concurrency(len(model_specs), engine_config.slots, engine_config.max_waiting)
-    running = create_server(loading, address, serving=False, max_workers=concurrency)
+    running = create_server(loading, address, serving=False, max_workers=concurrency,
+                            observer=exporter.metrics if exporter is not None else None)
     log.info("listening on %s (NOT_SERVING while loading)", address)
     # A signal handler must not take locks (Event.set does): a signal landing while the main
     # thread holds the same lock deadlocks. It only records the signal; the main thread polls.
@@ -418,11 +565,15 @@ def serve(model_specs: list[str], address: str, engine_config, grace: float) -> 
         running.server.stop(0)
         raise SystemExit(f"error: {error}") from None
     loading.ready(engine)
+    if exporter is not None:  # before health says SERVING: a scrape after that sees it
+        exporter.metrics.set_state(service_metrics.SERVING)
     running.set_serving(True)
     log.info("serving %s on %s", ", ".join(m.name for m in engine.models()), address)
     while not received:
         time.sleep(0.1)
     log.info("signal %s: draining (grace %.0fs)", received[0], grace)
+    if exporter is not None:
+        exporter.metrics.set_state(service_metrics.DRAINING)
     running.drain_and_stop(grace)
     engine.close()
     log.info("stopped")

@@ -29,7 +29,9 @@ UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-_ROLE_NAMES = ", ".join(limits.ROLES[:-1]) + " and " + limits.ROLES[-1]  # "system, user and assistant"
+_ROLE_NAMES = ", ".join(limits.ROLES[:-1]) + " and " + limits.ROLES[-1]  # "system, user, assistant and tool"
+# A tool's ``parameters`` when the client sends none: a function without arguments.
+NO_PARAMETERS = '{"type":"object","properties":{}}'
 
 
 @dataclass
@@ -158,6 +160,37 @@ def _opt_number(body: dict, name: str) -> Optional[float]:
     return float(value)
 
 
+def _missing(param: str) -> RequestError:
+    return invalid(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+
+
+def _opt_str_at(obj: dict, key: str, param: str, max_chars: Optional[int] = None) -> Optional[str]:
+    """``obj[key]``, a string at JSON path ``param``, or None when absent."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _type_error(param, "a string", value)
+    return _text(value, param, max_chars)
+
+
+def _opt_bool_at(obj: dict, key: str, param: str) -> Optional[bool]:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise _type_error(param, "a boolean", value)
+    return value
+
+
+def _object_at(obj: dict, key: str, param: str) -> dict:
+    """``obj[key]``, a required object at JSON path ``param``."""
+    value = obj.get(key)
+    if value is None:
+        raise _missing(param)
+    if not isinstance(value, dict):
+        raise _type_error(param, "an object", value)
+    return value
+
+
 def _required_str(body: dict, name: str, max_chars: Optional[int] = None) -> str:
     value = body.get(name)
     if value is None:
@@ -192,7 +225,8 @@ def _check_only_one(body: dict, name: str, why: str) -> None:
 # refused by name when present with anything but their neutral value (a field we accept is
 # a field we honour). Fields that cannot change the answer (``user``, ``metadata``,
 # ``store``, ``service_tier``, ``safety_identifier``, ``prompt_cache_key``, messages'
-# ``name``) are accepted and ignored on purpose; so is any field nobody defines.
+# ``name`` but on a tool turn) are accepted and ignored on purpose; so is any field nobody
+# defines.
 _NOT_IMPLEMENTED: dict[str, tuple[object, str]] = {
     # name: (neutral value that is accepted, why it is refused)
     "stop_token_ids": ([], "stopping on token ids is not supported; use 'stop' strings"),
@@ -225,20 +259,14 @@ def check_unsupported(body: dict) -> None:
         if value is not None and value != neutral:
             raise _unsupported(name, f"Unsupported parameter: '{name}': {why}.")
     _check_only_one(body, "n", "only 1 choice per request is supported")
-    for name in ("tools", "functions"):
-        if body.get(name):
-            raise _unsupported(name, f"Unsupported parameter: '{name}'. Tool and function calling are not supported.")
-    for name in ("tool_choice", "function_call"):
-        value = body.get(name)
-        if value is not None and value not in ("none", "auto"):
-            raise _unsupported(name, f"Unsupported parameter: '{name}'. Tool and function calling are not supported.")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
-        raise _unsupported(
-            "response_format",
-            f"Unsupported value for 'response_format': only {{\"type\": \"text\"}} is supported, got {quote(kind)}.",
-        )
+    # OpenAI's deprecated function calling: its successor, tools, is served (chat).
+    if body.get("functions"):
+        raise _unsupported("functions", "Unsupported parameter: 'functions' is deprecated and not supported; "
+                                        "use 'tools' (on /v1/chat/completions).")
+    function_call = body.get("function_call")
+    if function_call is not None and function_call not in ("none", "auto"):
+        raise _unsupported("function_call", "Unsupported parameter: 'function_call' is deprecated and not supported; "
+                                            "use 'tool_choice' with 'tools' (on /v1/chat/completions).")
     suffix = body.get("suffix")
     if suffix is not None and suffix != "":
         raise _unsupported("suffix", "Unsupported parameter: 'suffix'. Insertion (suffix) is not supported.")
@@ -364,11 +392,32 @@ def _prompt(body: dict) -> str:
     raise _type_error("prompt", "a string or an array of one string", value)
 
 
+def _check_no_chat_features(body: dict) -> None:
+    """Completions have no tools and no structured outputs (OpenAI's have neither); their
+    neutral values (``tools: []``, ``tool_choice: "none"``/``"auto"``, a text format) pass."""
+    if body.get("tools"):
+        raise _unsupported("tools", "Unsupported parameter: 'tools' on /v1/completions; tool calling is served on "
+                                    "/v1/chat/completions.")
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None and tool_choice not in ("none", "auto"):
+        raise _unsupported("tool_choice", "Unsupported parameter: 'tool_choice' on /v1/completions; tool calling is "
+                                          "served on /v1/chat/completions.")
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        raise _unsupported(
+            "response_format",
+            f"Unsupported value for 'response_format' on /v1/completions: only {{\"type\": \"text\"}}, got "
+            f"{quote(kind)}; structured outputs are served on /v1/chat/completions.",
+        )
+
+
 def completion_request(body: dict, request_id: str = "") -> ParsedRequest:
     """POST /v1/completions body → GenerateRequest (``request_id`` names it in the service's logs)."""
     model = _required_str(body, "model", limits.MAX_MODEL_CHARS)
     prompt = _prompt(body)
     check_unsupported(body)
+    _check_no_chat_features(body)
     req = pb.GenerateRequest(model=model, prompt=prompt, request_id=request_id)
     raw = _opt_bool(body, "raw")
     if raw:
@@ -439,22 +488,235 @@ def _messages(body: dict) -> list[pb.ChatMessage]:
                 param=f"{param}.role",
                 code="unsupported_parameter",
             )
-        participant = msg.get("name")  # a participant's name: accepted, checked, not used
-        if participant is not None:
-            if not isinstance(participant, str):
-                raise _type_error(f"{param}.name", "a string", participant)
-            _text(participant, f"{param}.name", limits.MAX_NAME_CHARS)
-        for name in ("tool_calls", "function_call"):
-            if msg.get(name):
-                raise _unsupported(f"{param}.{name}", f"Unsupported parameter: '{param}.{name}'. Tool and function calling are not supported.")
+        # A participant's name: accepted, checked, not used; on a tool turn, the function's name.
+        name = _opt_str_at(msg, "name", f"{param}.name", limits.MAX_NAME_CHARS)
+        if msg.get("function_call"):
+            raise _unsupported(f"{param}.function_call", f"Unsupported parameter: '{param}.function_call' is "
+                                                         "deprecated and not supported; use 'tool_calls'.")
+        message = pb.ChatMessage(role=role)
+        calls = msg.get("tool_calls")
+        if calls is not None and calls != []:
+            if role != "assistant":
+                raise invalid(f"Invalid '{param}.tool_calls': only assistant messages have tool calls.",
+                              param=f"{param}.tool_calls", code="invalid_value")
+            message.tool_calls.extend(_tool_calls(calls, f"{param}.tool_calls"))
+        if role == "tool":
+            call_id = msg.get("tool_call_id")
+            if call_id is None:
+                raise _missing(f"{param}.tool_call_id")
+            message.tool_call_id = _call_id(call_id, f"{param}.tool_call_id")
+            message.name = name or ""
         content = msg.get("content")
         if content is None:
             if role != "assistant":
-                raise invalid(f"Missing required parameter: '{param}.content'.", param=f"{param}.content",
-                              code="missing_required_parameter")
-            content = ""
-        out.append(pb.ChatMessage(role=role, content=_content(content, f"{param}.content")))
+                raise _missing(f"{param}.content")
+            content = ""  # an assistant turn that only called tools, or an empty one
+        message.content = _content(content, f"{param}.content")
+        out.append(message)
     return out
+
+
+def _call_id(value: Any, param: str) -> str:
+    if not isinstance(value, str):
+        raise _type_error(param, "a string", value)
+    if not value:
+        raise invalid(f"Invalid '{param}': must not be empty.", param=param, code="invalid_value")
+    return _text(value, param, limits.MAX_TOOL_CALL_ID_CHARS)
+
+
+def _check_function_type(obj: dict, param: str) -> None:
+    """``type`` of a tool, a tool call or a named tool choice: "function", or absent (the same)."""
+    kind = obj.get("type")
+    if kind is None or kind == "function":
+        return
+    if not isinstance(kind, str):
+        raise _type_error(f"{param}.type", "a string", kind)
+    raise _unsupported(f"{param}.type",
+                       f"Unsupported value for '{param}.type': {quote(kind)}; only 'function' is supported.")
+
+
+def _function_name(value: Any, param: str) -> str:
+    """A function's (or a schema's) name: OpenAI's rule, 1 to 64 of ``[a-zA-Z0-9_-]``."""
+    if value is None:
+        raise _missing(param)
+    if not isinstance(value, str):
+        raise _type_error(param, "a string", value)
+    if not value:
+        raise invalid(f"Invalid '{param}': empty string. Expected a string with minimum length 1, but got an "
+                      "empty string instead.", param=param, code="empty_string")
+    _text(value, param, limits.MAX_FUNCTION_NAME_CHARS)
+    if not limits.FUNCTION_NAME.fullmatch(value):
+        raise invalid(f"Invalid '{param}': string does not match pattern. Expected a string that matches the "
+                      f"pattern '{limits.FUNCTION_NAME_PATTERN}', got {quote(value)}.", param=param,
+                      code="invalid_value")
+    return value
+
+
+def _tool_calls(value: Any, param: str) -> list[pb.ToolCall]:
+    """An assistant message's ``tool_calls``: ``[{"id", "type": "function", "function": {"name", "arguments"}}]``."""
+    if not isinstance(value, list):
+        raise _type_error(param, "an array", value)
+    calls = []
+    for j, call in enumerate(value):
+        call_param = f"{param}[{j}]"
+        if not isinstance(call, dict):
+            raise _type_error(call_param, "an object", call)
+        call_id = call.get("id")
+        if call_id is None:
+            raise _missing(f"{call_param}.id")
+        call_id = _call_id(call_id, f"{call_param}.id")
+        _check_function_type(call, call_param)
+        function = _object_at(call, "function", f"{call_param}.function")
+        name = _function_name(function.get("name"), f"{call_param}.function.name")
+        arguments_param = f"{call_param}.function.arguments"
+        arguments = function.get("arguments")
+        if arguments is None:
+            raise _missing(arguments_param)
+        if not isinstance(arguments, str):
+            raise _type_error(arguments_param, "a string (the arguments as JSON text)", arguments)
+        _text(arguments, arguments_param, limits.MAX_TOOL_ARGUMENTS_CHARS)
+        problem = limits.json_object_problem(arguments)
+        if problem is not None:
+            raise invalid(f"Invalid '{arguments_param}': the arguments {problem}.", param=arguments_param,
+                          code="invalid_value")
+        calls.append(pb.ToolCall(id=call_id, name=name, arguments_json=arguments))
+    return calls
+
+
+# --- structured outputs and tools (chat) ----------------------------------------------------
+
+def _schema_text(value: Any, param: str) -> str:
+    """A JSON schema (an object) as compact JSON text, keys in the client's order."""
+    if not isinstance(value, dict):
+        raise _type_error(param, "an object (a JSON schema)", value)
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (ValueError, RecursionError):
+        raise invalid(f"Invalid '{param}': the schema cannot be written as JSON.", param=param,
+                      code="invalid_value") from None
+    if len(text) > limits.MAX_SCHEMA_CHARS:
+        raise invalid(f"Invalid '{param}': the schema is {len(text)} characters long as JSON; at most "
+                      f"{limits.MAX_SCHEMA_CHARS} are accepted.", param=param, code="string_above_max_length")
+    return _text(text, param)
+
+
+def _constraint(body: dict) -> Optional[pb.Constraint]:
+    """``response_format``: text (no constraint), ``json_object`` or ``json_schema``.
+
+    ``json_schema.name`` is required and checked (OpenAI's rule), ``description`` and
+    ``strict`` are checked; only the schema constrains the answer, and it always does
+    (``strict`` false gets the same guarantee as true).
+    """
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise _type_error("response_format", "an object", fmt)
+    kind = fmt.get("type")
+    if kind is None:
+        raise _missing("response_format.type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return pb.Constraint(json_object=True)
+    if kind == "json_schema":
+        spec = _object_at(fmt, "json_schema", "response_format.json_schema")
+        _function_name(spec.get("name"), "response_format.json_schema.name")
+        _opt_str_at(spec, "description", "response_format.json_schema.description", limits.MAX_DESCRIPTION_CHARS)
+        _opt_bool_at(spec, "strict", "response_format.json_schema.strict")
+        schema = spec.get("schema")
+        if schema is None:
+            raise _missing("response_format.json_schema.schema")
+        return pb.Constraint(json_schema=_schema_text(schema, "response_format.json_schema.schema"))
+    if not isinstance(kind, str):
+        raise _type_error("response_format.type", "a string", kind)
+    raise invalid(f"Invalid value for 'response_format.type': {quote(kind)}. Supported values are: 'text', "
+                  "'json_object' and 'json_schema'.", param="response_format.type", code="invalid_value")
+
+
+def _tools(body: dict) -> list[pb.Tool]:
+    """``tools``: ``[{"type": "function", "function": {"name", "description", "parameters", "strict"}}]``.
+
+    ``parameters`` absent is a function without arguments; ``strict`` is checked, and the
+    arguments of a call are always valid for ``parameters`` (the engine constrains them).
+    """
+    value = body.get("tools")
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _type_error("tools", "an array", value)
+    if len(value) > limits.MAX_TOOLS:
+        raise invalid(f"Invalid 'tools': expected an array with maximum length {limits.MAX_TOOLS}, but got an "
+                      f"array with length {len(value)} instead.", param="tools", code="array_above_max_length")
+    tools: list[pb.Tool] = []
+    first: dict[str, int] = {}
+    for i, tool in enumerate(value):
+        param = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise _type_error(param, "an object", tool)
+        _check_function_type(tool, param)
+        function = _object_at(tool, "function", f"{param}.function")
+        name = _function_name(function.get("name"), f"{param}.function.name")
+        if name in first:
+            raise invalid(f"Invalid '{param}.function.name': {quote(name)} is also the name of "
+                          f"tools[{first[name]}]; the names of the tools must differ.",
+                          param=f"{param}.function.name", code="invalid_value")
+        first[name] = i
+        description = _opt_str_at(function, "description", f"{param}.function.description",
+                                  limits.MAX_DESCRIPTION_CHARS)
+        _opt_bool_at(function, "strict", f"{param}.function.strict")
+        parameters = function.get("parameters")
+        parameters_json = NO_PARAMETERS if parameters is None else _schema_text(parameters, f"{param}.function.parameters")
+        tools.append(pb.Tool(name=name, description=description or "", parameters_json=parameters_json))
+    return tools
+
+
+_TOOL_CHOICE_MODES = {"none": pb.ToolChoice.MODE_NONE, "auto": pb.ToolChoice.MODE_AUTO,
+                      "required": pb.ToolChoice.MODE_REQUIRED}
+
+
+def _tool_choice(body: dict, tools: list[pb.Tool]) -> Optional[pb.ToolChoice]:
+    """``tool_choice``: "none", "auto", "required" or ``{"type": "function", "function": {"name"}}``
+    naming one of ``tools``; only with tools, as OpenAI has it."""
+    value = body.get("tool_choice")
+    if value is None:
+        return None
+    if not tools:
+        raise invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+                      param="tool_choice", code="invalid_value")
+    if isinstance(value, str):
+        if value not in _TOOL_CHOICE_MODES:
+            raise invalid(f"Invalid value for 'tool_choice': {quote(value)}. Supported values are: 'none', 'auto', "
+                          "'required' or an object naming a function.", param="tool_choice", code="invalid_value")
+        return pb.ToolChoice(mode=_TOOL_CHOICE_MODES[value])
+    if not isinstance(value, dict):
+        raise _type_error("tool_choice", "a string or an object", value)
+    _check_function_type(value, "tool_choice")
+    function = _object_at(value, "function", "tool_choice.function")
+    name = function.get("name")
+    if name is None:
+        raise _missing("tool_choice.function.name")
+    if not isinstance(name, str):
+        raise _type_error("tool_choice.function.name", "a string", name)
+    if name not in {t.name for t in tools}:
+        raise invalid(f"Invalid value for 'tool_choice': it names the function {quote(name)}, which is not one of "
+                      "'tools'.", param="tool_choice", code="invalid_value")
+    return pb.ToolChoice(mode=pb.ToolChoice.MODE_FUNCTION, function_name=name)
+
+
+def _tool_fields(body: dict, req: pb.GenerateRequest) -> None:
+    """``response_format``, ``tools``, ``tool_choice`` and ``parallel_tool_calls`` onto ``req``."""
+    constraint = _constraint(body)
+    if constraint is not None:
+        req.constraint.CopyFrom(constraint)
+    tools = _tools(body)
+    req.tools.extend(tools)
+    tool_choice = _tool_choice(body, tools)
+    if tool_choice is not None:
+        req.tool_choice.CopyFrom(tool_choice)
+    parallel = _opt_bool(body, "parallel_tool_calls")
+    if parallel is not None:
+        req.parallel_tool_calls = parallel
 
 
 def chat_request(body: dict, request_id: str = "") -> ParsedRequest:
@@ -463,6 +725,7 @@ def chat_request(body: dict, request_id: str = "") -> ParsedRequest:
     messages = _messages(body)
     check_unsupported(body)
     req = pb.GenerateRequest(model=model, messages=messages, request_id=request_id)
+    _tool_fields(body, req)
     if body.get("max_completion_tokens") is not None:
         max_tokens = _opt_int(body, "max_completion_tokens", 1, UINT32_MAX)
     else:

@@ -1,7 +1,7 @@
 """Responses out: a ``GenerateResponse`` stream becomes OpenAI's answer on one route.
 
 Pure functions and per-response renderers, no I/O. :func:`events` turns the gRPC messages into
-``Text`` and ``Finish`` events; a renderer (:class:`CompletionRenderer` for /v1/completions,
+``Text``, ``ToolCalls`` and ``Finish`` events; a renderer (:class:`CompletionRenderer` for /v1/completions,
 :class:`ChatRenderer` for /v1/chat/completions) turns events into the chunks of a stream or
 into a whole body, built by :mod:`rest_edge.wire` (the byte-exact shapes). Log probabilities,
 usage, model infos and embeddings (:func:`embedding_body`) get their OpenAI shapes here too.
@@ -39,6 +39,14 @@ class Text:
 
 
 @dataclass(frozen=True)
+class ToolCalls:
+    """Calls the model completed (``pb.ToolCall``, each whole), in the order it made them."""
+
+    calls: tuple
+    logprobs: tuple = ()  # always empty: the tokens of calls report with the next text or the finish
+
+
+@dataclass(frozen=True)
 class Finish:
     """The end of a generation; ``logprobs`` are those of tokens that produced no text."""
 
@@ -47,11 +55,12 @@ class Finish:
     logprobs: tuple = ()
 
 
-Event = Union[Text, Finish]
+Event = Union[Text, ToolCalls, Finish]
 
 _FINISH_REASONS = {
     pb.FINISH_REASON_STOP: "stop",
     pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 
 
@@ -64,10 +73,11 @@ def usage(u: pb.Usage) -> dict:
 
 
 def events(messages: Iterable[pb.GenerateResponse]) -> Iterator[Event]:
-    """A GenerateResponse stream as events: ``Text`` for each non-empty text, then one ``Finish``.
+    """A GenerateResponse stream as events: ``Text`` for each non-empty text, ``ToolCalls`` for
+    each message with calls, then one ``Finish``.
 
-    A last message that carries text gives its ``Text`` first. A stream that ends without a
-    last message is an error of the service.
+    A message's text comes before its calls; a last message that carries text or calls gives
+    them first. A stream that ends without a last message is an error of the service.
     """
     pending: list = []
     for msg in messages:
@@ -75,6 +85,8 @@ def events(messages: Iterable[pb.GenerateResponse]) -> Iterator[Event]:
         if msg.text:
             yield Text(msg.text, tuple(pending))
             pending = []
+        if msg.tool_calls:
+            yield ToolCalls(tuple(msg.tool_calls))
         if msg.finish_reason != pb.FINISH_REASON_UNSPECIFIED or msg.HasField("usage"):
             yield Finish(finish_reason(msg.finish_reason), usage(msg.usage), tuple(pending))
             return
@@ -186,11 +198,13 @@ class Renderer(ABC):
         self._clock = clock
 
     def chunks(self, event: Event) -> list[dict]:
-        """The stream chunks of one event: a text chunk; or the finish chunk, then the usage
-        chunk when the client asked for it."""
+        """The stream chunks of one event: a text chunk; a tool-call chunk; or the finish chunk,
+        then the usage chunk when the client asked for it."""
         if isinstance(event, Text):
             lp = self._logprobs(event.logprobs) if self.logprobs else wire.ABSENT
             return [self._chunk(self._created(), event.text, None, lp)]
+        if isinstance(event, ToolCalls):
+            return self._tool_call_chunks(self._created(), event.calls, None if self.logprobs else wire.ABSENT)
         lp = wire.ABSENT
         if self.logprobs:  # ``null`` on the finish chunk when no token is left to report
             lp = self._logprobs(event.logprobs) if event.logprobs else None
@@ -203,12 +217,17 @@ class Renderer(ABC):
         """The whole (non-stream) response body of a generation (``events()`` ends with a Finish)."""
         texts: list[str] = []
         entries: list = []
+        calls: list = []
         for event in events:
             entries.extend(event.logprobs)
             if isinstance(event, Finish):
                 lp = self._logprobs(tuple(entries)) if self.logprobs else wire.ABSENT
-                return self._response(self._created(), "".join(texts), event.finish_reason, event.usage, lp)
-            texts.append(event.text)
+                return self._response(self._created(), "".join(texts), event.finish_reason, event.usage, lp,
+                                      tuple(calls))
+            if isinstance(event, ToolCalls):
+                calls.extend(event.calls)
+            else:
+                texts.append(event.text)
         raise AssertionError("events() ends with a Finish or raises")
 
     def _created(self) -> int:
@@ -226,7 +245,12 @@ class Renderer(ABC):
     def _usage_chunk(self, created: int, usage: dict) -> dict: ...
 
     @abstractmethod
-    def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any) -> dict: ...
+    def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any,
+                  tool_calls: tuple = ()) -> dict: ...
+
+    def _tool_call_chunks(self, created: int, calls: tuple, logprobs: Any) -> list[dict]:
+        """Routes without tools never get calls (the service makes them only when asked)."""
+        return []
 
 
 class CompletionRenderer(Renderer):
@@ -248,14 +272,29 @@ class CompletionRenderer(Renderer):
     def _usage_chunk(self, created: int, usage: dict) -> dict:
         return wire.completion_usage_chunk(self.id, created, self.model, usage)
 
-    def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any) -> dict:
+    def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any,
+                  tool_calls: tuple = ()) -> dict:
         return wire.completion_response(self.id, created, self.model, text, finish_reason, usage, logprobs)
 
 
 class ChatRenderer(Renderer):
-    """POST /v1/chat/completions: an assistant ``delta`` per chunk, a ``message`` in the body."""
+    """POST /v1/chat/completions: an assistant ``delta`` per chunk, a ``message`` in the body.
+
+    Tool calls: in a stream, each message's calls in one chunk (``content`` "", every call
+    whole, ``index`` counting the calls of the answer); in a body, ``message.tool_calls``, with
+    ``content`` null when the model wrote no text (as OpenAI answers).
+    """
 
     id_prefix = "chatcmpl"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._calls = 0  # tool calls already streamed
+
+    def _tool_call_chunks(self, created: int, calls: tuple, logprobs: Any) -> list[dict]:
+        deltas = [wire.tool_call_delta(self._calls + k, c.id, c.name, c.arguments_json) for k, c in enumerate(calls)]
+        self._calls += len(calls)
+        return [wire.chat_chunk(self.id, created, self.model, "", None, logprobs, tool_calls=deltas)]
 
     def _logprobs(self, entries: tuple) -> dict:
         return chat_logprobs(entries)
@@ -266,5 +305,10 @@ class ChatRenderer(Renderer):
     def _usage_chunk(self, created: int, usage: dict) -> dict:
         return wire.chat_usage_chunk(self.id, created, self.model, usage)
 
-    def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any) -> dict:
-        return wire.chat_response(self.id, created, self.model, text, finish_reason, usage, logprobs)
+    def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any,
+                  tool_calls: tuple = ()) -> dict:
+        if not tool_calls:
+            return wire.chat_response(self.id, created, self.model, text, finish_reason, usage, logprobs)
+        objects = [wire.tool_call_object(c.id, c.name, c.arguments_json) for c in tool_calls]
+        return wire.chat_response(self.id, created, self.model, text or None, finish_reason, usage, logprobs,
+                                  tool_calls=objects)

@@ -7,8 +7,13 @@ writes keys in that order, so each builder below *is* the key order of its shape
 * completion chunk:  id, object, created, choices[text, index, finish_reason], model,
   system_fingerprint
 * chat chunk:        id, object, created, model, system_fingerprint,
-  choices[index, delta{role, content}, finish_reason]
+  choices[index, delta{role, content[, tool_calls]}, finish_reason]
 * non-stream bodies: id, object, created, model, system_fingerprint, choices, usage
+* tool calls:        a chat message's ``tool_calls`` after ``content`` (which is null when
+  the answer is only calls), each ``{id, type: "function", function{name, arguments}}``; in
+  a stream delta ``{id, index, type, function{name, arguments}}``, each call whole in one
+  delta with ``"content":""``. The order of Ollama's ``openai`` package (its ``Message`` and
+  ``ToolCall`` structs), the server the reference capture comes from.
 * embeddings:        object "list", data[object "embedding", index, embedding], model,
   usage{prompt_tokens, total_tokens} (OpenAI's shape; not part of the reference capture)
 
@@ -121,8 +126,24 @@ def completion_response(
 
 # --- /v1/chat/completions ----------------------------------------------------------------
 
-def _chat_chunk_choice(content: str, finish_reason: Optional[str], logprobs: Any) -> dict:
-    choice: dict[str, Any] = {"index": 0, "delta": {"role": "assistant", "content": content}}
+FUNCTION = "function"
+
+
+def tool_call_object(id: str, name: str, arguments: str) -> dict:  # noqa: A002
+    """A call in a chat response's ``message.tool_calls`` (``arguments`` is JSON text)."""
+    return {"id": id, "type": FUNCTION, "function": {"name": name, "arguments": arguments}}
+
+
+def tool_call_delta(index: int, id: str, name: str, arguments: str) -> dict:  # noqa: A002
+    """A whole call in a stream delta's ``tool_calls``; ``index`` counts the calls of the answer."""
+    return {"id": id, "index": index, "type": FUNCTION, "function": {"name": name, "arguments": arguments}}
+
+
+def _chat_chunk_choice(content: str, finish_reason: Optional[str], logprobs: Any, tool_calls: Any = ABSENT) -> dict:
+    delta: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls is not ABSENT:
+        delta["tool_calls"] = tool_calls
+    choice: dict[str, Any] = {"index": 0, "delta": delta}
     if logprobs is not ABSENT:
         choice["logprobs"] = logprobs
     choice["finish_reason"] = finish_reason
@@ -136,14 +157,16 @@ def chat_chunk(
     content: str,
     finish_reason: Optional[str] = None,
     logprobs: Any = ABSENT,
+    tool_calls: Any = ABSENT,
 ) -> dict:
+    """A chat stream chunk; ``tool_calls`` (a list of :func:`tool_call_delta`) when it carries calls."""
     return {
         "id": id,
         "object": CHAT_CHUNK_OBJECT,
         "created": created,
         "model": model,
         "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [_chat_chunk_choice(content, finish_reason, logprobs)],
+        "choices": [_chat_chunk_choice(content, finish_reason, logprobs, tool_calls)],
     }
 
 
@@ -163,12 +186,18 @@ def chat_response(
     id: str,  # noqa: A002
     created: int,
     model: str,
-    content: str,
+    content: Optional[str],
     finish_reason: Optional[str],
     usage: dict,
     logprobs: Any = ABSENT,
+    tool_calls: Any = ABSENT,
 ) -> dict:
-    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content}}
+    """A chat body; ``tool_calls`` (a list of :func:`tool_call_object`) when the model called
+    tools, ``content`` then None unless it also wrote text."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls is not ABSENT:
+        message["tool_calls"] = tool_calls
+    choice: dict[str, Any] = {"index": 0, "message": message}
     if logprobs is not ABSENT:
         choice["logprobs"] = logprobs
     choice["finish_reason"] = finish_reason

@@ -32,6 +32,16 @@ _GEMMA_TEMPLATE = (
 FALLBACK_TEMPLATES = {"gemma": _GEMMA_TEMPLATE, "gemma2": _GEMMA_TEMPLATE, "gemma3": _GEMMA_TEMPLATE}
 
 
+def _message(message: ChatMessage) -> dict:
+    """A message as templates read it (a tool result carries its call's id)."""
+    out = {"role": message.role, "content": message.content}
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name:
+        out["name"] = message.name
+    return out
+
+
 def _raise_exception(message: str) -> None:
     raise TemplateError(message)
 
@@ -55,7 +65,13 @@ class ChatTemplate:
         env.globals["raise_exception"] = _raise_exception
         return env.from_string(self.source)
 
-    def render(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True) -> str:
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the template itself writes a ``tools`` list (Qwen, Llama 3, Hermes...)."""
+        return "tools" in self.source
+
+    def render(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True,
+               tools: list[dict] | None = None) -> str:
         for i, message in enumerate(messages):
             if message.role not in ROLES:
                 raise InvalidRequest(
@@ -64,10 +80,11 @@ class ChatTemplate:
                 )
         try:
             return self._template.render(
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=[_message(m) for m in messages],
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self._bos_token,
                 eos_token=self._eos_token,
+                tools=tools,
             )
         except TemplateError as exc:  # the template itself refused these messages
             # The template's own words, cut short: a template may quote the messages back.

@@ -21,14 +21,17 @@ import numpy as np
 from inference_service.engine.chat_template import FALLBACK_TEMPLATES, ChatTemplate
 from inference_service.engine.cpu_budget import shared_budget
 from inference_service.engine.engine_choice import GGUFIdentity, choose_engine, llama_cpp_available
+from inference_service.engine.grammar import LazyGrammarTokenizer
 from inference_service.engine.handoff import run_on_thread
 from inference_service.engine.memory import TRIM_AFTER_CHARS, release_freed_memory
 from inference_service.engine.model_context import ModelContext
+from inference_service.engine.output_plan import NO_PLAN, OutputPlan, plan_output
 from inference_service.engine.prompt import PromptEncoder
 from inference_service.engine.sampler import Sampler
 from inference_service.engine.scheduler import SlotScheduler, Ticket
 from inference_service.engine.text_stream import TextStreamer
 from inference_service.engine.tokenizer import TextTokenizer
+from inference_service.engine.tool_calls import CALL_OPEN, CallCollector, history_as_text, tool_specs, with_preamble
 from inference_service.engine.types import (
     ChatMessage,
     EmbeddingInput,
@@ -96,6 +99,7 @@ class PreparedGeneration:
     request: GenerationRequest
     prompt_ids: list[int]
     max_tokens: int
+    plan: OutputPlan = NO_PLAN
 
 
 def effective_context_length(configured: int, model_context: int | None) -> int:
@@ -152,6 +156,7 @@ class LoadedModel:
         eot.add(vocab.eos_token_id)
         eot |= getattr(self.tokenizer, "end_of_generation_ids", frozenset())
         self.end_of_turn_ids = frozenset(i for i in eot if i is not None)
+        self.grammar = LazyGrammarTokenizer(self.tokenizer, self.end_of_turn_ids)
         if self.engine == "llamacpp":
             from inference_service.engine.llamacpp_batch import BatchedDecoder
 
@@ -204,12 +209,17 @@ class LoadedModel:
             embedding_dimensions=self.identity.embedding_length if can_embed else 0,
         )
 
-    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+    def prompt_ids(self, request: GenerationRequest, plan: OutputPlan = NO_PLAN) -> list[int]:
         """The request's prompt as token ids; user text never becomes control tokens."""
         if request.messages:
             if self.template is None:
                 raise InvalidRequest(f"model {self.name!r} has no chat template; send a prompt instead", "messages")
-            return self.prompts.encode_chat(request.messages)
+            messages = history_as_text(request.messages)
+            if not plan.renders_tools:
+                return self.prompts.encode_chat(messages)
+            if self.template.renders_tools:
+                return self.prompts.encode_chat(messages, tools=tool_specs(plan.tools))
+            return self.prompts.encode_chat(with_preamble(messages, plan.tools))
         assert request.prompt is not None
         return self.prompts.encode_prompt(request.prompt, raw=request.raw)
 
@@ -377,7 +387,8 @@ class Engine(InferenceEngine):
                 "Please reduce the length of the prompt.",
                 param=param,
             )
-        prompt_ids = model.prompt_ids(request)
+        plan = plan_output(request, model.grammar.get)
+        prompt_ids = model.prompt_ids(request, plan)
         if chars > TRIM_AFTER_CHARS:
             release_freed_memory()  # the tokenizer's temporaries for a large text
         if not prompt_ids:
@@ -398,7 +409,7 @@ class Engine(InferenceEngine):
                 f"({'max_tokens' if request.max_tokens is not None else 'the room left in the context'})",
                 "min_tokens",
             )
-        return PreparedGeneration(request=request, prompt_ids=prompt_ids, max_tokens=wanted)
+        return PreparedGeneration(request=request, prompt_ids=prompt_ids, max_tokens=wanted, plan=plan)
 
     def generate(
         self,
@@ -467,6 +478,7 @@ def _generate_in_slot(model: LoadedModel, prepared: PreparedGeneration, ticket: 
 def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGeneration, cancelled,
                  counters: EngineCounters) -> Iterator[GenerationChunk]:
     request = prepared.request
+    plan = prepared.plan
     prompt = prepared.prompt_ids
     started = time.monotonic()
     reused = context.reusable_prefix(prompt)
@@ -478,7 +490,13 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
     tokenizer = model.tokenizer
     sampling = request.sampling
     sampler = Sampler(sampling, model.vocab_size, prompt)
-    streamer = TextStreamer(tokenizer.token_bytes, request.stop)
+    # auto tool choice: the call marker ends the text like a stop string, then calls follow.
+    marker_stop = (CALL_OPEN,) if plan.tool_mode == "auto" else ()
+    streamer = TextStreamer(tokenizer.token_bytes, request.stop + marker_stop)
+    guide = model.grammar.get().guide(plan.grammar) if plan.grammar else None
+    calls = CallCollector(plan.tools) if plan.tool_mode == "forced" else None
+    call_ids: list[int] = []  # tokens of the call region (never streamed as text)
+    generated_ids: list[int] = []
     end_of_turn = model.end_of_turn_ids
     generated = 0
     pending_ids: list[int] = []
@@ -490,35 +508,69 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
         logits = context.logits()
         if request.ignore_eos or generated < request.min_tokens:
             logits[banned_end_of_turn] = -np.inf  # the view is ours until the next evaluation
+        if guide is not None:
+            guide.mask(logits)
         sampled = sampler.sample(logits)
         token_id = sampled.token_id
         if token_id in end_of_turn:
             finish_reason = "stop"
-            text = streamer.flush()
+            text = streamer.flush() if calls is None else ""
             break
+        if guide is not None:
+            guide.accept(token_id)
         sampler.accept(token_id)
         generated += 1
+        generated_ids.append(token_id)
         counters.add("tokens_generated")
         pending_ids.append(token_id)
         if sampling.logprobs:
             pending_logprobs.append(_token_logprob(tokenizer, sampled))
-        step = streamer.push(token_id, stops_armed=generated > request.min_tokens)
-        text = step.text
-        if step.stopped:
-            finish_reason = "stop"
-            break
+        if calls is not None:  # inside tool calls: whole calls go out, never their markup
+            call_ids.append(token_id)
+            completed = calls.update(tokenizer.decode(call_ids))
+            if completed:
+                yield GenerationChunk(text="", token_ids=tuple(pending_ids), logprobs=tuple(pending_logprobs),
+                                      tool_calls=tuple(completed))
+                pending_ids.clear()
+                pending_logprobs.clear()
+            if guide is not None and guide.complete:
+                finish_reason = "stop"
+                break
+        else:
+            step = streamer.push(token_id, stops_armed=generated > request.min_tokens)
+            text = step.text
+            if step.stopped:
+                after_marker = _text_after_marker(tokenizer.decode(generated_ids), request.stop) if marker_stop else None
+                if after_marker is None:
+                    finish_reason = "stop"
+                    break
+                # The model opened a tool call: the text so far is the content; the call's
+                # grammar constrains the rest, starting from what followed the marker.
+                guide = model.grammar.get().guide(plan.grammar_after_marker)
+                if not guide.accept_text_tokens(tokenizer.encode_text(after_marker)):
+                    finish_reason = "stop"  # not a call after all: the text ends at the marker
+                    break
+                calls = CallCollector(plan.tools, prefix=CALL_OPEN + after_marker)
+            elif guide is not None and guide.complete:
+                finish_reason = "stop"
+                text += streamer.flush()
+                break
         if generated >= prepared.max_tokens:
             finish_reason = "length"
-            text += streamer.flush()
+            if calls is None:
+                text += streamer.flush()
             break
         if text:
             yield GenerationChunk(text=text, token_ids=tuple(pending_ids), logprobs=tuple(pending_logprobs))
             pending_ids.clear()
             pending_logprobs.clear()
+            text = ""
         if cancelled.is_set():
             raise Cancelled("cancelled during generation")
         context.evaluate((token_id,), threads=model.threads_per_slot)
 
+    if calls is not None and calls.calls and finish_reason == "stop":
+        finish_reason = "tool_calls"
     log.debug(
         "request %s: %d prompt tokens (%d cached) in %.3fs, %d generated in %.3fs, finish %s",
         request.request_id, len(prompt), reused, prompt_seconds, generated,
@@ -531,6 +583,17 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
         finish_reason=finish_reason,
         usage=Usage(prompt_tokens=len(prompt), completion_tokens=generated, cached_prompt_tokens=reused),
     )
+
+
+def _text_after_marker(generated: str, stops: Sequence[str]) -> str | None:
+    """What the model wrote after the tool-call marker, or None when one of the request's own
+    stop strings came first (then the marker was never reached as a call)."""
+    at = generated.find(CALL_OPEN)
+    if at < 0:
+        return None
+    if any(0 <= generated.find(s) < at for s in stops if s):
+        return None
+    return generated[at + len(CALL_OPEN):]
 
 
 def _token_logprob(tokenizer: TextTokenizer, sampled) -> TokenLogprob:

@@ -18,7 +18,9 @@ for honest input.
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import replace
 from typing import Sequence
 
 from inference_service.engine.chat_template import ChatTemplate
@@ -48,22 +50,24 @@ class PromptEncoder:
             return [bos, *ids]
         return ids
 
-    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        return self._with_bos(self._encode_chat(messages))
+    def encode_chat(self, messages: Sequence[ChatMessage], tools: list[dict] | None = None) -> list[int]:
+        return self._with_bos(self._encode_chat(messages, tools))
 
-    def _encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def _encode_chat(self, messages: Sequence[ChatMessage], tools: list[dict] | None) -> list[int]:
         assert self.template is not None
         if self._markup is None:
-            return self.tokenizer.encode_text(self.template.render(messages))
-        open_, close = _delimiters(m.content for m in messages)
+            return self.tokenizer.encode_text(self.template.render(messages, tools=tools))
+        open_, close = _delimiters([m.content for m in messages] + ([json.dumps(tools, ensure_ascii=False)] if tools else []))
         literals: list[str] = []
 
         def hide(match: re.Match) -> str:
             literals.append(match.group())
             return f"{open_}{len(literals) - 1}{close}"
 
-        escaped = [ChatMessage(m.role, self._markup.sub(hide, m.content)) for m in messages]
-        rendered = self.template.render(escaped)
+        escaped = [replace(m, content=self._markup.sub(hide, m.content)) for m in messages]
+        # Tool specs are user text too (names, descriptions, schemas).
+        escaped_tools = _map_strings(tools, lambda text: self._markup.sub(hide, text)) if tools else tools
+        rendered = self.template.render(escaped, tools=escaped_tools)
         placeholder = re.compile(f"{re.escape(open_)}(\\d+){re.escape(close)}")
 
         def text_ids(piece: str) -> list[int]:
@@ -85,6 +89,17 @@ class PromptEncoder:
         if self.template is None:
             return self._with_bos(self.tokenizer.encode_text(prompt))
         return self.encode_chat([ChatMessage("user", prompt)])
+
+
+def _map_strings(value, change):
+    """``value`` (JSON-like: dicts, lists, strings) with ``change`` applied to every string."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, list):
+        return [_map_strings(v, change) for v in value]
+    if isinstance(value, dict):
+        return {change(k): _map_strings(v, change) for k, v in value.items()}
+    return value
 
 
 def _delimiters(texts) -> tuple[str, str]:

@@ -6,13 +6,49 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Literal, Optional, Protocol, Sequence, Union
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made: ``arguments`` is JSON text (an object), as OpenAI sends it."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn that called tools
+    tool_call_id: str = ""  # a "tool" turn: the call this is the result of
+    name: str = ""  # a "tool" turn: the function's name (optional)
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call; ``parameters`` is a JSON schema as JSON text."""
+
+    name: str
+    description: str = ""
+    parameters: str = '{"type": "object"}'
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What every generated token must keep valid (grammar-constrained decoding).
+
+    ``kind``: "json_object" (any JSON object), "json_schema" (``source`` is the schema as
+    JSON text), "regex" or "lark" (llguidance's Lark dialect) with ``source`` the pattern.
+    """
+
+    kind: Literal["json_object", "json_schema", "regex", "lark"]
+    source: str = ""
+
+
+ToolChoiceMode = Literal["none", "auto", "required", "function"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +78,11 @@ class GenerationRequest:
     request_id: str = ""
     ignore_eos: bool = False  # end-of-turn tokens banned: runs to max_tokens
     min_tokens: int = 0  # no end of turn and no stop string before this many tokens
+    constraint: Optional[Constraint] = None  # grammar-constrained output (response_format)
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoiceMode = "auto"  # with tools: "none", "auto", "required" or "function"
+    tool_choice_name: str = ""  # the function forced when tool_choice == "function"
+    parallel_tool_calls: bool = True  # may one answer hold several calls
 
 
 @dataclass(frozen=True)
@@ -80,6 +121,7 @@ class GenerationChunk:
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: Optional[FinishReason] = None
     usage: Optional[Usage] = None
+    tool_calls: tuple[ToolCall, ...] = ()  # calls completed in this piece (never as text)
 
 
 @dataclass(frozen=True)

@@ -20,20 +20,34 @@ from rest_edge import errors
 
 STOP = pb.FINISH_REASON_STOP
 LENGTH = pb.FINISH_REASON_LENGTH
+TOOL_CALLS = pb.FINISH_REASON_TOOL_CALLS
 
 
-def piece(text: str, token_ids: Iterable[int] = (1,), logprobs: Iterable[pb.TokenLogprob] = ()) -> pb.GenerateResponse:
-    return pb.GenerateResponse(text=text, token_ids=list(token_ids), logprobs=list(logprobs), model="")
+def call(name: str, arguments: str = "{}", id: str = "call_1") -> pb.ToolCall:  # noqa: A002
+    """A tool call as the service sends it (``arguments`` is JSON text)."""
+    return pb.ToolCall(id=id, name=name, arguments_json=arguments)
+
+
+def piece(text: str, token_ids: Iterable[int] = (1,), logprobs: Iterable[pb.TokenLogprob] = (),
+          tool_calls: Iterable[pb.ToolCall] = ()) -> pb.GenerateResponse:
+    return pb.GenerateResponse(text=text, token_ids=list(token_ids), logprobs=list(logprobs), model="",
+                               tool_calls=list(tool_calls))
+
+
+def calls(*tool_calls: pb.ToolCall, token_ids: Iterable[int] = (7, 8, 9)) -> pb.GenerateResponse:
+    """A message carrying only completed tool calls (no text), as the service streams them."""
+    return piece("", token_ids, tool_calls=tool_calls)
 
 
 def last(text: str = "", reason: int = STOP, prompt: int = 5, completion: int = 3, cached: int = 0,
-         logprobs: Iterable[pb.TokenLogprob] = ()) -> pb.GenerateResponse:
+         logprobs: Iterable[pb.TokenLogprob] = (), tool_calls: Iterable[pb.ToolCall] = ()) -> pb.GenerateResponse:
     return pb.GenerateResponse(
         text=text,
         token_ids=[2] if text else [],
         logprobs=list(logprobs),
         finish_reason=reason,
         usage=pb.Usage(prompt_tokens=prompt, completion_tokens=completion, cached_prompt_tokens=cached),
+        tool_calls=list(tool_calls),
     )
 
 

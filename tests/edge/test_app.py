@@ -293,8 +293,9 @@ def test_unexpected_exception_in_responder_is_a_generic_500():
 
 @pytest.mark.parametrize("path, body, param", [
     (CHAT, {"model": "m", "messages": MESSAGES, "n": 2}, "n"),
-    (CHAT, {"model": "m", "messages": MESSAGES, "tools": [{"type": "function"}]}, "tools"),
-    (CHAT, {"model": "m", "messages": MESSAGES, "response_format": {"type": "json_object"}}, "response_format"),
+    (CHAT, {"model": "m", "messages": MESSAGES, "tools": [{"type": "function"}]}, "tools[0].function"),
+    (CHAT, {"model": "m", "messages": MESSAGES, "response_format": {"type": "json"}}, "response_format.type"),
+    (COMP, {"model": "m", "prompt": "x", "response_format": {"type": "json_object"}}, "response_format"),
     (COMP, {"model": "m", "prompt": "x", "suffix": "y"}, "suffix"),
     (COMP, {"model": "m", "prompt": "x", "echo": True}, "echo"),
     (COMP, {"model": "m", "prompt": "x", "best_of": 2}, "best_of"),

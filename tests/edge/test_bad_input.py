@@ -182,7 +182,8 @@ QUOTED = [  # (name, path, body, param, the character repeated in the bad value)
     ("content part type", CHAT,
      chat_text(messages=json.dumps([{"role": "user", "content": [{"type": "t" * 9000, "text": "x"}]}])),
      "messages[0].content", "t"),
-    ("response_format type", CHAT, chat_text(response_format=json.dumps({"type": "j" * 9000})), "response_format", "j"),
+    ("response_format type", CHAT, chat_text(response_format=json.dumps({"type": "j" * 9000})),
+     "response_format.type", "j"),
     ("logit_bias key", CHAT, chat_text(logit_bias=json.dumps({"k" * 9000: 1})), "logit_bias", "k"),
     ("n", CHAT, chat_text(n="9" * 300), "n", "9"),
     ("seed", CHAT, chat_text(seed="9" * 300), "seed", "9"),
@@ -198,10 +199,10 @@ def test_bad_values_are_quoted_by_a_short_prefix(path, text, param, char):
 
 
 def test_unsupported_role_message_quotes_the_role():
-    _, result = post_raw(CHAT, chat_text(messages='[{"role":"tool","content":"x"}]'))
+    _, result = post_raw(CHAT, chat_text(messages='[{"role":"function","content":"x"}]'))
     error = assert_400(result, "messages[0].role", "unsupported_parameter")
     assert error["message"] == (
-        "Unsupported value for 'messages[0].role': 'tool'; supported roles are system, user and assistant."
+        "Unsupported value for 'messages[0].role': 'function'; supported roles are system, user, assistant and tool."
     )
 
 

@@ -18,13 +18,12 @@ import openai
 import pytest
 
 from inference_service import limits
-from inference_service.server import create_server
 from inference_service.v1 import inference_pb2 as pb
 from rest_edge.app import create_app
-from tests.conftest import start_edge, stop_process
+from tests.edge.fake_stack import oai, stack  # noqa: F401  (fixtures)
 from tests.edge.fakes import EMBEDDING_DIMENSIONS, FakeClient, rpc_error, vector_of
 from tests.service.fake_engine import EMBEDDING_DIMENSIONS as ENGINE_DIMENSIONS
-from tests.service.fake_engine import FakeEngine, fake_vector
+from tests.service.fake_engine import fake_vector
 
 PATH = "/v1/embeddings"
 SAFETY = 30  # seconds: bounds a hang, never a measured limit
@@ -299,27 +298,6 @@ def test_metrics_label_the_route():
 # --- the real gunicorn edge, the real gRPC server, the fake engine, the openai client ----------------
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    engine = FakeEngine()
-    running = create_server(engine, "127.0.0.1:0")
-    try:
-        edge = start_edge(f"127.0.0.1:{running.port}", tmp_path_factory.mktemp("edge") / "gunicorn.log",
-                          EDGE_THREADS="4")
-        try:
-            yield edge.base_url, engine
-        finally:
-            stop_process(edge.process)
-    finally:
-        engine.release.set()
-        running.server.stop(None)
-
-
-@pytest.fixture
-def oai(stack) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=stack[0] + "/v1", api_key="unused", max_retries=0, timeout=SAFETY)
-    yield client
-    client.close()
 
 
 def test_openai_client_floats_base64_and_default_agree(oai):

@@ -188,7 +188,7 @@ def test_content_parts_are_joined():
 
 def test_every_shared_role_and_alias_is_accepted():
     for role in (*limits.ROLES, *limits.ROLE_ALIASES):
-        (message,) = chat(messages=[{"role": role, "content": "x"}]).request.messages
+        (message,) = chat(messages=[{"role": role, "content": "x", "tool_call_id": "call_1"}]).request.messages
         assert message.role == limits.ROLE_ALIASES.get(role, role) and message.role in limits.ROLES
 
 
@@ -231,14 +231,8 @@ def test_completion_logprobs_is_the_number_of_alternatives():
 @pytest.mark.parametrize("fields, param", [
     ({"n": 2}, "n"),
     ({"n": 0}, "n"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"function_call": {"name": "f"}}, "function_call"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
-    ({"response_format": "text"}, "response_format"),
     ({"suffix": "tail"}, "suffix"),
     ({"echo": True}, "echo"),
     ({"best_of": 3}, "best_of"),
@@ -258,8 +252,29 @@ def test_unsupported_fields_are_rejected_by_name(fields, param):
         assert param in err.message
 
 
+# Chat parses tools and response_format (tests/edge/test_tools_and_formats.py); completions have
+# neither, as OpenAI's, and refuse them by name.
+@pytest.mark.parametrize("fields, param", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
+    ({"response_format": "text"}, "response_format"),
+])
+def test_completions_refuse_tools_and_formats_by_name(fields, param):
+    err = rejected(comp, **fields)
+    assert err.param == param and err.code == "unsupported_parameter"
+    assert param in err.message and "/v1/chat/completions" in err.message
+
+
+@pytest.mark.parametrize("fields", [{"tool_choice": "none"}, {"tool_choice": "auto"}])
+def test_completions_accept_neutral_tool_choice(fields):
+    comp(**fields)
+
+
 @pytest.mark.parametrize("fields", [
-    {"n": 1}, {"tools": []}, {"functions": []}, {"tool_choice": "none"}, {"tool_choice": "auto"},
+    {"n": 1}, {"tools": []}, {"functions": []}, {"function_call": "none"}, {"function_call": "auto"},
     {"response_format": {"type": "text"}}, {"suffix": ""}, {"echo": False}, {"best_of": 1},
     {"stop_token_ids": []}, {"include_stop_str_in_output": False}, {"skip_special_tokens": True},
     {"add_generation_prompt": True}, {"modalities": ["text"]},
@@ -325,12 +340,16 @@ def test_bad_values_are_rejected_naming_the_field(fields, param):
     ({"messages": "hi"}, "messages"),
     ({"messages": ["hi"]}, "messages[0]"),
     ({"messages": [{"content": "hi"}]}, "messages[0].role"),
-    ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].role"),
+    ({"messages": [{"role": "tool", "content": "42"}]}, "messages[0].tool_call_id"),
+    ({"messages": [{"role": "function", "name": "f", "content": "42"}]}, "messages[0].role"),
     ({"messages": [{"role": "user"}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content"),
-    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]}, "messages[0].tool_calls"),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]},
+     "messages[0].tool_calls[0].function"),
+    ({"messages": [{"role": "assistant", "content": None, "function_call": {"name": "f"}}]},
+     "messages[0].function_call"),
 ])
 def test_chat_specific_rejections(fields, param):
     assert rejected(chat, **fields).param == param

@@ -54,7 +54,7 @@ def test_content_is_not_html_escaped_or_trimmed(template):
     assert rendered == f"<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n{content}<|im_end|>\n"
 
 
-@pytest.mark.parametrize("role", ["tool", "developer", "", "User"])
+@pytest.mark.parametrize("role", ["function", "developer", "", "User"])
 @uses_model_file
 def test_unknown_role_is_an_invalid_request_naming_the_message(template, role):
     with pytest.raises(InvalidRequest) as info:

@@ -55,7 +55,7 @@ BAD = [
     ("logit_bias value above 100", sampled(logit_bias={5: 100.5}), "logit_bias"),
     ("logit_bias value below -100", sampled(logit_bias={5: -101.0}), "logit_bias"),
     ("logit_bias value nan", sampled(logit_bias={5: math.nan}), "logit_bias"),
-    ("unknown role", GenerationRequest(model="m", messages=(*HI, ChatMessage("tool", "42"))), "messages[1].role"),
+    ("unknown role", GenerationRequest(model="m", messages=(*HI, ChatMessage("function", "42"))), "messages[1].role"),
     ("the edge's alias is not a gRPC role", GenerationRequest(model="m", messages=(ChatMessage("developer", "x"),)),
      "messages[0].role"),
 ]

@@ -4,6 +4,13 @@ It has the engine's interface (``generate``, ``models``, ``tokenize``, ``status`
 and honours the ``cancelled`` event the servicer passes, like the real engine: it checks it
 before every chunk (or, embedding, while gated) and records that it stopped.
 
+Structured outputs and tools: model "tools" calls tools (:data:`TOOL_ARGUMENTS` as arguments):
+the function ``tool_choice`` names, else the first tool, and with ``parallel_tool_calls`` and a
+second tool that one too, in the last chunk, which ends with finish "tool_calls"; without tools
+(or with ``tool_choice`` "none") it answers "no call". Model "json" answers :data:`JSON_ANSWER`
+as text; "echo-tools" answers, as JSON text, what the request's constraint, tools, tool choice
+and messages were (:func:`echo_of`), for tests across the gRPC and HTTP boundaries.
+
 Embeddings: model "fake" embeds each input as :func:`fake_vector` (deterministic, unit length,
 exact float32 values, ``EMBEDDING_DIMENSIONS`` long), one prompt token per character or token
 id; the ERRORS names raise their errors, "no-embed" is a model that cannot embed, "gated"
@@ -12,7 +19,9 @@ waits for ``release`` or the caller's cancellation.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import math
 import struct
 import threading
@@ -28,6 +37,7 @@ from inference_service.engine.types import (
     InferenceEngine,
     ModelDescription,
     ModelStatus,
+    ToolCall,
     Usage,
 )
 from inference_service.errors import (
@@ -58,6 +68,21 @@ ERRORS = {
 
 
 EMBEDDING_DIMENSIONS = 8
+
+TOOL_ARGUMENTS = '{"city": "Paris", "unit": "celsius"}'  # the arguments of every call of model "tools"
+JSON_ANSWER = '{"city": "Paris", "celsius": 21.5}'  # what model "json" writes
+
+
+def echo_of(request: GenerationRequest) -> dict:
+    """What model "echo-tools" answers (as JSON text): the request's tool and format fields."""
+    return {
+        "constraint": dataclasses.asdict(request.constraint) if request.constraint else None,
+        "tools": [dataclasses.asdict(t) for t in request.tools],
+        "tool_choice": request.tool_choice,
+        "tool_choice_name": request.tool_choice_name,
+        "parallel_tool_calls": request.parallel_tool_calls,
+        "messages": [dataclasses.asdict(m) for m in request.messages],
+    }
 
 # Embed's errors: those of generation, with the context error naming the input, plus a model
 # that cannot embed (as a generation-only model of the real engine answers).
@@ -157,6 +182,16 @@ class FakeEngine(InferenceEngine):
 
     def _script(self, call: Call) -> Iterator[GenerationChunk]:
         behaviour = call.request.model
+        if behaviour == "tools":
+            yield from self._tool_calls(call)
+            return
+        if behaviour == "json":
+            yield self._chunk(call, JSON_ANSWER[:10])
+            yield self._last(call, JSON_ANSWER[10:])
+            return
+        if behaviour == "echo-tools":
+            yield self._last(call, json.dumps(echo_of(call.request), ensure_ascii=False))
+            return
         if behaviour == "midway":
             yield GenerationChunk(text="partial", token_ids=(1,))
             raise InvalidRequest("something about the request became clear late", "stop")
@@ -183,6 +218,25 @@ class FakeEngine(InferenceEngine):
                 return
             yield self._chunk(call, f"t{i} ")
             call.cancelled.wait(CHUNK_PAUSE)
+
+    def _tool_calls(self, call: Call) -> Iterator[GenerationChunk]:
+        request = call.request
+        if not request.tools or request.tool_choice == "none":
+            yield self._last(call, "no call")
+            return
+        if request.tool_choice == "function":
+            names = [request.tool_choice_name]
+        else:
+            names = [t.name for t in request.tools[:2 if request.parallel_tool_calls else 1]]
+        made = [ToolCall(id=f"call_{k}", name=name, arguments=TOOL_ARGUMENTS) for k, name in enumerate(names)]
+        call.chunks_sent += 1
+        yield GenerationChunk(text="", token_ids=(call.chunks_sent,), tool_calls=(made[0],))
+        call.chunks_sent += 1
+        call.finished.set()
+        yield GenerationChunk(
+            text="", token_ids=(call.chunks_sent,), tool_calls=tuple(made[1:]), finish_reason="tool_calls",
+            usage=Usage(prompt_tokens=4, completion_tokens=call.chunks_sent),
+        )
 
     def _chunk(self, call: Call, text: str) -> GenerationChunk:
         call.chunks_sent += 1

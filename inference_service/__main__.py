@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                             "vary with concurrent load) or per-slot (text independent of what else runs, "
                             "little gain from batching)")
     serve.add_argument("--grace", type=float, default=30.0, help="seconds in-flight streams get on SIGTERM")
+    serve.add_argument("--metrics-address", default=os.environ.get("INFERENCE_METRICS_ADDRESS") or None,
+                       metavar="HOST:PORT",
+                       help="serve Prometheus metrics over HTTP there (e.g. 127.0.0.1:9090; 0.0.0.0 only inside a "
+                            "container or pod); off by default")
     serve.add_argument("--log-level", default=os.environ.get("INFERENCE_LOG_LEVEL", "INFO"))
 
     pull = commands.add_parser("pull", help="fetch a model (if it must be fetched) and print its file")
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("inference_service").info(
         "compute threads: %s, policy %s", shared_budget(config.threads, config.thread_policy).limits.describe(),
         config.thread_policy)
-    run_server(args.models or [DEFAULT_MODEL], args.address, config, args.grace)
+    run_server(args.models or [DEFAULT_MODEL], args.address, config, args.grace, args.metrics_address)
     return 0
 
 

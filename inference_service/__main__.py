@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="serve Prometheus metrics over HTTP there (e.g. 127.0.0.1:9090; 0.0.0.0 only inside a "
                             "container or pod); off by default")
     serve.add_argument("--log-level", default=os.environ.get("INFERENCE_LOG_LEVEL", "INFO"))
+    serve.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("INFERENCE_LOG_FORMAT", "text"),
+                       help="text: human-readable lines (default); json: one JSON object per line, with the "
+                            "request id and other fields")
 
     pull = commands.add_parser("pull", help="fetch a model (if it must be fetched) and print its file")
     pull.add_argument("name", nargs="?", default=DEFAULT_MODEL)
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "serve" and args.thread_policy not in ("adaptive", "fixed"):
         parser.error(f"INFERENCE_THREAD_POLICY must be adaptive or fixed, not {args.thread_policy!r}")
+    if args.command == "serve" and args.log_format not in ("text", "json"):
+        parser.error(f"INFERENCE_LOG_FORMAT must be text or json, not {args.log_format!r}")
 
     registry = ModelRegistry()
     if args.command in ("pull", "path"):
@@ -95,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}\tin the Ollama store at {registry.ollama.manifest_path(name)}")
         return 0
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from inference_service.log_format import configure as configure_logging
+
+    configure_logging(args.log_format, args.log_level.upper())
     from inference_service.engine.engine import EngineConfig
     from inference_service.server import serve as run_server
 
@@ -117,7 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("inference_service").info(
         "compute threads: %s, policy %s", shared_budget(config.threads, config.thread_policy).limits.describe(),
         config.thread_policy)
-    run_server(args.models or [DEFAULT_MODEL], args.address, config, args.grace, args.metrics_address)
+    try:
+        run_server(args.models or [DEFAULT_MODEL], args.address, config, args.grace, args.metrics_address)
+    except SystemExit as stop:  # "error: ..." at start: a JSON line too when the log is JSON
+        if args.log_format != "json" or not isinstance(stop.code, str):
+            raise
+        logging.getLogger("inference_service").error("%s", stop.code.removeprefix("error: "))
+        return 1
     return 0
 
 

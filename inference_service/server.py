@@ -327,6 +327,60 @@ class _GenerateTiming:
         self._observer.finished(name)
 
 
+# The caller's request id (the REST edge sends it as metadata and as GenerateRequest.request_id).
+REQUEST_ID_METADATA_KEY = "x-request-id"
+MAX_REQUEST_ID_CHARS = 128
+
+
+def _for_log(text: str, limit: int) -> str:
+    """A client's string made safe for one log line: printable ASCII (others escaped), bounded."""
+    return ascii(text)[1:-1][:limit]
+
+
+def request_id_of(request, context: grpc.ServicerContext) -> str:
+    """The call's request id for logs: the ``x-request-id`` metadata, else ``request.request_id``;
+    printable ASCII (others escaped), at most MAX_REQUEST_ID_CHARS."""
+    found = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_METADATA_KEY and isinstance(value, str) and value:
+            found = value
+            break
+    found = found or request.request_id
+    return _for_log(found, MAX_REQUEST_ID_CHARS)
+
+
+class _GenerateLog(GenerateObserver):
+    """Passes a Generate call's events on to the observer and logs one INFO line when it ends:
+    request id, model, outcome (status code name), tokens and duration (also as fields, for
+    ``--log-format json``)."""
+
+    def __init__(self, observer: GenerateObserver, request_id: str, model: str):
+        self._observer = observer
+        self._started = time.monotonic()
+        self.request_id = request_id
+        self.model = model
+        self.prompt_tokens: int | None = None  # known from the last chunk's usage
+        self.completion_tokens = 0
+
+    def first_token(self, seconds: float) -> None:
+        self._observer.first_token(seconds)
+
+    def tokens(self, count: int, seconds: float) -> None:
+        self._observer.tokens(count, seconds)
+
+    def finished(self, code: str) -> None:
+        try:
+            self._observer.finished(code)
+        finally:
+            duration = time.monotonic() - self._started
+            prompt = "-" if self.prompt_tokens is None else self.prompt_tokens
+            log.info("generate %s: model %s, %s, %s prompt + %d completion tokens in %.3fs",
+                     self.request_id or "-", self.model, code, prompt, self.completion_tokens, duration,
+                     extra={"request_id": self.request_id, "model": self.model, "outcome": code,
+                            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                            "duration_s": round(duration, 6)})
+
+
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def __init__(self, engine: InferenceEngine, draining: threading.Event | None = None,
                  observer: GenerateObserver | None = None):
@@ -356,7 +410,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     def Generate(self, request, context):
         self._track(context)
-        timing = _GenerateTiming(self._observer, context)
+        call_log = _GenerateLog(self._observer, request_id_of(request, context), _for_log(request.model, 200))
+        timing = _GenerateTiming(call_log, context)
         if self._draining.is_set():
             _abort(context, ServiceUnavailable("the service is shutting down"))
         cancelled = threading.Event()
@@ -369,6 +424,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             domain_request = convert.request_from_proto(request)
             for chunk in self._engine.generate(domain_request, cancelled=cancelled, deadline=deadline):
                 timing.chunk(len(chunk.token_ids))
+                call_log.completion_tokens += len(chunk.token_ids)
+                if chunk.usage is not None:
+                    call_log.prompt_tokens = chunk.usage.prompt_tokens
+                    call_log.completion_tokens = chunk.usage.completion_tokens
                 yield convert.chunk_to_proto(chunk, request.model)
             timing.completed = True
         except Cancelled:

@@ -49,16 +49,27 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=None,
                         help="largest request body (env EDGE_MAX_BODY_BYTES, default 1 MiB)")
     parser.add_argument("--log-level", default=None, help="gunicorn log level (env EDGE_LOG_LEVEL, default info)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=None,
+                        help="text (gunicorn's) or json: one JSON object per line for the error, app and access "
+                             "logs (env EDGE_LOG_FORMAT, default text)")
     args = parser.parse_args(argv)
+    env_format = os.environ.get("EDGE_LOG_FORMAT", "text")
+    if args.log_format is None and env_format.strip().lower() not in ("", "text", "json"):
+        parser.error(f"EDGE_LOG_FORMAT must be text or json, not {env_format!r}")
 
     target = resolve_target(args.target)
     os.environ["INFERENCE_TARGET"] = target  # workers (and reloads) see the same target
+    if args.log_format is not None:
+        os.environ["EDGE_LOG_FORMAT"] = args.log_format  # read by rest_edge.gunicorn_conf
     options: dict[str, Any] = {
         "bind": args.bind,
         "workers": args.workers,
         "threads": args.threads,
         "loglevel": args.log_level,
     }
+    if args.log_format is not None:  # the flag wins over an EDGE_LOG_FORMAT set before
+        options["logger_class"] = ("rest_edge.gunicorn_logging.JsonLogger" if args.log_format == "json"
+                                   else "gunicorn.glogging.Logger")
     app_kwargs = {
         "target": target,
         "max_body_bytes": args.max_body_bytes,

@@ -4,8 +4,8 @@ Run:  gunicorn -c python:rest_edge.gunicorn_conf
       (the app, ``rest_edge.app:create_app()``, comes from ``wsgi_app`` below)
 
 Environment: EDGE_BIND, EDGE_WORKERS, EDGE_THREADS, EDGE_WORKER_TIMEOUT, EDGE_LOG_LEVEL,
-EDGE_CONTROL_SOCKET, PROMETHEUS_MULTIPROC_DIR (see the metrics hooks below); the app itself
-reads INFERENCE_TARGET, EDGE_API_KEYS, EDGE_MAX_BODY_BYTES (see rest_edge.app).
+EDGE_LOG_FORMAT, EDGE_CONTROL_SOCKET, PROMETHEUS_MULTIPROC_DIR (see the metrics hooks below);
+the app itself reads INFERENCE_TARGET, EDGE_API_KEYS, EDGE_MAX_BODY_BYTES (see rest_edge.app).
 
 This module is read in the arbiter: importing it imports no prometheus_client, grpc or app.
 """
@@ -52,6 +52,14 @@ else:
 accesslog = "-"
 errorlog = "-"
 loglevel = _os.environ.get("EDGE_LOG_LEVEL", "info")
+
+# EDGE_LOG_FORMAT=json: the error log, the app's log and the access log as JSON lines
+# (rest_edge/gunicorn_logging.py); text (the default) is gunicorn's own format, untouched.
+_log_format = _os.environ.get("EDGE_LOG_FORMAT", "text").strip().lower() or "text"
+if _log_format == "json":
+    logger_class = "rest_edge.gunicorn_logging.JsonLogger"
+elif _log_format != "text":
+    raise ValueError(f"EDGE_LOG_FORMAT must be text or json, not {_log_format!r}")
 
 
 def post_fork(server, worker):

@@ -8,7 +8,7 @@ BUF    := .tools/node_modules/.bin/buf
 GRPC_ADDRESS ?= 127.0.0.1:50051
 EDGE_BIND    ?= 127.0.0.1:8000
 
-.PHONY: run test setup model test-models proto lint-proto bench bench-slots bench-contention bench-engines bench-structured soak clean help
+.PHONY: run test setup model test-models proto lint-proto bench bench-slots bench-contention bench-engines bench-structured bench-cluster soak clean help
 
 help:
 	@echo "make run     set up, pull the default model, start the gRPC service ($(GRPC_ADDRESS)) and the edge ($(EDGE_BIND))"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-contention   decode tok/s quiet vs one busy process beside: ours adaptive/fixed, llama-server -t 2/-t 1"
 	@echo "make bench-engines      our ctransformers and llama.cpp engines (via the edge) beside llama-server -np 2/4: table + bench/results/engines.png"
 	@echo "make bench-structured   decode tok/s with and without grammar constraints (JSON schema, tool calls), both engines"
+	@echo "make bench-cluster      next-turn chat TTFT through one edge over 3 replicas: prefix-affinity vs least-loaded vs round-robin"
 	@echo "make proto   regenerate the Python stubs from protos/"
 
 $(VENV)/.installed: pyproject.toml
@@ -85,6 +86,11 @@ bench-engines: setup model
 # Decode tok/s unconstrained vs a 20-field JSON schema vs a forced tool call; grammar compile ms.
 bench-structured: setup model
 	$(PY) bench/structured.py
+
+# 3 replicas (--slots 1 --threads 1) behind one edge, restarted for each routing policy; 12 chats x 4 turns
+# of ~1,000-token histories: next-turn TTFT p50/p95, cached share, bench/results/cluster.{json,png}.
+bench-cluster: setup model
+	$(PY) bench/cluster.py
 
 soak: setup model
 	$(PY) bench/soak.py

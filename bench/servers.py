@@ -1,6 +1,7 @@
-"""The systems under test as processes: the gRPC service, the REST edge on gunicorn, the
-peer, llama-cpp-python's own OpenAI server (.bench-venv, bench/install_peer.sh), and
-llama.cpp's own ``llama-server`` (bench/.build, ``bash bench/install_peer.sh llama-server``).
+"""The systems under test as processes: the gRPC service (or several replicas of it), the
+REST edge on gunicorn, the peer, llama-cpp-python's own OpenAI server (.bench-venv,
+bench/install_peer.sh), and llama.cpp's own ``llama-server`` (bench/.build,
+``bash bench/install_peer.sh llama-server``).
 Started and stopped by tests/processes.py; each logs to LOG_DIR/<name>.log. A process that
 does not come up stops the benchmark with its log's tail.
 """
@@ -27,21 +28,49 @@ def _started(start, *args, **kwargs):
 
 
 def start_service(slots: int, log_dir: Path, threads: int | None = None, engine: str | None = None,
-                  extra_args: Sequence[str] = (), name: str = "service") -> tuple[subprocess.Popen, str]:
+                  extra_args: Sequence[str] = (), name: str = "service",
+                  max_waiting: int = 64) -> tuple[subprocess.Popen, str]:
     """The gRPC service with ``slots`` slots (and at most ``threads`` compute threads), on
-    ``engine`` (auto | ctransformers | llamacpp; None: the service's default), plus any
-    ``extra_args`` of ``serve``; logs to LOG_DIR/<name>.log. (process, address); stop it with
-    tests.processes.stop_process."""
-    args = ["--slots", str(slots), "--max-waiting", "64"] + (["--threads", str(threads)] if threads else [])
+    ``engine`` (auto | ctransformers | llamacpp; None: the service's default), at most
+    ``max_waiting`` requests queued for a slot, plus any ``extra_args`` of ``serve``; logs to
+    LOG_DIR/<name>.log. (process, address); stop it with tests.processes.stop_process."""
+    args = ["--slots", str(slots), "--max-waiting", str(max_waiting)]
+    args += ["--threads", str(threads)] if threads else []
     args += (["--engine", engine] if engine else []) + list(extra_args)
     service = _started(processes.start_service, log_dir / f"{name}.log", *args)
     return service.process, service.address
 
 
-def start_edge(target: str, log_dir: Path, name: str, workers: int = 1, threads: int = 16) -> HttpServer:
-    """The REST edge in front of ``target``, access log off; a context manager that stops it."""
+def start_edge(target: str, log_dir: Path, name: str, workers: int = 1, threads: int = 16,
+               routing: str | None = None, log_level: str = "warning") -> HttpServer:
+    """The REST edge in front of ``target`` (one address, or a comma list of replicas routed by
+    ``routing``: EDGE_ROUTING, None for the edge's default), access log off; a context manager
+    that stops it."""
+    env = {"EDGE_ROUTING": routing} if routing else {}
     return _started(processes.start_edge, target, log_dir / f"{name}.log", gunicorn_args=["--access-logfile", "/dev/null"],
-                    EDGE_WORKERS=str(workers), EDGE_THREADS=str(threads), EDGE_LOG_LEVEL="warning")
+                    EDGE_WORKERS=str(workers), EDGE_THREADS=str(threads), EDGE_LOG_LEVEL=log_level, **env)
+
+
+def start_replicas(count: int, slots: int, log_dir: Path, name: str, threads: int | None = None,
+                   engine: str | None = None, max_waiting: int = 64,
+                   extra_args: Sequence[str] = ()) -> list[tuple[subprocess.Popen, str]]:
+    """``count`` gRPC services alike (as :func:`start_service`), one after another, logging to
+    LOG_DIR/<name>-<i>.log; [(process, address)]. If one does not come up, those already
+    started are stopped before the benchmark stops. Stop them with :func:`stop_replicas`."""
+    replicas: list[tuple[subprocess.Popen, str]] = []
+    try:
+        for i in range(count):
+            replicas.append(start_service(slots, log_dir, threads, engine=engine, extra_args=extra_args,
+                                          name=f"{name}-{i}", max_waiting=max_waiting))
+    except BaseException:
+        stop_replicas(replicas)
+        raise
+    return replicas
+
+
+def stop_replicas(replicas: Sequence[tuple[subprocess.Popen, str]]) -> None:
+    for process, _ in replicas:
+        processes.stop_process(process)
 
 
 def peer_argv(model_file: Path, port: int, threads: int) -> list[str]:

@@ -168,6 +168,23 @@ def internal_error() -> RequestError:
     return RequestError(500, _INTERNAL)
 
 
+def service_unavailable() -> RequestError:
+    """What the edge answers itself when no replica of the service is serving: the same 503
+    as the service's UNAVAILABLE."""
+    mapping = GRPC_TO_HTTP[grpc.StatusCode.UNAVAILABLE]
+    return RequestError(mapping.http_status, mapping.generic_message, code=mapping.code)
+
+
+def capacity_exhausted(retry_after: str = DEFAULT_RETRY_AFTER) -> RequestError:
+    """What the edge answers itself when every serving replica is full (its slots and queue
+    places taken by this edge's own calls): the same 429 and Retry-After as the service's
+    RESOURCE_EXHAUSTED."""
+    return RequestError(429, "Every replica of the inference service is at capacity (all model slots and queue "
+                             "places are taken); retry later.",
+                        code=GRPC_TO_HTTP[grpc.StatusCode.RESOURCE_EXHAUSTED].code,
+                        headers={"Retry-After": retry_after})
+
+
 # --- Falcon error handlers ---------------------------------------------------------------
 
 # Status lines Falcon does not know (it would say "499 Unknown").

@@ -5,7 +5,7 @@ Run:  gunicorn -c python:rest_edge.gunicorn_conf
 
 Environment: EDGE_BIND, EDGE_WORKERS, EDGE_THREADS, EDGE_WORKER_TIMEOUT, EDGE_LOG_LEVEL,
 EDGE_LOG_FORMAT, EDGE_CONTROL_SOCKET, PROMETHEUS_MULTIPROC_DIR (see the metrics hooks below);
-the app itself reads INFERENCE_TARGET, EDGE_API_KEYS, EDGE_MAX_BODY_BYTES (see rest_edge.app).
+the app itself reads INFERENCE_TARGET, EDGE_ROUTING, EDGE_API_KEYS, EDGE_MAX_BODY_BYTES (see rest_edge.app).
 
 This module is read in the arbiter: importing it imports no prometheus_client, grpc or app.
 """

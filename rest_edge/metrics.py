@@ -90,6 +90,33 @@ class Metrics:
             "Generations cancelled because their client went away before the response was complete.",
             ["route"], registry=self.registry,
         )
+        # Routing across the replicas (rest_edge.client); ``replica`` is its address.
+        self.replica_requests = Counter(
+            "edge_replica_requests_total",
+            "Generate and Embed calls sent to each replica (a retry counts again, on its new replica).",
+            ["replica"], registry=self.registry,
+        )
+        self.replica_in_flight = Gauge(
+            "edge_replica_in_flight",
+            "Calls in flight to each replica, by the edge's own count (the sum over live workers).",
+            ["replica"], registry=self.registry, multiprocess_mode="livesum",
+        )
+        self.retries = Counter(
+            "edge_retries_total",
+            "Calls retried on another replica before their first response, by the replica left and why: "
+            "unavailable (gone, refused, draining) or full (RESOURCE_EXHAUSTED).",
+            ["replica", "reason"], registry=self.registry,
+        )
+        self.replica_serving = Gauge(
+            "edge_replica_serving",
+            "1 while a live worker's health watch of the replica says SERVING, else 0.",
+            ["replica"], registry=self.registry, multiprocess_mode="livemax",
+        )
+        self.unrouted = Counter(
+            "edge_unrouted_requests_total",
+            "Calls the edge answered itself: no_replica serving (503) or all_full replicas (429).",
+            ["reason"], registry=self.registry,
+        )
         if self.multiprocess_dir is None:
             self.exposition = self.registry
         else:

@@ -41,6 +41,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{next(_counter)}"
 
 
+def request_id_of(req: falcon.Request, fallback: str) -> str:
+    """The request's id (``X-Request-Id``, set by the app's middleware), else ``fallback``.
+    It goes to the service in GenerateRequest/EmbedRequest.request_id and as metadata."""
+    return getattr(req.context, "request_id", None) or fallback
+
+
 def read_body(req: falcon.Request, limit: int) -> bytes:
     """The raw request body, at most ``limit`` bytes (else 413).
 
@@ -100,7 +106,7 @@ class GenerationResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         rid = new_id(self._renderer.id_prefix)
-        parsed = self._parse(requests.parse_json_body(read_body(req, self._max_body_bytes)), rid)
+        parsed = self._parse(requests.parse_json_body(read_body(req, self._max_body_bytes)), request_id_of(req, rid))
         call = self._client.generate(parsed.request, timeout=self._request_timeout)
         render = self._renderer(rid, parsed.model, logprobs=parsed.logprobs, include_usage=parsed.include_usage)
         events = responses.events(call)
@@ -163,7 +169,7 @@ class EmbeddingsResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         parsed = requests.embedding_request(requests.parse_json_body(read_body(req, self._max_body_bytes)),
-                                            new_id("embd"))
+                                            request_id_of(req, new_id("embd")))
         if parsed.dimensions is not None:
             self._check_dimensions(parsed.model, parsed.dimensions)
         call = self._client.embed(parsed.request, timeout=self._request_timeout)
@@ -225,7 +231,8 @@ class ModelResource:
 
 
 class HealthResource:
-    """GET /health: 200 when the inference service reports SERVING, else 503."""
+    """GET /health: 200 when at least one replica of the inference service is SERVING (by its
+    health watch), else 503."""
 
     def __init__(self, client: Client):
         self._client = client

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import falcon.testing
 import pytest
@@ -109,11 +110,27 @@ def test_list_models(service):
     assert names == ["smollm2:135m", "qwen2.5:0.5b-instruct"]
 
 
+def eventually(check, timeout: float = 5.0) -> bool:
+    """Health is watched (the Watch stream): a change arrives a moment after it is set."""
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_health(service):
     _, client, health, _ = service
     assert client.health() is True
     health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    assert client.health() is False
+    assert eventually(lambda: client.health() is False)
+    with pytest.raises(RequestError) as info:  # no replica serving: the edge answers 503 itself
+        client.generate(request("ok"), timeout=5)
+    assert info.value.status == 503 and info.value.code == "service_unavailable"
+    health.set("", health_pb2.HealthCheckResponse.SERVING)  # back by itself
+    assert eventually(lambda: client.health() is True)
+    assert len(list(client.generate(request("ok"), timeout=5))) == 3
 
 
 def _free_port() -> int:
@@ -154,8 +171,19 @@ def test_app_stream_over_real_grpc(app_client, service):
     assert len(lines) == 6 and lines[-1] == "data: [DONE]"
     assert '"content":"!"' in lines[2] and '"finish_reason":"stop"' in lines[3]
     assert '"usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":1}}' in lines[4]
-    # the response id travels as the request id
-    assert servicer.requests[0].request_id in lines[0]
+    # the request id travels in GenerateRequest.request_id and as x-request-id metadata
+    request_id = result.headers["x-request-id"]
+    assert servicer.requests[0].request_id == request_id and request_id not in lines[0]
+    assert ("x-request-id", request_id) in servicer.metadata[0]
+
+
+def test_app_passes_the_clients_request_id(app_client, service):
+    servicer = service[0]
+    result = app_client.simulate_post("/v1/completions", json={"model": "ok", "prompt": "x"},
+                                      headers={"X-Request-Id": "client-id-1"})
+    assert result.status_code == 200 and result.headers["x-request-id"] == "client-id-1"
+    assert servicer.requests[-1].request_id == "client-id-1"
+    assert ("x-request-id", "client-id-1") in servicer.metadata[-1]
 
 
 @pytest.mark.parametrize("model, status", [("bad", 400), ("full", 429), ("long", 400), ("missing", 404), ("crash", 500)])
@@ -198,4 +226,4 @@ def test_app_models_and_health_over_real_grpc(app_client, service):
     assert len(app_client.simulate_get("/v1/models").json["data"]) == 2
     assert app_client.simulate_get("/health").status_code == 200
     health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    assert app_client.simulate_get("/health").status_code == 503
+    assert eventually(lambda: app_client.simulate_get("/health").status_code == 503)

@@ -82,7 +82,7 @@ def test_each_input_shape(given, sent):
     assert result.status_code == 200, result.text
     (request,) = fake.embed_requests
     assert list(request.inputs) == sent and request.model == "embedder"
-    assert request.request_id.startswith("embd-")
+    assert request.request_id == result.headers["x-request-id"]  # the request's X-Request-Id
     body = result.json
     assert list(body) == ["object", "data", "model", "usage"]
     assert body["object"] == "list" and body["model"] == "embedder"

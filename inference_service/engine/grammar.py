@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-from functools import lru_cache
 from typing import Iterable
 
 import numpy as np
@@ -97,10 +96,6 @@ class Guide:
         """The grammar allows nothing more: the output is whole."""
         return self._matcher.is_stopped()
 
-    @property
-    def accepting(self) -> bool:
-        return self._matcher.is_accepting()
-
 
 def constraint_grammar(constraint: Constraint) -> str:
     """The llguidance grammar of a request's constraint (not yet checked: ``check`` does)."""
@@ -124,13 +119,6 @@ def _json_object(text: str, param: str) -> str:
     if not isinstance(value, dict):
         raise InvalidRequest(f"{param} must be a JSON object (a JSON schema)", param)
     return text
-
-
-@lru_cache(maxsize=1)
-def llguidance_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llguidance") is not None
 
 
 class LazyGrammarTokenizer:

@@ -163,21 +163,18 @@ class CallCollector:
     def __init__(self, tools: Sequence[Tool], prefix: str = ""):
         self._tools = tools
         self._prefix = prefix
-        self._text = prefix
+        self._closed = 0  # closing markers already parsed
         self.calls: list[ToolCall] = []
 
     def update(self, text_since_prefix: str) -> list[ToolCall]:
-        """The calls completed by the text so far that were not handed out yet."""
+        """The calls completed by the text so far that were not handed out yet (parsed only
+        when a new closing marker appears)."""
         text = self._prefix + text_since_prefix
         closed = text.count(CALL_CLOSE)
-        if closed == self._text.count(CALL_CLOSE) and self.calls:
-            self._text = text
+        if closed == self._closed:
             return []
-        self._text = text
-        if not closed:
-            return []
-        complete = text[: text.rfind(CALL_CLOSE) + len(CALL_CLOSE)]
-        parsed, _ = parse_calls(complete, self._tools)
+        self._closed = closed
+        parsed, _ = parse_calls(text[: text.rfind(CALL_CLOSE) + len(CALL_CLOSE)], self._tools)
         new = parsed[len(self.calls):]
         self.calls.extend(new)
         return new

@@ -158,7 +158,10 @@ def status_to_proto(status: EngineStatus, in_flight: int) -> pb.GetStatusRespons
     return pb.GetStatusResponse(
         models=[
             pb.ModelStatus(name=m.name, slots=m.slots, busy_slots=m.busy_slots, waiting=m.waiting,
-                           max_waiting=m.max_waiting)
+                           max_waiting=m.max_waiting,
+                           slot_states=[pb.SlotState(index=s.index, busy=s.busy, cached_tokens=s.cached_tokens,
+                                                     idle_seconds=round(s.idle_seconds, 3))
+                                        for s in m.slot_states])
             for m in status.models
         ],
         generations_started=status.generations_started,

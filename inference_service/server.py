@@ -14,7 +14,7 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from inference_service import convert, limits
@@ -30,6 +30,7 @@ from inference_service.errors import (
     QueueFull,
     ServiceUnavailable,
 )
+from inference_service.health import HealthStatuses
 from inference_service.limits import (
     MAX_DETAILS_BYTES,
     MAX_PARAM_CHARS,
@@ -56,6 +57,16 @@ def server_concurrency(model_count: int, slots: int, max_waiting: int) -> int:
     every generation the models can run or queue gets a thread, plus headroom for the rest.
     """
     return model_count * (slots + max_waiting) + CONTROL_RPC_HEADROOM
+
+
+# Clients (the edge) send HTTP/2 keepalive pings every 2 s to find a replica that stopped
+# answering; gRPC servers by default answer pings more frequent than every 5 minutes with GOAWAY
+# "too_many_pings". Allow them, also on idle connections (a health watch is always open).
+KEEPALIVE_SERVER_OPTIONS = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
+)
 
 
 # Most specific first: ContextLengthExceeded is also an InvalidRequest.
@@ -428,6 +439,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 if chunk.usage is not None:
                     call_log.prompt_tokens = chunk.usage.prompt_tokens
                     call_log.completion_tokens = chunk.usage.completion_tokens
+                if chunk.finish_reason is not None:
+                    # The generation is complete once its last chunk is handed over: a client
+                    # that closes the call on reading it (before the status) got all of it.
+                    timing.completed = True
                 yield convert.chunk_to_proto(chunk, request.model)
             timing.completed = True
         except Cancelled:
@@ -483,7 +498,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 class RunningServer:
     server: grpc.Server
     port: int
-    health: health.HealthServicer
+    health: HealthStatuses
     draining: threading.Event
     servicer: InferenceServicer | None = None
 
@@ -526,14 +541,14 @@ def create_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 0), *KEEPALIVE_SERVER_OPTIONS],
         maximum_concurrent_rpcs=max_workers,
         interceptors=[RejectUndecodableRequests()],
     )
     draining = threading.Event()
     servicer = InferenceServicer(engine, draining, observer)
     pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
+    health_servicer = HealthStatuses()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

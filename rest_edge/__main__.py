@@ -46,6 +46,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="threads per worker (env EDGE_THREADS, default 8)")
     parser.add_argument("--request-timeout", type=float, default=None,
                         help="deadline of a generation in seconds (env EDGE_REQUEST_TIMEOUT, default 600)")
+    parser.add_argument("--first-token-timeout", type=float, default=None,
+                        help="seconds a generation waits for its replica's first answer before it moves to another "
+                             "replica (env EDGE_FIRST_TOKEN_TIMEOUT, default 0: no limit)")
     parser.add_argument("--max-body-bytes", type=int, default=None,
                         help="largest request body (env EDGE_MAX_BODY_BYTES, default 1 MiB)")
     parser.add_argument("--log-level", default=None, help="gunicorn log level (env EDGE_LOG_LEVEL, default info)")
@@ -74,6 +77,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "target": target,
         "max_body_bytes": args.max_body_bytes,
         "request_timeout": args.request_timeout,
+        "first_token_timeout": args.first_token_timeout,
     }
     EdgeApplication(options, app_kwargs).run()
 

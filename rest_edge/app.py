@@ -13,6 +13,8 @@ Settings (argument, else environment variable, else default):
 * ``max_body_bytes``  ``EDGE_MAX_BODY_BYTES``    1 MiB
 * ``api_keys``        ``EDGE_API_KEYS``          none (comma-separated; when set, /v1/* needs one)
 * ``request_timeout`` ``EDGE_REQUEST_TIMEOUT``   600 s (the gRPC deadline of a generation)
+* ``first_token_timeout`` ``EDGE_FIRST_TOKEN_TIMEOUT`` none (0); seconds a generation waits for
+  its replica's first answer before it is moved to another replica
 """
 
 from __future__ import annotations
@@ -78,6 +80,20 @@ def resolve_request_timeout(value: Optional[float] = None) -> float:
     return value
 
 
+def resolve_first_token_timeout(value: Optional[float] = None) -> Optional[float]:
+    """``EDGE_FIRST_TOKEN_TIMEOUT``: seconds a stream may wait for its replica's first answer
+    before it is moved to another replica (0 or unset: no limit)."""
+    if value is None:
+        env = _env("EDGE_FIRST_TOKEN_TIMEOUT")
+        try:
+            value = float(env) if env is not None else 0.0
+        except ValueError:
+            raise ValueError(f"EDGE_FIRST_TOKEN_TIMEOUT must be a number of seconds, got {env!r}") from None
+    if value < 0 or value != value:
+        raise ValueError(f"EDGE_FIRST_TOKEN_TIMEOUT must be 0 (no limit) or positive, got {value}")
+    return value or None
+
+
 def resolve_api_keys(keys: Optional[Iterable[str]] = None) -> list[str]:
     if keys is None:
         keys = (_env("EDGE_API_KEYS") or "").split(",")
@@ -138,6 +154,7 @@ def create_app(
     max_body_bytes: Optional[int] = None,
     api_keys: Optional[Iterable[str]] = None,
     request_timeout: Optional[float] = None,
+    first_token_timeout: Optional[float] = None,
     metrics: bool = True,
 ) -> falcon.App:
     """Build the app. ``client`` defaults to an :class:`InferenceClient` of ``target``."""
@@ -148,7 +165,8 @@ def create_app(
     if client is None:
         target = resolve_target(target)
         policy = resolve_routing(routing_policy)
-        client = InferenceClient(target, policy=policy, metrics=app_metrics)
+        client = InferenceClient(target, policy=policy, metrics=app_metrics,
+                                 first_response_timeout=resolve_first_token_timeout(first_token_timeout))
         log.info("REST edge: inference service at %s (routing %s)", target, policy)
     _install_log_filter()
 

@@ -22,6 +22,7 @@ from inference_service.limits import (
     QUOTE_CHARS,
     RETRY_AFTER_METADATA_KEY,
     clip_utf8,
+    quote,
 )
 from rest_edge import wire
 
@@ -251,3 +252,23 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(RequestError, handle_request_error)
+
+
+def rpc_attr(err: Any, name: str):
+    """``err.code()``, ``err.details()``... of a failed RPC, or None when the object cannot tell."""
+    fn = getattr(err, name, None)
+    try:
+        return fn() if callable(fn) else None
+    except Exception:  # noqa: BLE001 - a call object that cannot tell
+        return None
+
+
+def from_rpc_error(err: grpc.RpcError) -> RequestError:
+    """The RequestError of a failed RPC (stub errors are also ``grpc.Call`` objects)."""
+    return from_grpc(rpc_attr(err, "code"), rpc_attr(err, "details"), rpc_attr(err, "trailing_metadata"))
+
+
+def model_not_served(model: str, served: Sequence[str]) -> RequestError:
+    """What the edge answers itself when no replica serves ``model``: the service's own 404."""
+    return from_grpc(grpc.StatusCode.NOT_FOUND,
+                     f"model {quote(model)} not found; served: {', '.join(served) or 'none'}")

@@ -31,9 +31,10 @@ def request(model: str, **fields) -> pb.GenerateRequest:
 
 
 def failure(client, model: str, timeout=None) -> RequestError:
-    call = client.generate(request(model), timeout=timeout)
+    """The error of a call: raised when it starts (the edge's own: no replica, none has the
+    model, all full) or while it is read (the service's)."""
     with pytest.raises(RequestError) as info:
-        list(call)
+        list(client.generate(request(model), timeout=timeout))
     return info.value
 
 

@@ -26,7 +26,8 @@ from typing import Iterable, Optional
 import falcon
 
 from rest_edge import errors, requests, responses, routing
-from rest_edge.apis.generation import AdapterGenerationResource
+from rest_edge.apis import anthropic_messages
+from rest_edge.apis.generation import AdapterGenerationResource, PromptTokensResource
 from rest_edge.apis.openai_responses import ResponsesAdapter
 from rest_edge.auth import ApiKeyAuth
 from rest_edge.client import DEFAULT_TARGET, InferenceClient, valid_request_id
@@ -161,7 +162,7 @@ def create_app(
         middleware.append(ApiKeyAuth(keys))
 
     app = falcon.App(middleware=middleware)
-    errors.install(app)
+    errors.install(app, shapes=[(anthropic_messages.ROUTE, anthropic_messages.error_shape)])
 
     common = dict(max_body_bytes=max_body, request_timeout=timeout, metrics=app_metrics)
     app.add_route("/v1/completions",
@@ -170,6 +171,11 @@ def create_app(
                   GenerationResource(client, requests.chat_request, responses.ChatRenderer, **common))
     app.add_route("/v1/embeddings", EmbeddingsResource(client, **common))
     app.add_route("/v1/responses", AdapterGenerationResource(client, ResponsesAdapter(), **common))
+    app.add_route(anthropic_messages.ROUTE,
+                  AdapterGenerationResource(client, anthropic_messages.MessagesAdapter(), **common))
+    app.add_route(anthropic_messages.ROUTE + "/count_tokens",
+                  PromptTokensResource(client, anthropic_messages.count_request, anthropic_messages.count_body,
+                                       **common))
     app.add_route("/v1/models", ModelsResource(client))
     app.add_route("/v1/models/{model:path}", ModelResource(client))
     app.add_route("/health", HealthResource(client))

@@ -9,4 +9,5 @@ with cancellation (:mod:`.sse`) and the HTTP resources of a generation route
 token). A new API is one new module, its routes in ``rest_edge.app`` and its tests.
 
 * :mod:`.openai_responses`   POST /v1/responses (stateless)
+* :mod:`.anthropic_messages` POST /v1/messages, /v1/messages/count_tokens (Anthropic's shape)
 """

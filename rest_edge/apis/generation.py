@@ -108,3 +108,33 @@ class AdapterGenerationResource:
         counter = self._metrics.stream_errors
         return lambda err: counter.labels(route or "unmatched", str(err.status)).inc()
 
+
+class PromptTokensResource:
+    """POST of a route that counts a request's prompt tokens (Anthropic's count_tokens).
+
+    The count is the service's own (``Usage.prompt_tokens``) for the prompt the request renders
+    (template, tools and all): one token is generated and dropped. A client that leaves
+    cancels it.
+    """
+
+    def __init__(self, client: Client, parse: Callable[[dict, str], pb.GenerateRequest],
+                 render: Callable[[dict], dict], *, max_body_bytes: int, request_timeout: Optional[float],
+                 metrics: Optional[Metrics] = None):
+        self._client = client
+        self._parse = parse
+        self._render = render
+        self._max_body_bytes = max_body_bytes
+        self._request_timeout = request_timeout
+        self._metrics = metrics
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = parse_json_body(read_body(req, self._max_body_bytes))
+        request = self._parse(body, request_id_of(req, new_id("count")))
+        call = self._client.generate(request, timeout=self._request_timeout)
+        watch = watched_call(req, call, self._metrics)
+        try:
+            usage = next(e for e in responses.events(call) if isinstance(e, responses.Finish)).usage
+        finally:
+            watch.close()
+            call.cancel()
+        json_response(resp, self._render(usage))

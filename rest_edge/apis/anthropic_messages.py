@@ -11,8 +11,11 @@ Request → ``GenerateRequest``:
   and built-in tools (web search, bash, text editor, computer use, code execution, ...) are
   skipped, not refused: a local server cannot run them. ``tool_choice``: ``auto``, ``any``,
   ``tool`` (by ``name``), ``none``, with ``disable_parallel_tool_use``.
-* Accepted and ignored: ``metadata``, ``service_tier``, ``cache_control`` on blocks, and
-  ``thinking`` (the served models do not think: no ``thinking`` blocks come back).
+* ``output_config.format`` (structured outputs: ``{"type": "json_schema", "schema"}``; also
+  the earlier top-level ``output_format``) constrains the text to the schema.
+* Accepted and ignored: ``metadata``, ``service_tier``, ``cache_control``, ``speed``,
+  ``inference_geo``, ``output_config.effort``, and ``thinking`` (the served models do not
+  think: no ``thinking`` blocks come back).
   ``mcp_servers`` and ``container`` are refused by name.
 
 Answer: a ``message`` with ``text`` and ``tool_use`` blocks, ``stop_reason`` ``end_turn``,
@@ -239,6 +242,28 @@ def _tool_choice(body: dict, functions: list[pb.Tool], req: pb.GenerateRequest) 
         req.parallel_tool_calls = False
 
 
+def _output_format(body: dict, req: pb.GenerateRequest) -> None:
+    """``output_config.format`` (or the earlier top-level ``output_format``): a JSON schema the
+    text answer follows."""
+    param, fmt = "output_format", body.get("output_format")
+    config = body.get("output_config")
+    if config is not None:
+        if not isinstance(config, dict):
+            raise type_error("output_config", "an object", config)
+        if config.get("format") is not None:
+            param, fmt = "output_config.format", config["format"]
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict):
+        raise type_error(param, "an object", fmt)
+    if fmt.get("type") != "json_schema":
+        raise invalid(f"Invalid value for '{param}.type': {quote(fmt.get('type'))}. Supported values are: "
+                      "'json_schema'.", param=f"{param}.type", code="invalid_value")
+    if fmt.get("schema") is None:
+        raise missing(f"{param}.schema")
+    req.constraint.CopyFrom(pb.Constraint(json_schema=fields.schema_text(fmt["schema"], f"{param}.schema")))
+
+
 def _check_unsupported(body: dict) -> None:
     for name, why in (("mcp_servers", "MCP servers are not supported"),
                       ("container", "code execution containers are not supported")):
@@ -266,6 +291,7 @@ def parse(body: dict, request_id: str = "") -> Parsed:
         raise missing("max_tokens")
     req.max_tokens = opt_int(body, "max_tokens", 1, UINT32_MAX)
     _tool_choice(body, functions, req)
+    _output_format(body, req)
     req.stop.extend(s for s in fields.opt_str_list(body, "stop_sequences", "stop_sequences", limits.MAX_STOP_STRINGS,
                                                    limits.MAX_STOP_CHARS) if s)
     for name in ("temperature", "top_p"):
@@ -281,7 +307,9 @@ def parse(body: dict, request_id: str = "") -> Parsed:
 def count_request(body: dict, request_id: str = "") -> pb.GenerateRequest:
     """POST /v1/messages/count_tokens body → the GenerateRequest whose prompt is counted (one token)."""
     _model, req, functions = _prompt(body, request_id)
-    _tool_choice(body, functions, pb.GenerateRequest())  # checked; the prompt is the same whatever the choice
+    scratch = pb.GenerateRequest()  # checked; the prompt is the same whatever the choice and format
+    _tool_choice(body, functions, scratch)
+    _output_format(body, scratch)
     req.max_tokens = 1
     return req
 

@@ -96,7 +96,16 @@ def test_fields_map_to_the_contract():
     assert parse(tools=[WEATHER], tool_choice={"type": "none"}).tool_choice.mode == pb.ToolChoice.MODE_NONE
 
 
+def test_output_config_format_is_a_schema_constraint():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    req = parse(output_config={"effort": "low", "format": {"type": "json_schema", "schema": schema}})
+    assert json.loads(req.constraint.json_schema) == schema
+    assert json.loads(parse(output_format={"type": "json_schema", "schema": schema}).constraint.json_schema) == schema
+
+
 BAD = [
+    {"model": "m", "max_tokens": 1, "messages": USER, "output_config": {"format": {"type": "xml"}}},
+    {"model": "m", "max_tokens": 1, "messages": USER, "output_config": {"format": {"type": "json_schema"}}},
     {"max_tokens": 1, "messages": USER},
     {"model": "m", "messages": USER},
     {"model": "m", "max_tokens": 0, "messages": USER},

@@ -45,6 +45,7 @@ from rest_edge.apis.fields import (  # noqa: F401  (parse_json_body and the boun
     type_error as _type_error,
     unsupported as _unsupported,
 )
+from rest_edge.apis import tools as apis_tools
 from rest_edge.errors import invalid
 
 _ROLE_NAMES = ", ".join(limits.ROLES[:-1]) + " and " + limits.ROLES[-1]  # "system, user, assistant and tool"
@@ -495,7 +496,7 @@ _TOOL_CHOICE_MODES = {"none": pb.ToolChoice.MODE_NONE, "auto": pb.ToolChoice.MOD
 
 def _tool_choice(body: dict, tools: list[pb.Tool]) -> Optional[pb.ToolChoice]:
     """``tool_choice``: "none", "auto", "required" or ``{"type": "function", "function": {"name"}}``
-    naming one of ``tools``; only with tools, as OpenAI has it."""
+    naming one of ``tools``; only with tools, as OpenAI has it (``allowed_tools``: :func:`_allowed_tools`)."""
     value = body.get("tool_choice")
     if value is None:
         return None
@@ -522,14 +523,36 @@ def _tool_choice(body: dict, tools: list[pb.Tool]) -> Optional[pb.ToolChoice]:
     return pb.ToolChoice(mode=pb.ToolChoice.MODE_FUNCTION, function_name=name)
 
 
+def _allowed_tools(value: dict, tools: list[pb.Tool]) -> tuple[pb.ToolChoice, list[pb.Tool]]:
+    """``{"type": "allowed_tools", "allowed_tools": {"mode": "auto" | "required", "tools":
+    [{"type": "function", "function": {"name"}}]}}``: the model may (must) call one of these
+    tools only. Only they are sent to the service, which constrains calls to the tools it gets."""
+    if not tools:
+        raise invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+                      param="tool_choice", code="invalid_value")
+    spec = _object_at(value, "allowed_tools", "tool_choice.allowed_tools")
+    mode = spec.get("mode")
+    if mode is None:
+        raise _missing("tool_choice.allowed_tools.mode")
+    if mode not in ("auto", "required"):
+        raise invalid(f"Invalid value for 'tool_choice.allowed_tools.mode': {quote(mode)}. Supported values are: "
+                      "'auto' and 'required'.", param="tool_choice.allowed_tools.mode", code="invalid_value")
+    names = apis_tools.allowed_tool_names(spec.get("tools"), "tool_choice.allowed_tools.tools", tools, nested=True)
+    return pb.ToolChoice(mode=_TOOL_CHOICE_MODES[mode]), apis_tools.restrict(tools, names)
+
+
 def _tool_fields(body: dict, req: pb.GenerateRequest) -> None:
     """``response_format``, ``tools``, ``tool_choice`` and ``parallel_tool_calls`` onto ``req``."""
     constraint = _constraint(body)
     if constraint is not None:
         req.constraint.CopyFrom(constraint)
     tools = _tools(body)
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        tool_choice, tools = _allowed_tools(choice, tools)
+    else:
+        tool_choice = _tool_choice(body, tools)
     req.tools.extend(tools)
-    tool_choice = _tool_choice(body, tools)
     if tool_choice is not None:
         req.tool_choice.CopyFrom(tool_choice)
     parallel = _opt_bool(body, "parallel_tool_calls")

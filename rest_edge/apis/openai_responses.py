@@ -242,7 +242,9 @@ def _tool_choice(body: dict, functions: list[pb.Tool]) -> tuple[Optional[pb.Tool
         name = tools.check_named(value.get("name"), functions, "tool_choice.name")
         return pb.ToolChoice(mode=pb.ToolChoice.MODE_FUNCTION, function_name=name), functions
     if kind == "allowed_tools":
-        mode = value.get("mode", "auto")
+        mode = value.get("mode")
+        if mode is None:
+            raise missing("tool_choice.mode")
         if mode not in ("auto", "required"):
             raise invalid(f"Invalid value for 'tool_choice.mode': {quote(mode)}. Supported values are: 'auto' and "
                           "'required'.", param="tool_choice.mode", code="invalid_value")

@@ -26,9 +26,8 @@ from typing import Iterable, Optional
 import falcon
 
 from rest_edge import errors, requests, responses, routing
-from rest_edge.apis import anthropic_messages
+from rest_edge.apis import anthropic_messages, openai_responses
 from rest_edge.apis.generation import AdapterGenerationResource, PromptTokensResource
-from rest_edge.apis.openai_responses import ResponsesAdapter
 from rest_edge.auth import ApiKeyAuth
 from rest_edge.client import DEFAULT_TARGET, InferenceClient, valid_request_id
 from rest_edge.metrics import Metrics, MetricsMiddleware, MetricsResource
@@ -170,7 +169,8 @@ def create_app(
     app.add_route("/v1/chat/completions",
                   GenerationResource(client, requests.chat_request, responses.ChatRenderer, **common))
     app.add_route("/v1/embeddings", EmbeddingsResource(client, **common))
-    app.add_route("/v1/responses", AdapterGenerationResource(client, ResponsesAdapter(), **common))
+    app.add_route(openai_responses.ROUTE,
+                  AdapterGenerationResource(client, openai_responses.ResponsesAdapter(), **common))
     app.add_route(anthropic_messages.ROUTE,
                   AdapterGenerationResource(client, anthropic_messages.MessagesAdapter(), **common))
     app.add_route(anthropic_messages.ROUTE + "/count_tokens",

@@ -366,8 +366,9 @@ class MessagesRendering:
                                                                "index": len(self._blocks) - 1,
                                                                "content_block": {"type": "text", "text": ""}}))
             self._blocks[-1]["text"] += event.text
-            out.append(named_event("content_block_delta", {"type": "content_block_delta", "index": len(self._blocks) - 1,
-                                                           "delta": {"type": "text_delta", "text": event.text}}))
+            delta = {"type": "content_block_delta", "index": len(self._blocks) - 1,
+                     "delta": {"type": "text_delta", "text": event.text}}
+            out.append(named_event("content_block_delta", delta))
             return out
         if isinstance(event, responses.ToolCalls):
             out = self._close_text()

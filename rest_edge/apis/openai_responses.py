@@ -33,6 +33,7 @@ OpenAI's shape; an error after the stream started is an ``error`` event.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable, Iterable, Optional
 
@@ -56,6 +57,8 @@ from rest_edge.apis.fields import (
 from rest_edge.apis.generation import Parsed
 from rest_edge.apis.sse import named_event
 from rest_edge.errors import RequestError, invalid
+
+log = logging.getLogger("rest_edge")
 
 ROUTE = "/v1/responses"
 
@@ -127,10 +130,9 @@ class _History:
         self.messages.append(pb.ChatMessage(role=_ROLES[role], content=_content(content, f"{param}.content")))
 
     def function_call(self, item: dict, param: str) -> None:
-        call_id = fields.call_id(item.get("call_id"), f"{param}.call_id") if item.get("call_id") is not None \
-            else None
-        if call_id is None:
+        if item.get("call_id") is None:
             raise missing(f"{param}.call_id")
+        call_id = fields.call_id(item["call_id"], f"{param}.call_id")
         name = fields.function_name(item.get("name"), f"{param}.name")
         arguments = item.get("arguments")
         if arguments is None:
@@ -199,8 +201,8 @@ def _input(body: dict) -> list[pb.ChatMessage]:
     return history.messages
 
 
-def _tools(body: dict) -> tuple[list[pb.Tool], list[dict], set[str]]:
-    """Function tools (protobuf and as echoed) and the types of the tools skipped."""
+def _tools(body: dict) -> tuple[list[pb.Tool], list[dict]]:
+    """Function tools, as protobuf and as the response echoes them; other tool types are skipped."""
     taken: dict[str, str] = {}
     functions, echo, skipped = [], [], set()
     for i, tool in enumerate(tools.tool_list(body.get("tools"), "tools")):
@@ -219,7 +221,9 @@ def _tools(body: dict) -> tuple[list[pb.Tool], list[dict], set[str]]:
         functions.append(made)
         echo.append({"type": "function", "name": made.name, "description": made.description or None,
                      "parameters": tool.get("parameters"), "strict": tool.get("strict", True)})
-    return functions, echo, skipped
+    if skipped:
+        log.debug("/v1/responses: skipped tools of types %s (not runnable here)", ", ".join(sorted(skipped)))
+    return functions, echo
 
 
 def _tool_choice(body: dict, functions: list[pb.Tool]) -> tuple[Optional[pb.ToolChoice], list[pb.Tool]]:
@@ -296,7 +300,7 @@ def parse(body: dict, request_id: str = "") -> Parsed:
     _check_stateless(body)
     messages = _input(body)
     req = pb.GenerateRequest(model=model, messages=messages, request_id=request_id)
-    functions, tools_echo, _skipped = _tools(body)
+    functions, tools_echo = _tools(body)
     choice, sent = _tool_choice(body, functions)
     req.tools.extend(sent)
     if choice is not None:

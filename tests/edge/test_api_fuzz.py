@@ -75,7 +75,8 @@ blocks = st.lists(maybe_junk(st.one_of(
     st.fixed_dictionaries({"type": st.just("tool_use"), "id": maybe_junk(st.just("t1")), "name": names,
                            "input": maybe_junk(st.just({"city": "Oslo"}))}),
     st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": maybe_junk(st.just("t1")),
-                           "content": st.one_of(text, parts(["text", "image"])), "is_error": maybe_junk(st.booleans())}),
+                           "content": st.one_of(text, parts(["text", "image"])),
+                           "is_error": maybe_junk(st.booleans())}),
     st.fixed_dictionaries({"type": st.sampled_from(["thinking", "image", "document"])}))), max_size=3)
 anthropic_messages = st.lists(maybe_junk(st.fixed_dictionaries({
     "role": maybe_junk(st.sampled_from(["user", "assistant", "system"])), "content": st.one_of(text, blocks)})),

@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 
+import agents
 import pytest
+from agents import Agent, ModelSettings, Runner, function_tool
+from openai import AsyncOpenAI
 
-agents = pytest.importorskip("agents")  # the dev extra; make test installs it
-from agents import Agent, ModelSettings, Runner, function_tool  # noqa: E402
-from openai import AsyncOpenAI  # noqa: E402
-
-from tests.e2e.helpers import MODEL  # noqa: E402
+from tests.e2e.helpers import MODEL
 
 pytestmark = pytest.mark.model
 

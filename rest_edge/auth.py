@@ -36,7 +36,8 @@ class ApiKeyAuth:
         if not token:
             raise RequestError(
                 401,
-                "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY' (or in x-api-key).",
+                "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY' "
+                "(or in x-api-key).",
                 code="missing_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )

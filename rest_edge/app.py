@@ -28,6 +28,8 @@ from typing import Iterable, Optional
 import falcon
 
 from rest_edge import errors, requests, responses, routing
+from rest_edge.apis import anthropic_messages, openai_responses
+from rest_edge.apis.generation import AdapterGenerationResource, PromptTokensResource
 from rest_edge.auth import ApiKeyAuth
 from rest_edge.client import DEFAULT_TARGET, InferenceClient, valid_request_id
 from rest_edge.metrics import Metrics, MetricsMiddleware, MetricsResource
@@ -177,7 +179,7 @@ def create_app(
         middleware.append(ApiKeyAuth(keys))
 
     app = falcon.App(middleware=middleware)
-    errors.install(app)
+    errors.install(app, shapes=[(anthropic_messages.ROUTE, anthropic_messages.error_shape)])
 
     common = dict(max_body_bytes=max_body, request_timeout=timeout, metrics=app_metrics)
     app.add_route("/v1/completions",
@@ -185,6 +187,13 @@ def create_app(
     app.add_route("/v1/chat/completions",
                   GenerationResource(client, requests.chat_request, responses.ChatRenderer, **common))
     app.add_route("/v1/embeddings", EmbeddingsResource(client, **common))
+    app.add_route(openai_responses.ROUTE,
+                  AdapterGenerationResource(client, openai_responses.ResponsesAdapter(), **common))
+    app.add_route(anthropic_messages.ROUTE,
+                  AdapterGenerationResource(client, anthropic_messages.MessagesAdapter(), **common))
+    app.add_route(anthropic_messages.ROUTE + "/count_tokens",
+                  PromptTokensResource(client, anthropic_messages.count_request, anthropic_messages.count_body,
+                                       **common))
     app.add_route("/v1/models", ModelsResource(client))
     app.add_route("/v1/models/{model:path}", ModelResource(client))
     app.add_route("/health", HealthResource(client))

@@ -1,4 +1,5 @@
-"""Optional API keys: when configured, /v1/* requires ``Authorization: Bearer <key>``."""
+"""Optional API keys: when configured, /v1/* requires ``Authorization: Bearer <key>``, or the
+key in ``x-api-key`` (how Anthropic's clients send it)."""
 
 from __future__ import annotations
 
@@ -31,9 +32,12 @@ class ApiKeyAuth:
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
+            token = (req.get_header("x-api-key") or "").strip()
+        if not token:
             raise RequestError(
                 401,
-                "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY'.",
+                "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY' "
+                "(or in x-api-key).",
                 code="missing_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )

@@ -280,7 +280,7 @@ MALFORMED = [  # (id, body fields, param)
     ("tool_choice not a string or object", dict(tools=[WEATHER], tool_choice=1), "tool_choice"),
     ("tool_choice names another function", dict(tools=[WEATHER], tool_choice={
         "type": "function", "function": {"name": "get_time"}}), "tool_choice"),
-    ("tool_choice type unknown", dict(tools=[WEATHER], tool_choice={"type": "allowed_tools"}), "tool_choice.type"),
+    ("tool_choice type unknown", dict(tools=[WEATHER], tool_choice={"type": "custom"}), "tool_choice.type"),
     ("tool_choice function missing", dict(tools=[WEATHER], tool_choice={"type": "function"}), "tool_choice.function"),
     ("tool_choice name missing", dict(tools=[WEATHER], tool_choice={"type": "function", "function": {}}),
      "tool_choice.function.name"),

@@ -536,8 +536,8 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
                                       tool_calls=tuple(completed))
                 pending_ids.clear()
                 pending_logprobs.clear()
-            if guide is not None and guide.complete:
-                finish_reason = "stop"
+            if calls.repeated or (guide is not None and guide.complete):
+                finish_reason = "stop"  # tool_calls below: the calls so far
                 break
         else:
             step = streamer.push(token_id, stops_armed=generated > request.min_tokens)

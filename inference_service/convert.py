@@ -151,6 +151,10 @@ def model_to_proto(model: ModelDescription) -> pb.ModelInfo:
         owned_by=model.owned_by,
         context_length=model.context_length,
         has_chat_template=model.has_chat_template,
+        engine=model.engine,
+        architecture=model.architecture,
+        can_embed=model.can_embed,
+        embedding_dimensions=model.embedding_dimensions if model.can_embed else 0,
     )
 
 

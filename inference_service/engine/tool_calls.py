@@ -22,6 +22,7 @@ from typing import Sequence
 
 from inference_service.engine.types import ChatMessage, Tool, ToolCall
 from inference_service.errors import InvalidRequest
+from inference_service.limits import quote
 
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
@@ -149,12 +150,12 @@ def check_tools(tools: Sequence[Tool], choice: str, name: str) -> None:
         if not isinstance(parameters, dict):
             raise InvalidRequest(f"{param} must be a JSON schema object", param)
         if tool.name in seen:
-            raise InvalidRequest(f"two tools are named {tool.name!r}", f"tools[{i}].function.name")
+            raise InvalidRequest(f"two tools are named {quote(tool.name)}", f"tools[{i}].function.name")
         seen.add(tool.name)
     if choice in ("required", "function") and not tools:
         raise InvalidRequest(f"tool_choice {choice!r} needs tools", "tool_choice")
     if choice == "function" and name not in seen:
-        raise InvalidRequest(f"tool_choice names {name!r}, which is not one of the tools", "tool_choice")
+        raise InvalidRequest(f"tool_choice names {quote(name)}, which is not one of the tools", "tool_choice")
 
 
 class CallCollector:

@@ -51,7 +51,7 @@ from bench.procfs import CpuAudit, PeakMemory, cpu_busy_fraction  # noqa: E402
 from bench.prompts import MODEL  # noqa: E402
 from bench.servers import LLAMA_SERVER, start_edge, start_llama_server, start_service  # noqa: E402
 from bench.sse import chat_stream, count_prompt_tokens  # noqa: E402
-from tests.processes import stop_process  # noqa: E402
+from harness.processes import stop_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 FAILURES: dict[str, list[str]] = defaultdict(list)  # system (or breakdown row) -> what failed

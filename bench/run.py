@@ -40,7 +40,7 @@ from bench.prompts import MODEL  # noqa: E402
 from bench.report import write_report  # noqa: E402
 from bench.servers import start_edge, start_peer, start_service  # noqa: E402  (soak.py imports the first two from here)
 from bench.sse import chat_stream, count_prompt_tokens  # noqa: E402
-from tests.processes import stop_process  # noqa: E402
+from harness.processes import stop_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 FAILURES: dict[str, list[str]] = defaultdict(list)  # system -> what failed

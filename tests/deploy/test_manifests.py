@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.processes import REPO
+from harness.processes import REPO
 
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"

@@ -8,7 +8,7 @@ import pytest
 
 from inference_service.server import create_server
 from tests.conftest import start_edge
-from tests.processes import stop_process
+from harness.processes import stop_process
 from tests.service.fake_engine import FakeEngine
 
 SAFETY = 30  # seconds: bounds a hang, never a measured limit

@@ -29,6 +29,7 @@ from rest_edge.app import create_app
 from tests.conftest import start_edge, stop_process
 from tests.e2e.helpers import log_since, file_size, raw_post
 from tests.edge.fakes import FakeCall, FakeServicer, last, piece, rpc_error, start_server
+from tests.helpers import eventually
 
 BOUND = 10.0  # generous: "seen within about half a second" on a quiet machine
 
@@ -58,15 +59,6 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def wait_until(predicate, bound: float = BOUND) -> bool:
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 # --- the watcher on real sockets -----------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["close", "reset", "shutdown"])
@@ -80,7 +72,7 @@ def test_a_departed_peer_is_seen(watcher, how):
          "shutdown": lambda: client.shutdown(socket.SHUT_WR)}[how]()
         assert gone.wait(BOUND), f"peer {how} not seen"
         assert handle.gone
-        assert wait_until(lambda: watcher.watching() == 0)
+        eventually(lambda: watcher.watching() == 0, "no socket watched", timeout=BOUND)
         handle.close()  # idempotent after firing
         # The socket itself is untouched: still open, still this process's to close.
         assert server.fileno() >= 0
@@ -103,7 +95,7 @@ def test_a_pipelined_byte_is_not_gone_and_not_consumed(watcher):
         handle = watcher.watch(server, lambda: calls.append(1))
         client.sendall(b"GET / HTTP/1.1\r\n")
         # The watcher sees the data and stops watching that socket (no callback).
-        assert wait_until(lambda: watcher.watching() == 0), "a readable socket is still watched"
+        eventually(lambda: watcher.watching() == 0, "a readable socket no longer watched", timeout=BOUND)
         client.close()  # even a later departure is not reported for a socket no longer watched
         time.sleep(0.3)
         assert calls == [] and not handle.gone
@@ -174,7 +166,7 @@ def test_many_sockets_at_once(watcher):
         stayed = [i for i in range(60) if i not in leaving]
         assert not any(fired[i].is_set() for i in stayed)
         assert not any(handles[i].gone for i in stayed)
-        assert wait_until(lambda: watcher.watching() == len(stayed))
+        eventually(lambda: watcher.watching() == len(stayed), "only the peers that stayed watched", timeout=BOUND)
         for i in stayed:
             handles[i].close()
         assert watcher.watching() == 0
@@ -195,7 +187,7 @@ def test_a_failing_callback_does_not_stop_the_watcher(watcher):
         h1 = watcher.watch(s1, boom)
         watcher.watch(s2, gone.set)
         c1.close()
-        assert wait_until(lambda: h1.gone)
+        eventually(lambda: h1.gone, "the first peer seen gone", timeout=BOUND)
         c2.close()
         assert gone.wait(BOUND)
 
@@ -208,7 +200,7 @@ def test_a_socket_closed_under_its_watch_is_dropped_quietly(watcher):
         server.close()  # its owner closed it without closing the watch
         other_server, other_client = tcp_pair()  # may reuse the number
         with other_server, other_client:
-            assert wait_until(lambda: watcher.watching() == 0)
+            eventually(lambda: watcher.watching() == 0, "no socket watched", timeout=BOUND)
             other_client.close()
             time.sleep(0.2)
     assert calls == []

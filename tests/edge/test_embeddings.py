@@ -11,7 +11,6 @@ import base64
 import json
 import time
 
-import falcon.testing
 import grpc
 import httpx
 import openai
@@ -19,9 +18,9 @@ import pytest
 
 from inference_service import limits
 from inference_service.v1 import inference_pb2 as pb
-from rest_edge.app import create_app
 from tests.edge.fake_stack import oai, stack  # noqa: F401  (fixtures)
 from tests.edge.fakes import EMBEDDING_DIMENSIONS, FakeClient, rpc_error, vector_of
+from tests.helpers import client_for
 from tests.service.fake_engine import EMBEDDING_DIMENSIONS as ENGINE_DIMENSIONS
 from tests.service.fake_engine import fake_vector
 
@@ -31,10 +30,6 @@ SAFETY = 30  # seconds: bounds a hang, never a measured limit
 MODELS = [pb.ModelInfo(name="embedder", created=1700000000, owned_by="library", can_embed=True,
                        embedding_dimensions=EMBEDDING_DIMENSIONS),
           pb.ModelInfo(name="generator", created=1700000000, owned_by="library")]
-
-
-def client_for(fake: FakeClient, **kwargs) -> falcon.testing.TestClient:
-    return falcon.testing.TestClient(create_app(fake, **kwargs))
 
 
 def post(body, fake: FakeClient | None = None, **kwargs):

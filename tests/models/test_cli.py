@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.models.conftest import write_tiny_gguf
-from tests.processes import REPO
+from harness.processes import REPO
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from inference_service.server import create_server
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import start_service
-from tests.processes import stop_process
+from harness.processes import stop_process
 from tests.service.fake_engine import FakeEngine
 from tests.service.helpers import MODEL, SAFETY, SYSTEM, request
 

@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 from gunicorn.app.base import BaseApplication
 
-from rest_edge.app import resolve_target
+from inference_service.settings import LOG_LEVELS
+from rest_edge.app import resolve_max_body_bytes, resolve_request_timeout, resolve_routing, resolve_target
 
 
 class EdgeApplication(BaseApplication):
@@ -48,19 +49,27 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="deadline of a generation in seconds (env EDGE_REQUEST_TIMEOUT, default 600)")
     parser.add_argument("--max-body-bytes", type=int, default=None,
                         help="largest request body (env EDGE_MAX_BODY_BYTES, default 1 MiB)")
-    parser.add_argument("--log-level", default=None, help="gunicorn log level (env EDGE_LOG_LEVEL, default info)")
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default=None,
+                        help="gunicorn log level (env EDGE_LOG_LEVEL, default info)")
     parser.add_argument("--log-format", choices=("text", "json"), default=None,
                         help="text (gunicorn's) or json: one JSON object per line for the error, app and access "
                              "logs (env EDGE_LOG_FORMAT, default text)")
     args = parser.parse_args(argv)
-    env_format = os.environ.get("EDGE_LOG_FORMAT", "text")
-    if args.log_format is None and env_format.strip().lower() not in ("", "text", "json"):
-        parser.error(f"EDGE_LOG_FORMAT must be text or json, not {env_format!r}")
+    flags = {"EDGE_BIND": args.bind, "EDGE_WORKERS": args.workers, "EDGE_THREADS": args.threads,
+             "EDGE_LOG_LEVEL": args.log_level, "EDGE_LOG_FORMAT": args.log_format}
+    for name, value in flags.items():
+        if value is not None:  # a flag wins over its variable, here and in rest_edge.gunicorn_conf
+            os.environ[name] = str(value)
+    try:  # every other setting from the environment, checked before gunicorn starts
+        importlib.import_module("rest_edge.gunicorn_conf")
+        resolve_routing()
+        resolve_max_body_bytes(args.max_body_bytes)
+        resolve_request_timeout(args.request_timeout)
+    except ValueError as error:
+        parser.error(str(error))
 
     target = resolve_target(args.target)
     os.environ["INFERENCE_TARGET"] = target  # workers (and reloads) see the same target
-    if args.log_format is not None:
-        os.environ["EDGE_LOG_FORMAT"] = args.log_format  # read by rest_edge.gunicorn_conf
     options: dict[str, Any] = {
         "bind": args.bind,
         "workers": args.workers,

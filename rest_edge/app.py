@@ -25,6 +25,7 @@ from typing import Iterable, Optional
 
 import falcon
 
+from inference_service.settings import SettingError, from_environment
 from rest_edge import errors, requests, responses, routing
 from rest_edge.auth import ApiKeyAuth
 from rest_edge.client import DEFAULT_TARGET, InferenceClient, valid_request_id
@@ -54,27 +55,30 @@ def resolve_target(target: Optional[str] = None) -> str:
 
 
 def resolve_routing(policy: Optional[str] = None) -> str:
-    value = (policy or _env("EDGE_ROUTING") or routing.DEFAULT_POLICY).strip().lower()
+    if policy is None:
+        return from_environment("EDGE_ROUTING", routing.DEFAULT_POLICY, str.lower, routing.POLICIES)
+    value = policy.strip().lower()
     if value not in routing.POLICIES:
-        raise ValueError(f"EDGE_ROUTING must be one of {', '.join(routing.POLICIES)}, not {value!r}")
+        raise ValueError(f"the routing policy must be one of {', '.join(routing.POLICIES)}, not {value!r}")
     return value
 
 
 def resolve_max_body_bytes(value: Optional[int] = None) -> int:
-    if value is None:
-        env = _env("EDGE_MAX_BODY_BYTES")
-        value = int(env) if env is not None else DEFAULT_MAX_BODY_BYTES
-    if value <= 0:
-        raise ValueError(f"max_body_bytes must be positive, got {value}")
-    return value
+    return _positive(value, "max_body_bytes", "EDGE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int)
 
 
 def resolve_request_timeout(value: Optional[float] = None) -> float:
+    return _positive(value, "request_timeout", "EDGE_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT, float)
+
+
+def _positive(value, param: str, env: str, default, convert):
+    """``value``, else ``env``'s (checked), else ``default``; a ValueError naming whichever was
+    not positive."""
+    source = param
     if value is None:
-        env = _env("EDGE_REQUEST_TIMEOUT")
-        value = float(env) if env is not None else DEFAULT_REQUEST_TIMEOUT
+        value, source = from_environment(env, default, convert), env
     if value <= 0:
-        raise ValueError(f"request_timeout must be positive, got {value}")
+        raise SettingError(f"{source} must be positive, not {value}")
     return value
 
 

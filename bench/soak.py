@@ -37,11 +37,11 @@ sys.path.insert(0, str(REPO))
 from bench.procfs import proc_ticks  # noqa: E402
 from bench.prompts import filler_text  # noqa: E402
 from bench.servers import start_edge, start_service  # noqa: E402
+from harness.processes import stop_process  # noqa: E402
 from inference_service.engine.memory import kv_cache_bytes  # noqa: E402
 from inference_service.models.registry import ModelRegistry  # noqa: E402
 from inference_service.v1 import inference_pb2 as pb  # noqa: E402
 from inference_service.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
-from harness.processes import stop_process  # noqa: E402
 
 MODEL = "smollm2:135m"
 # The README's memory bound: Pss_Anon <= BASE_ANON_MB + slots x SLOT_OVERHEAD x KV cache.

@@ -198,15 +198,17 @@ def raw_post(base_url: str, path: str, body: dict, timeout: float = 300.0) -> so
     return sock
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
 def read_http_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """Reads a whole ``Connection: close`` response: status, headers (lower-case names), body."""
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, body = read_until_closed(sock).partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import queue
 import socket
-import struct
 import threading
 import time
 from typing import Any
@@ -27,7 +26,7 @@ from inference_service.v1 import inference_pb2 as pb
 from rest_edge import disconnect, responses, streaming
 from rest_edge.app import create_app
 from tests.conftest import start_edge, stop_process
-from tests.e2e.helpers import log_since, file_size, raw_post
+from tests.e2e.helpers import abort, file_size, log_since, raw_post, read_until_closed
 from tests.edge.fakes import FakeCall, FakeServicer, last, piece, rpc_error, start_server
 from tests.helpers import eventually
 
@@ -53,12 +52,6 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
     return server, client
 
 
-def reset(sock: socket.socket) -> None:
-    """Close with a TCP reset (SO_LINGER 0), as a crashed client would."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
 # --- the watcher on real sockets -----------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["close", "reset", "shutdown"])
@@ -68,7 +61,7 @@ def test_a_departed_peer_is_seen(watcher, how):
     with server:
         handle = watcher.watch(server, gone.set)
         assert not handle.gone
-        {"close": client.close, "reset": lambda: reset(client),
+        {"close": client.close, "reset": lambda: abort(client),
          "shutdown": lambda: client.shutdown(socket.SHUT_WR)}[how]()
         assert gone.wait(BOUND), f"peer {how} not seen"
         assert handle.gone
@@ -159,7 +152,7 @@ def test_many_sockets_at_once(watcher):
         assert watcher.watching() == 60
         leaving = set(range(0, 60, 3))
         for i in leaving:
-            (reset if i % 2 else socket.socket.close)(pairs[i][1])
+            (abort if i % 2 else socket.socket.close)(pairs[i][1])
         for i in leaving:
             assert fired[i].wait(BOUND), f"departure of peer {i} not seen"
         time.sleep(0.3)
@@ -416,7 +409,7 @@ def test_gunicorn_cancels_when_the_client_leaves_without_a_write(hanging_edge, s
         sock.settimeout(BOUND)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # headers and the first frame came
     assert not gone.wait(0.3), "cancelled while the client was still there"
-    (sock.close if how == "close" else (lambda: reset(sock)))()
+    (sock.close if how == "close" else (lambda: abort(sock)))()
     assert gone.wait(BOUND), "the edge did not cancel the call of a departed client"
     # The departed request ends quietly: no traceback, no error; the edge still answers.
     resp = httpx.post(edge.base_url + "/v1/chat/completions",
@@ -457,11 +450,6 @@ def test_gunicorn_pipelined_requests_are_both_answered(hanging_edge):
 
     with socket.create_connection((host, int(port)), timeout=BOUND) as sock:
         sock.sendall(request("keep-alive") + request("close"))
-        received = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
+        received = read_until_closed(sock)
     assert received.count(b"HTTP/1.1 200") == 2, received[:2000]
     assert received.count(b'"Hello!"') == 2

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tests.models.conftest import write_tiny_gguf
 from harness.processes import REPO
+from tests.models.conftest import write_tiny_gguf
 
 
 @pytest.fixture

@@ -4,35 +4,28 @@ Also, in process over the fake engine: that line's outcome and fields for other 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 import grpc
 import pytest
 
+from harness.processes import stop_process
 from inference_service.server import create_server
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import start_service
-from harness.processes import stop_process
+from tests.helpers import json_lines
 from tests.service.fake_engine import FakeEngine
 from tests.service.helpers import MODEL, SAFETY, SYSTEM, request
 
 
-def json_lines(log: str) -> list[dict]:
-    lines = []
-    for number, line in enumerate(log.splitlines(), 1):
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            pytest.fail(f"line {number} of the service's output is not JSON: {line!r}\n{log[-4000:]}")
-        assert isinstance(lines[-1], dict), line
-    return lines
+def service_lines(log: str) -> list[dict]:
+    return json_lines(log, "the service's output")
 
 
 def generate_lines(log: str, request_id: str) -> list[dict]:
-    return [line for line in json_lines(log) if line.get("request_id") == request_id and "outcome" in line]
+    return [line for line in service_lines(log) if line.get("request_id") == request_id and "outcome" in line]
 
 
 @pytest.mark.model
@@ -54,7 +47,7 @@ def test_json_log_lines_and_the_request_id(tmp_path):
     finally:
         stop_process(service.process)
 
-    lines = json_lines(service.log())  # start to stop, every line
+    lines = service_lines(service.log())  # start to stop, every line
     assert {line["logger"] for line in lines} >= {"inference_service", "inference_service.server"}
     assert any(line["message"] == "stopped" for line in lines)
     for line in lines:

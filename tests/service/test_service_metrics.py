@@ -20,11 +20,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import processes
 from inference_service import metrics as service_metrics
 from inference_service.server import GenerateObserver, create_server
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
-from harness import processes
 from tests.helpers import eventually
 from tests.service.fake_engine import FakeEngine
 

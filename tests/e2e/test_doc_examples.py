@@ -1,12 +1,14 @@
-"""The README's and docs' shell examples, read from the files and run against the real stack:
-every ``curl`` command of a ```` ```sh ```` block against the real edge, and ``buf curl`` (the
-gRPC example) against the real service when buf is installed (``make lint-proto``).
+"""The README's and docs' examples, read from the files and run against the real stack: every
+``curl`` command of a ```` ```sh ```` block against the real edge, ``buf curl`` (the gRPC
+example) against the real service when buf is installed (``make lint-proto``), and every
+```` ```python ```` block as a program (the official openai client, the gRPC stubs).
 
 The commands run as written, but for the address (the test's edge or service instead of
 127.0.0.1:8000 / :50051) and one field: a chat or completion request without a token limit
 gets ``max_tokens`` (``helpers.REF_MAX_TOKENS``), since at temperature 0.7 this small model
 may otherwise go on to the end of its context. Each must exit 0 with HTTP 200 and a body in
 the wire's shape: SSE frames ending with ``[DONE]`` for a stream, a JSON document otherwise.
+A Python example runs as written but for the addresses, and must exit 0.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,8 +79,18 @@ def _limited(argv: list[str]) -> list[str]:
     return out
 
 
+def python_examples() -> list:
+    found = []
+    for path in DOCUMENTS:
+        text = path.read_text()
+        for block in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
+            line = text.count("\n", 0, block.start(1)) + 1
+            found.append(pytest.param(block.group(1), id=f"{path.relative_to(REPO)}:{line}"))
+    return found
+
+
 def test_the_documents_have_examples():
-    assert len(examples("curl")) >= 6 and examples("buf curl")
+    assert len(examples("curl")) >= 6 and examples("buf curl") and len(python_examples()) >= 3
 
 
 @pytest.mark.parametrize("argv", examples("curl"))
@@ -108,3 +121,13 @@ def test_grpc_example(service, argv):
     assert done.returncode == 0, done.stderr
     replies = [json.loads(doc) for doc in re.split(rb"\n(?=\{)", done.stdout.strip())]
     assert replies and "usage" in replies[-1], replies[-1:]
+
+
+@pytest.mark.parametrize("code", python_examples())
+def test_python_example(edge, service, code):
+    assert EDGE_URL in code or SERVICE_URL.removeprefix("http://") in code, "addressed to neither the edge nor the service"
+    program = code.replace(EDGE_URL, edge.base_url).replace(SERVICE_URL.removeprefix("http://"), service.address)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=600, check=False,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip(), "the example printed nothing"

@@ -66,7 +66,7 @@ import httpx  # noqa: E402
 from bench import prompts  # noqa: E402
 from bench.measure import median, percentile  # noqa: E402
 from bench.procfs import cpu_busy_fraction  # noqa: E402
-from bench.report import pyplot, save_figure  # noqa: E402
+from bench.report import print_failures, pyplot, save_figure  # noqa: E402
 from bench.prompts import MODEL  # noqa: E402
 from bench.servers import start_edge, start_replicas, stop_replicas  # noqa: E402
 from bench.sse import chat_stream  # noqa: E402
@@ -458,14 +458,7 @@ def main(argv=None) -> int:
                      f"{args.conversations} chats x {args.turns} turns, ~{args.history_tokens}-token histories - "
                      f"{doc['meta']['when']}")
     print(f"\nwrote {RESULTS / 'cluster.json'} and {png}")
-    if failures:
-        print("\nFAILED requests (the rows count only the successes):", file=sys.stderr)
-        for name, items in failures.items():
-            print(f"  {name}: {len(items)} failed or not asked", file=sys.stderr)
-            for item in items[:10]:
-                print(f"    {item}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if print_failures(failures, "failed or not asked; the rows count only the successes") else 0
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from bench import prompts  # noqa: E402
 from bench.chat_turns import HISTORY_TOKENS, chat_turn_rows  # noqa: E402
 from bench.measure import Stream, aggregate_tps, concurrent, median, single_rows, successes, time_pieces  # noqa: E402
 from bench.procfs import CpuAudit, PeakMemory, cpu_busy_fraction  # noqa: E402
-from bench.report import pyplot, save_figure  # noqa: E402
+from bench.report import print_failures, pyplot, save_figure  # noqa: E402
 from bench.prompts import MODEL  # noqa: E402
 from bench.servers import LLAMA_SERVER, start_edge, start_llama_server, start_service  # noqa: E402
 from bench.sse import chat_stream  # noqa: E402
@@ -449,15 +449,8 @@ def main(argv=None) -> int:
     png = save_chart(systems, args.concurrency, RESULTS / "engines.png",
                      f"{MODEL}, {args.threads} threads, {args.max_tokens}-token streams - {doc['meta']['when']}")
     print(f"\nwrote {RESULTS / 'engines.json'} and {png}")
-    if any(FAILURES.values()):
-        print("\nFAILED requests (the rows count only the successes; a concurrency level with a failure has no "
-              "figure):", file=sys.stderr)
-        for name, failures in FAILURES.items():
-            print(f"  {name}: {len(failures)} failed", file=sys.stderr)
-            for failure in failures[:10]:
-                print(f"    {failure}", file=sys.stderr)
-        return 1
-    return 0
+    note = "the rows count only the successes; a concurrency level with a failure has no figure"
+    return 1 if print_failures(FAILURES, note) else 0
 
 
 if __name__ == "__main__":

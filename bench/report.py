@@ -180,6 +180,20 @@ def save_chart(systems: Mapping[str, Mapping[str, Any]], path: Path,
     return save_figure(fig, path)
 
 
+def print_failures(failures: Mapping[str, list[str]], note: str) -> bool:
+    """Each system's failed requests (count, then the first 10) on stderr, under ``note``;
+    True when any failed (the run then exits 1)."""
+    if not any(failures.values()):
+        return False
+    print(f"\nFAILED requests ({note}):", file=sys.stderr)
+    for name, items in failures.items():
+        if items:
+            print(f"  {name}: {len(items)} failed", file=sys.stderr)
+            for item in items[:10]:
+                print(f"    {item}", file=sys.stderr)
+    return True
+
+
 def write_report(systems: Mapping[str, Mapping[str, Any]], *, reference: Optional[str] = None,
                  header: Optional[str] = None, meta: Optional[Mapping[str, Any]] = None,
                  raw: Optional[Mapping] = None, out_dir: Path = RESULTS_DIR, print_table: bool = True) -> dict:

@@ -38,7 +38,7 @@ from bench.chat_turns import chat_turn_rows  # noqa: E402
 from bench.measure import Stream, aggregate_tps, concurrent, median, single_rows, successes, time_pieces  # noqa: E402
 from bench.procfs import CpuAudit, PeakMemory, cpu_busy_fraction  # noqa: E402
 from bench.prompts import MODEL  # noqa: E402
-from bench.report import write_report  # noqa: E402
+from bench.report import print_failures, write_report  # noqa: E402
 from bench.servers import start_edge, start_peer, start_service  # noqa: E402  (soak.py imports the first two from here)
 from bench.sse import chat_stream  # noqa: E402
 from harness.processes import stop_process  # noqa: E402
@@ -292,13 +292,7 @@ def main(argv=None) -> int:
     print("\nratios (this run):")
     for k, v in summary.items():
         print(f"  {k:44s} {v:8.3f}")
-    if any(FAILURES.values()):
-        print("\nFAILED requests (their rows count only the successes):", file=sys.stderr)
-        for name, failures in FAILURES.items():
-            for failure in failures[:10]:
-                print(f"  {name}: {failure}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if print_failures(FAILURES, "their rows count only the successes") else 0
 
 
 def ratios(systems: dict[str, dict]) -> dict[str, float]:

@@ -182,38 +182,34 @@ def test_client_leaving_during_a_long_prompt_stops_its_evaluation(edge, status, 
 
 # --- (c) generating, non-stream ---------------------------------------------------------------
 
-def test_non_stream_client_leaving_stops_its_generation(edge, status, quiet, bans):
-    body = _chat("Write a very long essay about the sea.", max_tokens=LONG_MAX_TOKENS, logit_bias=bans)
+def _leave_while_generating(edge, status, body: dict, how: str, state: str) -> None:
+    """Sends ``body``, leaves (``how``) once the service generates its tokens but before any
+    answer came, and checks its generation stopped."""
     departed_before = _departures(edge, "/v1/chat/completions")
     base = status.get()
     sock = raw_post(edge.base_url, "/v1/chat/completions", body)
     try:
         status.wait_for(lambda s: s.tokens_generated >= base.tokens_generated + 8, BOUND, "tokens being generated")
-        assert _no_answer_yet(sock)
+        assert _no_answer_yet(sock), "already answered: the test needs tokens before any answer"
     finally:
         left_at = time.monotonic()
-        _leave(sock, "close")
-    final = _assert_work_stopped(status, edge, base, left_at, "generating, non-stream (close)")
+        _leave(sock, how)
+    final = _assert_work_stopped(status, edge, base, left_at, state)
     assert final.tokens_generated - base.tokens_generated < LONG_MAX_TOKENS
     assert _departures(edge, "/v1/chat/completions") == departed_before + 1
+
+
+def test_non_stream_client_leaving_stops_its_generation(edge, status, quiet, bans):
+    body = _chat("Write a very long essay about the sea.", max_tokens=LONG_MAX_TOKENS, logit_bias=bans)
+    _leave_while_generating(edge, status, body, "close", "generating, non-stream (close)")
 
 
 # --- (d) generating, streaming, before the first frame ----------------------------------------
 
 def test_stream_client_leaving_before_its_first_frame_stops_its_generation(edge, status, quiet, textless):
+    """The stream's tokens have no text (``textless``), so no frame is written before it leaves."""
     body = _chat("Say something.", max_tokens=LONG_MAX_TOKENS, logit_bias=textless, stream=True)
-    departed_before = _departures(edge, "/v1/chat/completions")
-    base = status.get()
-    sock = raw_post(edge.base_url, "/v1/chat/completions", body)
-    try:
-        status.wait_for(lambda s: s.tokens_generated >= base.tokens_generated + 8, BOUND, "tokens being generated")
-        assert _no_answer_yet(sock), "the stream already answered: the test needs tokens without text"
-    finally:
-        left_at = time.monotonic()
-        _leave(sock, "reset")
-    final = _assert_work_stopped(status, edge, base, left_at, "generating, stream before its first frame (reset)")
-    assert final.tokens_generated - base.tokens_generated < LONG_MAX_TOKENS
-    assert _departures(edge, "/v1/chat/completions") == departed_before + 1
+    _leave_while_generating(edge, status, body, "reset", "generating, stream before its first frame (reset)")
 
 
 # --- the edge still serves, keep-alive included ------------------------------------------------

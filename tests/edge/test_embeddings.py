@@ -9,7 +9,6 @@ from __future__ import annotations
 import array
 import base64
 import json
-import time
 
 import grpc
 import httpx
@@ -20,7 +19,7 @@ from inference_service import limits
 from inference_service.v1 import inference_pb2 as pb
 from tests.edge.fake_stack import oai, stack  # noqa: F401  (fixtures)
 from tests.edge.fakes import EMBEDDING_DIMENSIONS, FakeClient, rpc_error, vector_of
-from tests.helpers import client_for
+from tests.helpers import client_for, eventually
 from tests.service.fake_engine import EMBEDDING_DIMENSIONS as ENGINE_DIMENSIONS
 from tests.service.fake_engine import fake_vector
 
@@ -351,7 +350,5 @@ def test_a_client_that_leaves_cancels_the_embedding(stack):
     before = len(engine.embed_calls)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{base}{PATH}", json={"model": "gated", "input": "hi"}, timeout=httpx.Timeout(SAFETY, read=1.0))
-    end = time.monotonic() + SAFETY
-    while len(engine.embed_calls) == before and time.monotonic() < end:
-        time.sleep(0.05)
+    eventually(lambda: len(engine.embed_calls) > before, "the Embed call reached the engine", timeout=SAFETY)
     assert engine.embed_calls[before].stopped_by_cancel.wait(SAFETY), "the Embed call was not cancelled"

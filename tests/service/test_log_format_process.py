@@ -5,7 +5,6 @@ Also, in process over the fake engine: that line's outcome and fields for other 
 from __future__ import annotations
 
 import logging
-import time
 
 import grpc
 import pytest
@@ -15,7 +14,7 @@ from inference_service.server import create_server
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import start_service
-from tests.helpers import json_lines
+from tests.helpers import eventually, json_lines
 from tests.service.fake_engine import FakeEngine
 from tests.service.helpers import MODEL, SAFETY, SYSTEM, request
 
@@ -40,10 +39,9 @@ def test_json_log_lines_and_the_request_id(tmp_path):
             # Only the field: the id in the message is used when no metadata carries one.
             list(stub.Generate(request(SYSTEM, ("user", "Hi"), max_tokens=2, request_id="only-field"),
                                timeout=SAFETY))
-        deadline = time.monotonic() + 10  # the line is written when gRPC reports the call's end
-        while not (generate_lines(service.log(), "req-json-log-1") and generate_lines(service.log(), "only-field")):
-            assert time.monotonic() < deadline, service.log()[-4000:]
-            time.sleep(0.1)
+        # the line is written when gRPC reports the call's end
+        eventually(lambda: generate_lines(service.log(), "req-json-log-1") and generate_lines(service.log(), "only-field"),
+                   "both Generate lines logged", timeout=SAFETY, interval=0.1)
     finally:
         stop_process(service.process)
 
@@ -84,15 +82,11 @@ def fake_stub():
 
 def generate_record(caplog, request_id: str) -> logging.LogRecord:
     """The servicer's line for ``request_id`` (written once gRPC reports the call's end)."""
-    deadline = time.monotonic() + SAFETY
-    while True:
-        found = [r for r in caplog.records
-                 if r.name == "inference_service.server" and getattr(r, "request_id", None) == request_id]
-        if found:
-            assert len(found) == 1, found
-            return found[0]
-        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
-        time.sleep(0.02)
+    found = eventually(lambda: [r for r in caplog.records
+                                if r.name == "inference_service.server" and getattr(r, "request_id", None) == request_id],
+                       f"the servicer's line for {request_id}", timeout=SAFETY)
+    assert len(found) == 1, found
+    return found[0]
 
 
 def test_line_of_a_completed_call(fake_stub, caplog):

@@ -12,9 +12,19 @@ from inference_service.models.registry import DEFAULT_MODEL, ModelRegistry
 from inference_service.settings import LOG_LEVELS, add_setting, resolve
 
 
+# Read from the environment only (by inference_service.models): name, default, what.
+ENVIRONMENT_ONLY = (
+    ("INFERENCE_SERVICE_CACHE", "$XDG_CACHE_HOME/inference-service, else ~/.cache/inference-service",
+     "where pulled models and their ctransformers-compatible copies are kept"),
+    ("OLLAMA_MODELS", "~/.ollama/models", "the Ollama store whose models are served in place"),
+)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The command line and its ``serve`` command (docs/settings.md is generated from them)."""
-    parser = argparse.ArgumentParser(prog="python -m inference_service", description=__doc__)
+    epilog = "environment only: " + "; ".join(f"{name} (default {default}): {what}"
+                                               for name, default, what in ENVIRONMENT_ONLY)
+    parser = argparse.ArgumentParser(prog="python -m inference_service", description=__doc__, epilog=epilog)
     commands = parser.add_subparsers(dest="command")
 
     serve = commands.add_parser("serve", help="run the gRPC service (the default command)")

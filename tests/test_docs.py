@@ -16,6 +16,9 @@ from harness.processes import REPO
 README_MAX_LINES = 200
 DOCUMENTS = [REPO / "README.md", REPO / "deploy" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
+VARIABLE = re.compile(r'"((?:INFERENCE|EDGE|OLLAMA|PROMETHEUS)_[A-Z0-9_]+)"')
+# Not settings: the edge's note to itself that it made the metrics directory.
+NOT_SETTINGS = {"EDGE_PRIVATE_METRICS_DIR"}
 
 
 def test_the_settings_table_is_what_the_parsers_generate():
@@ -23,6 +26,16 @@ def test_the_settings_table_is_what_the_parsers_generate():
                                check=True, timeout=60, cwd=REPO).stdout
     committed = (REPO / "docs" / "settings.md").read_text()
     assert committed == generated, "docs/settings.md is stale: run make docs-settings"
+
+
+def test_every_variable_the_code_reads_is_in_the_settings_table():
+    settings = (REPO / "docs" / "settings.md").read_text()
+    named = set()
+    for package in ("inference_service", "rest_edge"):
+        for source in (REPO / package).rglob("*.py"):
+            named |= set(VARIABLE.findall(source.read_text()))
+    missing = sorted(named - NOT_SETTINGS - set(re.findall(r"`([A-Z][A-Z0-9_]+)`", settings)))
+    assert not missing, f"read by the code, missing from docs/settings.md: {missing}"
 
 
 def test_the_readme_is_a_page():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from inference_service.__main__ import ENVIRONMENT_ONLY as SERVICE_ENVIRONMENT_ONLY  # noqa: E402
 from inference_service.__main__ import build_parser as service_parser  # noqa: E402
 from rest_edge.__main__ import ENVIRONMENT_ONLY  # noqa: E402
 from rest_edge.__main__ import build_parser as edge_parser  # noqa: E402
@@ -41,11 +42,14 @@ def rows(parser: argparse.ArgumentParser) -> list[str]:
     return out
 
 
+def environment_only(settings) -> list[str]:
+    return [f"| | `{name}` | {_cell(default)} | {_cell(what)} |" for name, default, what in settings]
+
+
 def document() -> str:
     _, serve = service_parser()
     edge = edge_parser()
     head = "| flag | environment | default | what |\n| --- | --- | --- | --- |"
-    env_only = [f"| | `{name}` | {_cell(default)} | {_cell(what)} |" for name, default, what in ENVIRONMENT_ONLY]
     return "\n".join([
         "# Settings",
         "",
@@ -55,11 +59,11 @@ def document() -> str:
         "",
         "## Inference service: `python -m inference_service serve`",
         "",
-        head, *rows(serve),
+        head, *rows(serve), *environment_only(SERVICE_ENVIRONMENT_ONLY),
         "",
         "## REST edge: `python -m rest_edge` (or `gunicorn -c python:rest_edge.gunicorn_conf`, environment only)",
         "",
-        head, *rows(edge), *env_only,
+        head, *rows(edge), *environment_only(ENVIRONMENT_ONLY),
         "",
     ])
 

@@ -39,11 +39,12 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from bench.cluster import QUESTIONS, Turn, opening, percentile  # noqa: E402
+from bench.cluster import QUESTIONS, Turn, opening  # noqa: E402
+from bench.measure import percentile  # noqa: E402
 from bench.prompts import MODEL  # noqa: E402
 from bench.servers import LLAMA_SERVER, start_edge, start_llama_server, start_service  # noqa: E402
 from bench.sse import chat_stream  # noqa: E402
-from tests.processes import stop_process  # noqa: E402
+from harness.processes import stop_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 STREAM_TIMEOUT_S = 900.0

@@ -27,6 +27,7 @@ from typing import Iterable, Optional
 
 import falcon
 
+from inference_service.settings import SettingError, from_environment
 from rest_edge import errors, requests, responses, routing
 from rest_edge.apis import anthropic_messages, openai_responses
 from rest_edge.apis.generation import AdapterGenerationResource, PromptTokensResource
@@ -58,41 +59,41 @@ def resolve_target(target: Optional[str] = None) -> str:
 
 
 def resolve_routing(policy: Optional[str] = None) -> str:
-    value = (policy or _env("EDGE_ROUTING") or routing.DEFAULT_POLICY).strip().lower()
+    if policy is None:
+        return from_environment("EDGE_ROUTING", routing.DEFAULT_POLICY, str.lower, routing.POLICIES)
+    value = policy.strip().lower()
     if value not in routing.POLICIES:
-        raise ValueError(f"EDGE_ROUTING must be one of {', '.join(routing.POLICIES)}, not {value!r}")
+        raise ValueError(f"the routing policy must be one of {', '.join(routing.POLICIES)}, not {value!r}")
     return value
 
 
 def resolve_max_body_bytes(value: Optional[int] = None) -> int:
-    if value is None:
-        env = _env("EDGE_MAX_BODY_BYTES")
-        value = int(env) if env is not None else DEFAULT_MAX_BODY_BYTES
-    if value <= 0:
-        raise ValueError(f"max_body_bytes must be positive, got {value}")
-    return value
+    return _positive(value, "max_body_bytes", "EDGE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int)
 
 
 def resolve_request_timeout(value: Optional[float] = None) -> float:
+    return _positive(value, "request_timeout", "EDGE_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT, float)
+
+
+def _positive(value, param: str, env: str, default, convert):
+    """``value``, else ``env``'s (checked), else ``default``; a ValueError naming whichever was
+    not positive."""
+    source = param
     if value is None:
-        env = _env("EDGE_REQUEST_TIMEOUT")
-        value = float(env) if env is not None else DEFAULT_REQUEST_TIMEOUT
+        value, source = from_environment(env, default, convert), env
     if value <= 0:
-        raise ValueError(f"request_timeout must be positive, got {value}")
+        raise SettingError(f"{source} must be positive, not {value}")
     return value
 
 
 def resolve_first_token_timeout(value: Optional[float] = None) -> Optional[float]:
     """``EDGE_FIRST_TOKEN_TIMEOUT``: seconds a stream may wait for its replica's first answer
-    before it is moved to another replica (0 or unset: no limit)."""
+    before it is moved to another replica (0, the default: no limit)."""
+    source = "first_token_timeout"
     if value is None:
-        env = _env("EDGE_FIRST_TOKEN_TIMEOUT")
-        try:
-            value = float(env) if env is not None else 0.0
-        except ValueError:
-            raise ValueError(f"EDGE_FIRST_TOKEN_TIMEOUT must be a number of seconds, got {env!r}") from None
-    if value < 0 or value != value:
-        raise ValueError(f"EDGE_FIRST_TOKEN_TIMEOUT must be 0 (no limit) or positive, got {value}")
+        value, source = from_environment("EDGE_FIRST_TOKEN_TIMEOUT", 0.0, float), "EDGE_FIRST_TOKEN_TIMEOUT"
+    if not value >= 0:
+        raise SettingError(f"{source} must be 0 (no limit) or positive, not {value}")
     return value or None
 
 

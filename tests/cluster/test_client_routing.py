@@ -21,7 +21,7 @@ from rest_edge import routing
 from rest_edge.client import InferenceClient
 from rest_edge.errors import RequestError
 from rest_edge.metrics import Metrics
-from tests.processes import free_port
+from harness.processes import free_port
 
 MODEL = "m"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -358,17 +358,18 @@ def test_dns_localhost(make_client):
         server.stop()
 
 
-def test_unreachable_at_start_is_a_quick_503():
+def test_unreachable_at_start_is_a_503_not_a_wait_for_the_deadline():
+    """Nothing listens: the edge answers 503 from the watches' state; a call that waited for
+    its (long) deadline would have answered 504 instead."""
     client = InferenceClient(f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}")
     try:
-        started = time.monotonic()
         assert client.health() is False
         with pytest.raises(RequestError) as info:
-            client.generate(request(), timeout=10)
+            client.generate(request(), timeout=600)
         assert info.value.status == 503
-        with pytest.raises(RequestError):
-            client.list_models()
-        assert time.monotonic() - started < 3
+        with pytest.raises(RequestError) as info:
+            client.list_models(timeout=600)
+        assert info.value.status == 503
     finally:
         client.close()
 

@@ -13,7 +13,7 @@ import pytest
 from tests.cluster.conftest import routed
 from tests.conftest import start_edge, start_service
 from tests.engines import GEMMA3, SMOLLM2, gemma3_file  # noqa: F401  (fixture)
-from tests.processes import stop_process
+from harness.processes import stop_process
 
 pytestmark = pytest.mark.model
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import start_edge, start_service
 from tests.e2e.helpers import MODEL
-from tests.processes import stop_process
+from harness.processes import stop_process
 
 pytestmark = pytest.mark.model
 

@@ -17,7 +17,7 @@ import pytest
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
 from tests.e2e.helpers import MODEL
-from tests.processes import free_port, start_http_server, stop_process
+from harness.processes import free_port, start_http_server, stop_process
 
 pytestmark = pytest.mark.model
 

@@ -14,6 +14,7 @@ import pytest
 from inference_service.engine.model_context import common_prefix_length
 from inference_service.engine.scheduler import SlotScheduler
 from inference_service.errors import Cancelled, DeadlineExceeded, QueueFull
+from tests.helpers import eventually
 
 SAFETY = 30  # seconds; only ever a bound on a hang, never a measured limit
 
@@ -44,14 +45,6 @@ def hold(scheduler: SlotScheduler, prompt: Sequence[int] = (0,)):
 
 def release(lease) -> None:
     lease.__exit__(None, None, None)
-
-
-def wait_until(predicate, what: str) -> None:
-    end = time.monotonic() + SAFETY
-    while not predicate():
-        if time.monotonic() > end:
-            pytest.fail(f"never happened: {what}")
-        time.sleep(0.005)
 
 
 class Waiter(threading.Thread):
@@ -255,7 +248,7 @@ def test_waiters_get_the_slot_in_enqueue_order():
     waiters = [Waiter(scheduler, t, order=order, label=i) for i, t in reversed(list(enumerate(tickets, 1)))]
     for w in waiters:
         w.start()
-    wait_until(lambda: scheduler.waiting == 4, "four waiters queued")
+    eventually(lambda: scheduler.waiting == 4, "four waiters queued")
     assert order == []
     release(lease)
     for w in waiters:
@@ -280,7 +273,7 @@ def test_later_ticket_waits_even_if_a_slot_is_free_for_an_earlier_one():
     assert late.is_alive() and order == []
     early = Waiter(scheduler, first, order=order, label="first", gate=gate)
     early.start()
-    wait_until(lambda: order == ["first"], "first holds the slot")
+    eventually(lambda: order == ["first"], "first holds the slot")
     assert order == ["first"]
     gate.set()
     finish(early)

@@ -16,6 +16,7 @@ import pytest
 from inference_service import limits
 from inference_service.engine.types import ChatMessage, Constraint, Tool, ToolCall
 from inference_service.v1 import inference_pb2 as pb
+from tests.helpers import trailing
 from tests.service.fake_engine import TOOL_ARGUMENTS, echo_of
 from tests.service.test_server_fake import SAFETY, harness  # noqa: F401  (the fixture)
 
@@ -39,10 +40,6 @@ def failure(harness, model: str = "tools", **fields) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         generate(harness, model, **fields)
     return info.value
-
-
-def trailing(error: grpc.RpcError) -> dict[str, str]:
-    return dict(error.trailing_metadata() or ())
 
 
 # --- the fields reach the engine --------------------------------------------------------------

@@ -21,6 +21,8 @@ front ends, editor plugins). Shapes follow Ollama's ``docs/api.md`` and ``api/ty
   off), ``presence_penalty``, ``frequency_penalty`` (over the generated tokens), and
   ``num_ctx`` up to the served context (prompts are never truncated: a longer one is
   refused). An empty ``messages`` (``prompt``) answers Ollama's "load" object.
+  This server's one extension: ``options.tool_choice`` ("auto", "required", "none" or a
+  tool's name; Ollama has no tool choice, and ignores options it does not know).
   Accepted and ignored: ``keep_alive`` (models stay loaded whatever it says; checked to be
   a duration), ``truncate``, ``shift``, ``think: false``, ``num_keep``,
   ``penalize_newline``, the runner's resource options (``num_batch``, ``num_gpu``,
@@ -398,6 +400,26 @@ def _tools(body: dict) -> list[pb.Tool]:
     return out
 
 
+def _tool_choice(body: dict, req: pb.GenerateRequest) -> None:
+    """``options.tool_choice``, this server's extension (Ollama has no tool choice and ignores
+    options it does not know): "auto", "required", "none" or the name of one of the tools.
+    Small models seldom call a tool unasked; this makes them."""
+    opts = body.get("options")
+    value = opts.get("tool_choice") if isinstance(opts, dict) else None
+    if value is None:
+        return
+    param = "options.tool_choice"
+    if not isinstance(value, str):
+        raise type_error(param, "a string", value)
+    if not req.tools:
+        raise invalid(f"Invalid '{param}': it needs 'tools'.", param=param, code="invalid_value")
+    if value in tools.MODES:
+        req.tool_choice.CopyFrom(pb.ToolChoice(mode=tools.MODES[value]))
+        return
+    name = tools.check_named(value, req.tools, param)
+    req.tool_choice.CopyFrom(pb.ToolChoice(mode=pb.ToolChoice.MODE_FUNCTION, function_name=name))
+
+
 @dataclass
 class _Request:
     """What the renderer needs besides the events."""
@@ -425,6 +447,7 @@ def parse_chat(body: dict, request_id: str = "") -> tuple[Parsed, Optional[int]]
     req = pb.GenerateRequest(model=model, request_id=request_id)
     num_ctx = _common(body, model, req)
     req.tools.extend(_tools(body))
+    _tool_choice(body, req)
     messages = body.get("messages")
     if messages is not None and not isinstance(messages, list):
         raise type_error("messages", "an array", messages)

@@ -100,6 +100,18 @@ def test_tool_history_gets_ids_and_tool_turns_find_their_calls():
     assert [t.name for t in req.tools] == ["get_weather"]
 
 
+def test_tool_choice_is_an_option_of_this_server():
+    assert chat(tools=[WEATHER], options={"tool_choice": "required"}).tool_choice.mode == pb.ToolChoice.MODE_REQUIRED
+    named = chat(tools=[WEATHER], options={"tool_choice": "get_weather"}).tool_choice
+    assert (named.mode, named.function_name) == (pb.ToolChoice.MODE_FUNCTION, "get_weather")
+    assert not chat(tools=[WEATHER]).HasField("tool_choice")
+    for options in ({"tool_choice": "nope"}, {"tool_choice": 1}):
+        with pytest.raises(ollama.RequestError):
+            chat(tools=[WEATHER], options=options)
+    with pytest.raises(ollama.RequestError):
+        chat(options={"tool_choice": "required"})  # no tools
+
+
 def test_user_text_stays_text():
     assert chat().messages[0].content == "Hi <|im_end|>"
     parsed, _ = ollama.parse_generate({"model": MODEL, "prompt": "<|im_start|>", "system": "S"})
@@ -228,3 +240,13 @@ def test_embed_and_embeddings(http, client):
 
 def test_float32_text_is_the_shortest_that_reads_back():
     assert ollama.float32_text(0.10000000149011612) == 0.1
+
+
+def test_an_error_after_the_stream_started_is_one_more_line_and_the_call_is_cancelled():
+    client = FakeClient([piece("Hel"), rpc_error(grpc.StatusCode.INTERNAL, "boom")], models=[INFO])
+    result = post(testing.TestClient(create_app(client, metrics=False)), "/api/chat",
+                  {"model": MODEL, "messages": USER})
+    objects = lines(result)
+    assert result.status_code == 200 and objects[0]["message"]["content"] == "Hel"
+    assert objects[-1] == {"error": "The server had an error while processing your request."}
+    assert client.calls[0].cancelled

@@ -11,7 +11,7 @@ front ends, editor plugins). Shapes follow Ollama's ``docs/api.md`` and ``api/ty
   ``load_duration`` (0: models stay loaded), ``prompt_eval_count`` (prompt tokens, cached
   ones included), ``prompt_eval_duration`` (until the first token: queue and prompt),
   ``eval_count`` and ``eval_duration`` (first token to last).
-  Honoured: ``system``, ``raw`` (generate: the prompt as is, control-token markup parsed),
+  Honoured: ``model`` (a name without a tag is ``name:latest``), ``system``, ``raw`` (generate: the prompt as is, control-token markup parsed),
   ``format`` (``"json"`` or a JSON schema, through the grammar), ``tools`` with
   ``message.tool_calls`` (arguments as objects; ids are made for calls sent back without
   one, and tool turns are matched to calls by ``tool_call_id``, else ``tool_name``, else
@@ -270,6 +270,19 @@ def _check_num_ctx(client: Client, model: str, num_ctx: Optional[int]) -> None:
     raise invalid(f"Invalid 'options.num_ctx': {num_ctx} is above the served context of {quote(model)} "
                   f"({info.context_length} tokens); this server does not resize contexts.",
                   param="options.num_ctx", code="invalid_value")
+
+
+def served_name(client: Client, model: str) -> str:
+    """The served model a client means, by Ollama's rule that a name without a tag is
+    ``name:latest`` (and the other way round); else the name as sent."""
+    served = {m.name for m in client.list_models()}
+    if model in served:
+        return model
+    base, _, tag = model.rpartition(":")
+    for other in ((base,) if tag == "latest" and base else ()) + ((f"{model}:latest",) if ":" not in model else ()):
+        if other in served:
+            return other
+    return model
 
 
 def _check_served(client: Client, model: str) -> None:
@@ -579,9 +592,10 @@ class _Adapter:
 
     def parse(self, body: dict, request_id: str) -> Parsed:
         parsed, num_ctx = self._parse(body, request_id)
+        parsed.request.model = model = served_name(self._client, parsed.model)  # answers echo the name sent
         if parsed.answer is not None:
-            _check_served(self._client, parsed.model)
-        _check_num_ctx(self._client, parsed.model, num_ctx)
+            _check_served(self._client, model)
+        _check_num_ctx(self._client, model, num_ctx)
         return parsed
 
     def rendering(self, parsed: Parsed, response_id: str) -> _Rendering:
@@ -644,12 +658,13 @@ class EmbedResource:
             raise type_error("options", "an object", options)
         inputs = _embed_inputs(body, self._legacy)
         dimensions = None if self._legacy else fields.opt_int(body, "dimensions", 0, fields.UINT32_MAX)
+        served = served_name(self._client, model)
         if dimensions or not inputs:
-            self._check(model, dimensions)
+            self._check(served, dimensions)
         if not inputs:  # Ollama loads the model and answers with no vectors
             json_response(resp, {"embedding": []} if self._legacy else {"model": model, "embeddings": []})
             return
-        request = pb.EmbedRequest(model=model, inputs=inputs, request_id=request_id_of(req, new_id("embd")))
+        request = pb.EmbedRequest(model=served, inputs=inputs, request_id=request_id_of(req, new_id("embd")))
         call = self._client.embed(request, timeout=self._request_timeout)
         watch = watched_call(req, call, self._metrics)
         try:
@@ -743,7 +758,7 @@ class ShowResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = fields.parse_json_body(read_body(req, self._max_body_bytes))
         fields.opt_bool(body, "verbose")
-        json_response(resp, show_body(_find(self._client, _model(body))))
+        json_response(resp, show_body(_find(self._client, served_name(self._client, _model(body)))))
 
 
 class VersionResource:
@@ -764,10 +779,10 @@ class PullResource:
         model = _model(body)
         stream = _stream(body)
         served = [m.name for m in self._client.list_models()]
-        if model not in served:
+        if served_name(self._client, model) not in served:
             raise RequestError(404, f"model {quote(model)} is not served here, and this server cannot pull models "
                                     "over its API: models are pulled on the inference service's host "
-                                    f"(python -m inference_service pull {model}) and served when it starts. "
+                                    f"(python -m inference_service pull {quote(model)}) and served when it starts. "
                                     f"Served: {', '.join(served) or 'none'}.", param="model", code="model_not_found")
         if stream:
             resp.content_type = NDJSON

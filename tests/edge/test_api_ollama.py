@@ -250,3 +250,14 @@ def test_an_error_after_the_stream_started_is_one_more_line_and_the_call_is_canc
     assert result.status_code == 200 and objects[0]["message"]["content"] == "Hel"
     assert objects[-1] == {"error": "The server had an error while processing your request."}
     assert client.calls[0].cancelled
+
+
+def test_a_name_without_its_tag_is_the_latest_one():
+    latest = pb.ModelInfo(name="tiny:latest", context_length=64)
+    client = FakeClient([last("!")], models=[INFO, latest])
+    http = testing.TestClient(create_app(client, metrics=False))
+    body = post(http, "/api/chat", {"model": "tiny", "messages": USER, "stream": False}).json
+    assert body["model"] == "tiny" and client.requests[0].model == "tiny:latest"
+    assert post(http, "/api/show", {"model": "m:1b"}).status_code == 200
+    assert ollama.served_name(client, "m") == "m"  # m:1b is not m:latest
+    assert ollama.served_name(FakeClient(models=[pb.ModelInfo(name="x")]), "x:latest") == "x"

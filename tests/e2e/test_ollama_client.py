@@ -27,6 +27,7 @@ from tests.e2e.test_departed_clients import (  # noqa: F401  (status and quiet a
     _assert_work_stopped,
     _departures,
     _leave,
+    _no_answer_yet,
     quiet,
     status,
 )
@@ -240,6 +241,23 @@ def test_chat_client_leaving_mid_stream_stops_its_generation(edge, status, servi
     final = _assert_work_stopped(status, service_cpu, base, left_at, "/api/chat stream, mid-stream (close)")
     assert final.tokens_generated - base.tokens_generated < LONG_MAX_TOKENS
     assert _departures(edge, "/api/chat") == departed_before + 1
+
+
+def test_generate_client_leaving_before_its_whole_answer_stops_it(edge, status, service_cpu, quiet):
+    body = {"model": MODEL, "prompt": "Write a very long essay about the sea.", "format": ENDLESS, "stream": False,
+            "options": {"temperature": 0, "num_predict": LONG_MAX_TOKENS}}
+    departed_before = _departures(edge, "/api/generate")
+    base = status.get()
+    sock = raw_post(edge.base_url, "/api/generate", body)
+    try:
+        status.wait_for(lambda s: s.tokens_generated >= base.tokens_generated + 8, BOUND, "tokens being generated")
+        assert _no_answer_yet(sock)
+    finally:
+        left_at = time.monotonic()
+        _leave(sock, "reset")
+    final = _assert_work_stopped(status, service_cpu, base, left_at, "/api/generate whole answer (reset)")
+    assert final.tokens_generated - base.tokens_generated < LONG_MAX_TOKENS
+    assert _departures(edge, "/api/generate") == departed_before + 1
 
 
 def test_concurrent_users_each_get_their_own_answer(edge):

@@ -9,9 +9,11 @@ front ends, editor plugins). Shapes follow Ollama's ``docs/api.md`` and ``api/ty
   ``done``; the last one has ``done_reason`` (``stop`` or ``length``) and the counts and
   durations in nanoseconds: ``total_duration`` (request in to last token),
   ``load_duration`` (0: models stay loaded), ``prompt_eval_count`` (prompt tokens, cached
-  ones included), ``prompt_eval_duration`` (until the first token: queue and prompt),
-  ``eval_count`` and ``eval_duration`` (first token to last).
-  Honoured: ``model`` (a name without a tag is ``name:latest``), ``system``, ``raw`` (generate: the prompt as is, control-token markup parsed),
+  ones included), ``prompt_eval_duration`` (until the first piece of the answer: queue and
+  prompt; a tool call arrives whole, so a call's tokens count here), ``eval_count`` and
+  ``eval_duration`` (first piece to last).
+  Honoured: ``model`` (a name without a tag is ``name:latest``), ``system``, ``raw``
+  (generate: the prompt as is, control-token markup parsed),
   ``format`` (``"json"`` or a JSON schema, through the grammar), ``tools`` with
   ``message.tool_calls`` (arguments as objects; ids are made for calls sent back without
   one, and tool turns are matched to calls by ``tool_call_id``, else ``tool_name``, else
@@ -500,7 +502,8 @@ def parse_generate(body: dict, request_id: str = "") -> tuple[Parsed, Optional[i
     elif raw:
         req.prompt, req.raw = prompt, True
     elif system:
-        req.messages.extend([pb.ChatMessage(role="system", content=system), pb.ChatMessage(role="user", content=prompt)])
+        req.messages.extend([pb.ChatMessage(role="system", content=system),
+                             pb.ChatMessage(role="user", content=prompt)])
     else:
         req.prompt = prompt  # one user turn of the chat template
     return parsed, num_ctx

@@ -70,7 +70,8 @@ def test_neutral_options_leave_the_service_defaults():
 
 @pytest.mark.parametrize("options, param", [
     ({"typical_p": 0.7}, "options.typical_p"), ({"mirostat": 2}, "options.mirostat"),
-    ({"repeat_penalty": 1.2, "repeat_last_n": 64}, "options.repeat_last_n"), ({"num_predict": 0}, "options.num_predict"),
+    ({"repeat_penalty": 1.2, "repeat_last_n": 64}, "options.repeat_last_n"),
+    ({"num_predict": 0}, "options.num_predict"),
     ({"temperature": "hot"}, "options.temperature"), ({"stop": ["a", "b", "c", "d", "e"]}, "options.stop"),
 ])
 def test_options_we_cannot_honour_are_refused(options, param):

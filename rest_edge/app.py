@@ -29,7 +29,7 @@ import falcon
 
 from inference_service.settings import SettingError, from_environment
 from rest_edge import errors, requests, responses, routing
-from rest_edge.apis import anthropic_messages, openai_responses
+from rest_edge.apis import anthropic_messages, ollama, openai_responses
 from rest_edge.apis.generation import AdapterGenerationResource, PromptTokensResource
 from rest_edge.auth import ApiKeyAuth
 from rest_edge.client import DEFAULT_TARGET, InferenceClient, valid_request_id
@@ -149,6 +149,19 @@ def _install_log_filter() -> None:
         log.addFilter(RequestIdLogFilter())
 
 
+def _add_ollama_routes(app: falcon.App, client: Client, common: dict) -> None:
+    """Ollama's native API (rest_edge.apis.ollama)."""
+    app.add_route("/api/chat", AdapterGenerationResource(client, ollama.chat_adapter(client), **common))
+    app.add_route("/api/generate", AdapterGenerationResource(client, ollama.generate_adapter(client), **common))
+    app.add_route("/api/embed", ollama.EmbedResource(client, legacy=False, **common))
+    app.add_route("/api/embeddings", ollama.EmbedResource(client, legacy=True, **common))
+    app.add_route("/api/tags", ollama.TagsResource(client))
+    app.add_route("/api/ps", ollama.PsResource(client))
+    app.add_route("/api/show", ollama.ShowResource(client, max_body_bytes=common["max_body_bytes"]))
+    app.add_route("/api/pull", ollama.PullResource(client, max_body_bytes=common["max_body_bytes"]))
+    app.add_route("/api/version", ollama.VersionResource())
+
+
 def create_app(
     client: Optional[Client] = None,
     *,
@@ -180,7 +193,8 @@ def create_app(
         middleware.append(ApiKeyAuth(keys))
 
     app = falcon.App(middleware=middleware)
-    errors.install(app, shapes=[(anthropic_messages.ROUTE, anthropic_messages.error_shape)])
+    errors.install(app, shapes=[(anthropic_messages.ROUTE, anthropic_messages.error_shape),
+                                (ollama.ROUTE_PREFIX, ollama.error_shape)])
 
     common = dict(max_body_bytes=max_body, request_timeout=timeout, metrics=app_metrics)
     app.add_route("/v1/completions",
@@ -195,6 +209,7 @@ def create_app(
     app.add_route(anthropic_messages.ROUTE + "/count_tokens",
                   PromptTokensResource(client, anthropic_messages.count_request, anthropic_messages.count_body,
                                        **common))
+    _add_ollama_routes(app, client, common)
     app.add_route("/v1/models", ModelsResource(client))
     app.add_route("/v1/models/{model:path}", ModelResource(client))
     app.add_route("/health", HealthResource(client))

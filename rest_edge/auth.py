@@ -1,5 +1,5 @@
-"""Optional API keys: when configured, /v1/* requires ``Authorization: Bearer <key>``, or the
-key in ``x-api-key`` (how Anthropic's clients send it)."""
+"""Optional API keys: when configured, /v1/* and /api/* (Ollama's API) require
+``Authorization: Bearer <key>``, or the key in ``x-api-key`` (how Anthropic's clients send it)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from typing import Iterable
 import falcon
 
 from rest_edge.errors import RequestError
+
+
+_GUARDED = ("/v1", "/api")
 
 
 class ApiKeyAuth:
@@ -26,7 +29,7 @@ class ApiKeyAuth:
         return found
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not self._keys or not (req.path == "/v1" or req.path.startswith("/v1/")):
+        if not self._keys or not any(req.path == p or req.path.startswith(p + "/") for p in _GUARDED):
             return
         header = req.get_header("Authorization") or ""
         scheme, _, token = header.strip().partition(" ")

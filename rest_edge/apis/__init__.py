@@ -10,4 +10,5 @@ token). A new API is one new module, its routes in ``rest_edge.app`` and its tes
 
 * :mod:`.openai_responses`   POST /v1/responses (stateless)
 * :mod:`.anthropic_messages` POST /v1/messages, /v1/messages/count_tokens (Anthropic's shape)
+* :mod:`.ollama`             Ollama's native API under /api (NDJSON streams, its model routes)
 """

@@ -32,6 +32,8 @@ class Parsed:
     model: str
     stream: bool = False
     echo: Any = None  # the adapter's own view of the request, for its renderer
+    # A body known without generating (Ollama's "load the model" request): answered as is.
+    answer: Optional[dict] = None
 
 
 class Rendering(StreamRendering, Protocol):
@@ -40,6 +42,8 @@ class Rendering(StreamRendering, Protocol):
 
 class Adapter(Protocol):
     id_prefix: str
+    # The media type of a stream (optional; server-sent events when the adapter has none).
+    # stream_content_type: str
 
     def parse(self, body: dict, request_id: str) -> Parsed: ...
 
@@ -78,6 +82,9 @@ class AdapterGenerationResource:
         rid = new_id(self._adapter.id_prefix)
         body = parse_json_body(read_body(req, self._max_body_bytes))
         parsed = self._adapter.parse(body, request_id_of(req, rid))
+        if parsed.answer is not None:
+            json_response(resp, parsed.answer)
+            return
         call = self._client.generate(parsed.request, timeout=self._request_timeout)
         rendering = self._adapter.rendering(parsed, rid)
         events = responses.events(call)
@@ -96,7 +103,7 @@ class AdapterGenerationResource:
             watch.close()
             call.cancel()
             raise
-        resp.content_type = "text/event-stream"
+        resp.content_type = getattr(self._adapter, "stream_content_type", "text/event-stream")
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
         resp.stream = event_stream(rendering, first, events, call, watch=watch,

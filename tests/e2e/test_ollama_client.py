@@ -21,7 +21,7 @@ import ollama
 import pytest
 
 from tests.e2e.helpers import MODEL, raw_post
-from tests.e2e.test_departed_clients import (  # noqa: F401  (status and quiet are fixtures)
+from tests.e2e.test_departed_clients import (  # noqa: F401  (quiet is a fixture)
     BOUND,
     LONG_MAX_TOKENS,
     _assert_work_stopped,
@@ -29,7 +29,6 @@ from tests.e2e.test_departed_clients import (  # noqa: F401  (status and quiet a
     _leave,
     _no_answer_yet,
     quiet,
-    status,
 )
 
 pytestmark = pytest.mark.model
@@ -222,7 +221,7 @@ def test_user_text_stays_text(client, oai, status):
 ENDLESS = {"type": "object", "properties": {"essay": {"type": "string", "minLength": 20000}}, "required": ["essay"]}
 
 
-def test_chat_client_leaving_mid_stream_stops_its_generation(edge, status, service_cpu, quiet):
+def test_chat_client_leaving_mid_stream_stops_its_generation(edge, status, quiet):
     body = {"model": MODEL, "messages": ask("Write a very long essay about the sea."), "format": ENDLESS,
             "options": {"temperature": 0, "num_predict": LONG_MAX_TOKENS}}
     departed_before = _departures(edge, "/api/chat")
@@ -238,12 +237,12 @@ def test_chat_client_leaving_mid_stream_stops_its_generation(edge, status, servi
     finally:
         left_at = time.monotonic()
         _leave(sock, "close")
-    final = _assert_work_stopped(status, service_cpu, base, left_at, "/api/chat stream, mid-stream (close)")
+    final = _assert_work_stopped(status, edge, base, left_at, "/api/chat stream, mid-stream (close)")
     assert final.tokens_generated - base.tokens_generated < LONG_MAX_TOKENS
     assert _departures(edge, "/api/chat") == departed_before + 1
 
 
-def test_generate_client_leaving_before_its_whole_answer_stops_it(edge, status, service_cpu, quiet):
+def test_generate_client_leaving_before_its_whole_answer_stops_it(edge, status, quiet):
     body = {"model": MODEL, "prompt": "Write a very long essay about the sea.", "format": ENDLESS, "stream": False,
             "options": {"temperature": 0, "num_predict": LONG_MAX_TOKENS}}
     departed_before = _departures(edge, "/api/generate")
@@ -255,7 +254,7 @@ def test_generate_client_leaving_before_its_whole_answer_stops_it(edge, status, 
     finally:
         left_at = time.monotonic()
         _leave(sock, "reset")
-    final = _assert_work_stopped(status, service_cpu, base, left_at, "/api/generate whole answer (reset)")
+    final = _assert_work_stopped(status, edge, base, left_at, "/api/generate whole answer (reset)")
     assert final.tokens_generated - base.tokens_generated < LONG_MAX_TOKENS
     assert _departures(edge, "/api/generate") == departed_before + 1
 

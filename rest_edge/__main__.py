@@ -15,6 +15,7 @@ from gunicorn.app.base import BaseApplication
 
 from inference_service.settings import LOG_LEVELS
 from rest_edge.app import (
+    resolve_chat_stream,
     resolve_first_token_timeout,
     resolve_max_body_bytes,
     resolve_request_timeout,
@@ -51,6 +52,8 @@ ENVIRONMENT_ONLY = (
     ("EDGE_API_KEYS", "none", "comma-separated keys; when set, /v1/* needs `Authorization: Bearer KEY`"),
     ("EDGE_WORKER_TIMEOUT", "30", "seconds: gunicorn's hung-worker detector, not a request limit (a gthread worker "
                                   "heartbeats while its threads stream)"),
+    ("EDGE_CHAT_STREAM", "reference", "reference (the chunks of the server this replaces) or openai (role only in the "
+                                      "first chunk, content null beside tool calls: for SDK stream helpers)"),
     ("EDGE_CONTROL_SOCKET", "none", "gunicorn's control socket path (off unless set)"),
     ("PROMETHEUS_MULTIPROC_DIR", "a private temporary directory", "where the workers share /metrics values; its "
                                                                    "*.db files are deleted at start"),
@@ -99,6 +102,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         resolve_max_body_bytes(args.max_body_bytes)
         resolve_request_timeout(args.request_timeout)
         resolve_first_token_timeout(args.first_token_timeout)
+        resolve_chat_stream()
     except ValueError as error:
         parser.error(str(error))
 

@@ -86,6 +86,22 @@ def _positive(value, param: str, env: str, default, convert):
     return value
 
 
+CHAT_STREAMS = ("reference", "openai")
+
+
+def resolve_chat_stream(value: Optional[str] = None) -> str:
+    """``EDGE_CHAT_STREAM``: ``reference`` (default: the chunks of the server this replaces,
+    byte for byte) or ``openai`` (OpenAI's own: the role only in the first chunk, ``content``
+    null beside tool calls, an empty delta on the finish chunk), for SDK stream helpers that
+    join every chunk's role."""
+    if value is None:
+        return from_environment("EDGE_CHAT_STREAM", "reference", str.lower, CHAT_STREAMS)
+    value = value.strip().lower()
+    if value not in CHAT_STREAMS:
+        raise SettingError(f"chat_stream must be one of {', '.join(CHAT_STREAMS)}, not {value!r}")
+    return value
+
+
 def resolve_first_token_timeout(value: Optional[float] = None) -> Optional[float]:
     """``EDGE_FIRST_TOKEN_TIMEOUT``: seconds a stream may wait for its replica's first answer
     before it is moved to another replica (0, the default: no limit)."""
@@ -171,12 +187,15 @@ def create_app(
     api_keys: Optional[Iterable[str]] = None,
     request_timeout: Optional[float] = None,
     first_token_timeout: Optional[float] = None,
+    chat_stream: Optional[str] = None,
     metrics: bool = True,
 ) -> falcon.App:
     """Build the app. ``client`` defaults to an :class:`InferenceClient` of ``target``."""
     max_body = resolve_max_body_bytes(max_body_bytes)
     timeout = resolve_request_timeout(request_timeout)
     keys = resolve_api_keys(api_keys)
+    chat_renderer = (responses.StrictChatRenderer if resolve_chat_stream(chat_stream) == "openai"
+                     else responses.ChatRenderer)
     app_metrics = Metrics() if metrics else None
     if client is None:
         target = resolve_target(target)
@@ -200,7 +219,7 @@ def create_app(
     app.add_route("/v1/completions",
                   GenerationResource(client, requests.completion_request, responses.CompletionRenderer, **common))
     app.add_route("/v1/chat/completions",
-                  GenerationResource(client, requests.chat_request, responses.ChatRenderer, **common))
+                  GenerationResource(client, requests.chat_request, chat_renderer, **common))
     app.add_route("/v1/embeddings", EmbeddingsResource(client, **common))
     app.add_route(openai_responses.ROUTE,
                   AdapterGenerationResource(client, openai_responses.ResponsesAdapter(), **common))

@@ -14,7 +14,7 @@ no penalties). ``null`` counts as absent, as OpenAI treats it. Unknown fields ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from inference_service import limits
@@ -60,6 +60,7 @@ class ParsedRequest:
     stream: bool = False
     include_usage: bool = False
     logprobs: bool = False  # answer with a ``logprobs`` key
+    render_options: dict = field(default_factory=dict)  # the renderer's own options (chat: reasoning_field)
 
 
 # --- unsupported fields -------------------------------------------------------------------
@@ -95,7 +96,6 @@ _NOT_IMPLEMENTED: dict[str, tuple[object, str]] = {
     "add_generation_prompt": (True, "the assistant's turn is always opened"),
     "continue_final_message": (False, "continuing the final message is not supported"),
     "chat_template": (None, "the model's own chat template is always used"),
-    "chat_template_kwargs": (None, "the model's own chat template is always used"),
     "guided_json": (None, "guided decoding is not supported"),
     "guided_regex": (None, "guided decoding is not supported"),
     "guided_choice": (None, "guided decoding is not supported"),
@@ -103,7 +103,6 @@ _NOT_IMPLEMENTED: dict[str, tuple[object, str]] = {
     "modalities": (["text"], "only text output is supported"),
     "audio": (None, "audio output is not supported"),
     "prediction": (None, "predicted outputs are not supported"),
-    "reasoning_effort": (None, "the served models have no reasoning effort setting"),
     "web_search_options": (None, "web search is not supported"),
 }
 
@@ -254,6 +253,10 @@ def _check_no_chat_features(body: dict) -> None:
     if body.get("tools"):
         raise _unsupported("tools", "Unsupported parameter: 'tools' on /v1/completions; tool calling is served on "
                                     "/v1/chat/completions.")
+    for name in ("reasoning_effort", "reasoning_format", "chat_template_kwargs"):
+        if body.get(name) is not None:
+            raise _unsupported(name, f"Unsupported parameter: '{name}' on /v1/completions: a completion has no chat "
+                                     "template, so no thinking to switch or separate; use /v1/chat/completions.")
     tool_choice = body.get("tool_choice")
     if tool_choice is not None and tool_choice not in ("none", "auto"):
         raise _unsupported("tool_choice", "Unsupported parameter: 'tool_choice' on /v1/completions; tool calling is "
@@ -582,7 +585,45 @@ def chat_request(body: dict, request_id: str = "") -> ParsedRequest:
         req.logprobs = True
         req.top_logprobs = top_logprobs or 0
     stream, include_usage = _common(body, req)
-    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs)
+    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs,
+                         render_options={"reasoning_field": _reasoning_fields(body, req)})
+
+
+# Where a chat answer's thinking goes, by llama.cpp's ``reasoning_format``.
+REASONING_FORMATS = {"auto": "reasoning_content", "deepseek": "reasoning_content",
+                     "deepseek-legacy": "reasoning_content", "none": ""}
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high")
+
+
+def _reasoning_fields(body: dict, req: pb.GenerateRequest) -> str:
+    """Thinking models: whether to think (``reasoning_effort`` "none"/"minimal", or
+    ``chat_template_kwargs.enable_thinking`` false, switch it off where the template can) and
+    where the thinking goes (``reasoning_format``; Ollama's ``reasoning`` field by default)."""
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in REASONING_EFFORTS:
+            raise invalid(f"Invalid value for 'reasoning_effort': expected one of {', '.join(REASONING_EFFORTS)}, "
+                          f"got {limits.quote(effort)}.", param="reasoning_effort", code="invalid_value")
+        if effort in ("none", "minimal"):
+            req.thinking = False
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is not None:
+        if not isinstance(kwargs, dict) or set(kwargs) - {"enable_thinking"}:
+            raise _unsupported("chat_template_kwargs", "Unsupported parameter: 'chat_template_kwargs': only "
+                               "'enable_thinking' is honoured; the model's own chat template is always used.")
+        if "enable_thinking" in kwargs:
+            enable = kwargs["enable_thinking"]
+            if not isinstance(enable, bool):
+                raise _type_error("chat_template_kwargs.enable_thinking", "a boolean", enable)
+            req.thinking = enable
+    reasoning_format = body.get("reasoning_format")
+    if reasoning_format is None:
+        return "reasoning"  # Ollama's name
+    if reasoning_format not in REASONING_FORMATS:
+        raise invalid(f"Invalid value for 'reasoning_format': expected one of {', '.join(REASONING_FORMATS)}, "
+                      f"got {limits.quote(reasoning_format)}.", param="reasoning_format", code="invalid_value")
+    return REASONING_FORMATS[reasoning_format]
+
 
 
 # --- /v1/embeddings -----------------------------------------------------------------------

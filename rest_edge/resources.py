@@ -130,7 +130,8 @@ class GenerationResource:
         rid = new_id(self._renderer.id_prefix)
         parsed = self._parse(requests.parse_json_body(read_body(req, self._max_body_bytes)), request_id_of(req, rid))
         call = self._client.generate(parsed.request, timeout=self._request_timeout)
-        render = self._renderer(rid, parsed.model, logprobs=parsed.logprobs, include_usage=parsed.include_usage)
+        render = self._renderer(rid, parsed.model, logprobs=parsed.logprobs, include_usage=parsed.include_usage,
+                                **parsed.render_options)
         events = responses.events(call)
         # A client that leaves before the response is complete cancels the call (the blocked
         # next() then raises a 499 RequestError), whether or not anything was written yet.

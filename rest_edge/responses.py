@@ -26,6 +26,9 @@ from rest_edge.errors import RequestError
 
 # OpenAI's value for a log probability that is minus infinity (JSON has no -Infinity).
 LOGPROB_FLOOR = -9999.0
+# Where a chat answer's thinking goes by default: Ollama's field (``reasoning``).
+REASONING_FIELD = "reasoning"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 # --- GenerateResponse stream → events ---------------------------------------------------------
@@ -36,6 +39,14 @@ class Text:
 
     text: str
     logprobs: tuple = ()
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """A piece of the model's thinking (its template's <think> block), never part of the answer."""
+
+    text: str
+    logprobs: tuple = ()  # always empty: the tokens of thinking report with the next text or the finish
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,7 @@ class Finish:
     logprobs: tuple = ()
 
 
-Event = Union[Text, ToolCalls, Finish]
+Event = Union[Reasoning, Text, ToolCalls, Finish]
 
 _FINISH_REASONS = {
     pb.FINISH_REASON_STOP: "stop",
@@ -73,8 +84,8 @@ def usage(u: pb.Usage) -> dict:
 
 
 def events(messages: Iterable[pb.GenerateResponse]) -> Iterator[Event]:
-    """A GenerateResponse stream as events: ``Text`` for each non-empty text, ``ToolCalls`` for
-    each message with calls, then one ``Finish``.
+    """A GenerateResponse stream as events: ``Reasoning`` for each non-empty reasoning, ``Text``
+    for each non-empty text, ``ToolCalls`` for each message with calls, then one ``Finish``.
 
     A message's text comes before its calls; a last message that carries text or calls gives
     them first. A stream that ends without a last message is an error of the service.
@@ -82,6 +93,8 @@ def events(messages: Iterable[pb.GenerateResponse]) -> Iterator[Event]:
     pending: list = []
     for msg in messages:
         pending.extend(msg.logprobs)
+        if msg.reasoning:
+            yield Reasoning(msg.reasoning)
         if msg.text:
             yield Text(msg.text, tuple(pending))
             pending = []
@@ -200,6 +213,8 @@ class Renderer(ABC):
     def chunks(self, event: Event) -> list[dict]:
         """The stream chunks of one event: a text chunk; a tool-call chunk; or the finish chunk,
         then the usage chunk when the client asked for it."""
+        if isinstance(event, Reasoning):
+            return self._reasoning_chunks(self._created(), event.text)
         if isinstance(event, Text):
             lp = self._logprobs(event.logprobs) if self.logprobs else wire.ABSENT
             return [self._chunk(self._created(), event.text, None, lp)]
@@ -216,6 +231,7 @@ class Renderer(ABC):
     def body(self, events: Iterable[Event]) -> dict:
         """The whole (non-stream) response body of a generation (``events()`` ends with a Finish)."""
         texts: list[str] = []
+        thoughts: list[str] = []
         entries: list = []
         calls: list = []
         for event in events:
@@ -223,9 +239,11 @@ class Renderer(ABC):
             if isinstance(event, Finish):
                 lp = self._logprobs(tuple(entries)) if self.logprobs else wire.ABSENT
                 return self._response(self._created(), "".join(texts), event.finish_reason, event.usage, lp,
-                                      tuple(calls))
+                                      tuple(calls), reasoning="".join(thoughts))
             if isinstance(event, ToolCalls):
                 calls.extend(event.calls)
+            elif isinstance(event, Reasoning):
+                thoughts.append(event.text)
             else:
                 texts.append(event.text)
         raise AssertionError("events() ends with a Finish or raises")
@@ -246,10 +264,14 @@ class Renderer(ABC):
 
     @abstractmethod
     def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any,
-                  tool_calls: tuple = ()) -> dict: ...
+                  tool_calls: tuple = (), reasoning: str = "") -> dict: ...
 
     def _tool_call_chunks(self, created: int, calls: tuple, logprobs: Any) -> list[dict]:
         """Routes without tools never get calls (the service makes them only when asked)."""
+        return []
+
+    def _reasoning_chunks(self, created: int, text: str) -> list[dict]:
+        """Completions have no chat template, so no thinking is ever separated there."""
         return []
 
 
@@ -273,7 +295,7 @@ class CompletionRenderer(Renderer):
         return wire.completion_usage_chunk(self.id, created, self.model, usage)
 
     def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any,
-                  tool_calls: tuple = ()) -> dict:
+                  tool_calls: tuple = (), reasoning: str = "") -> dict:
         return wire.completion_response(self.id, created, self.model, text, finish_reason, usage, logprobs)
 
 
@@ -287,9 +309,47 @@ class ChatRenderer(Renderer):
 
     id_prefix = "chatcmpl"
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    strict_stream = False  # OpenAI's own chunk shapes instead of the reference's (StrictChatRenderer)
+
+    def __init__(self, *args: Any, reasoning_field: str = REASONING_FIELD, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._calls = 0  # tool calls already streamed
+        self._role_sent = False
+        # Where thinking goes: "reasoning" (Ollama's name), "reasoning_content" (llama.cpp's),
+        # or "" to leave it in the content inside <think>...</think>, as the model wrote it.
+        self._reasoning_field = reasoning_field
+        self._thinking_open = False  # inline: the <think> tag was written, its end not yet
+
+    def chunks(self, event: Event) -> list[dict]:
+        if self._reasoning_field or not self._thinking_open or isinstance(event, Reasoning):
+            out = super().chunks(event)
+        else:
+            self._thinking_open = False  # inline: the answer (or the end) closes the block
+            out = [wire.chat_chunk(self.id, self._created(), self.model, THINK_CLOSE)] + super().chunks(event)
+        return [self._openai_shape(chunk) for chunk in out] if self.strict_stream else out
+
+    def _openai_shape(self, chunk: dict) -> dict:
+        """OpenAI's stream: ``role`` in the first chunk only (SDK helpers join every chunk's
+        role), ``content`` null beside tool calls, the finish chunk's delta empty."""
+        if not chunk.get("choices"):
+            return chunk  # the usage chunk
+        choice = chunk["choices"][0]
+        delta = choice["delta"]
+        if self._role_sent:
+            delta.pop("role", None)
+        self._role_sent = True
+        if "tool_calls" in delta:
+            delta["content"] = None
+        if choice.get("finish_reason") is not None and delta.get("content") == "":
+            del delta["content"]
+        return chunk
+
+    def _reasoning_chunks(self, created: int, text: str) -> list[dict]:
+        if self._reasoning_field:
+            return [wire.chat_chunk(self.id, created, self.model, "", reasoning=(self._reasoning_field, text))]
+        opening = "" if self._thinking_open else THINK_OPEN
+        self._thinking_open = True
+        return [wire.chat_chunk(self.id, created, self.model, opening + text)]
 
     def _tool_call_chunks(self, created: int, calls: tuple, logprobs: Any) -> list[dict]:
         deltas = [wire.tool_call_delta(self._calls + k, c.id, c.name, c.arguments_json) for k, c in enumerate(calls)]
@@ -306,9 +366,21 @@ class ChatRenderer(Renderer):
         return wire.chat_usage_chunk(self.id, created, self.model, usage)
 
     def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any,
-                  tool_calls: tuple = ()) -> dict:
+                  tool_calls: tuple = (), reasoning: str = "") -> dict:
+        thought = wire.ABSENT
+        if reasoning and self._reasoning_field:
+            thought = (self._reasoning_field, reasoning)
+        elif reasoning:
+            text = f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{text}"
         if not tool_calls:
-            return wire.chat_response(self.id, created, self.model, text, finish_reason, usage, logprobs)
+            return wire.chat_response(self.id, created, self.model, text, finish_reason, usage, logprobs,
+                                      reasoning=thought)
         objects = [wire.tool_call_object(c.id, c.name, c.arguments_json) for c in tool_calls]
         return wire.chat_response(self.id, created, self.model, text or None, finish_reason, usage, logprobs,
-                                  tool_calls=objects)
+                                  tool_calls=objects, reasoning=thought)
+
+
+class StrictChatRenderer(ChatRenderer):
+    """/v1/chat/completions streamed in OpenAI's own shapes (``EDGE_CHAT_STREAM=openai``)."""
+
+    strict_stream = True

@@ -139,8 +139,11 @@ def tool_call_delta(index: int, id: str, name: str, arguments: str) -> dict:  # 
     return {"id": id, "index": index, "type": FUNCTION, "function": {"name": name, "arguments": arguments}}
 
 
-def _chat_chunk_choice(content: str, finish_reason: Optional[str], logprobs: Any, tool_calls: Any = ABSENT) -> dict:
+def _chat_chunk_choice(content: str, finish_reason: Optional[str], logprobs: Any, tool_calls: Any = ABSENT,
+                       reasoning: Any = ABSENT) -> dict:
     delta: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning is not ABSENT:  # (field name, text)
+        delta[reasoning[0]] = reasoning[1]
     if tool_calls is not ABSENT:
         delta["tool_calls"] = tool_calls
     choice: dict[str, Any] = {"index": 0, "delta": delta}
@@ -158,15 +161,17 @@ def chat_chunk(
     finish_reason: Optional[str] = None,
     logprobs: Any = ABSENT,
     tool_calls: Any = ABSENT,
+    reasoning: Any = ABSENT,
 ) -> dict:
-    """A chat stream chunk; ``tool_calls`` (a list of :func:`tool_call_delta`) when it carries calls."""
+    """A chat stream chunk; ``tool_calls`` (a list of :func:`tool_call_delta`) when it carries calls,
+    ``reasoning`` (field name, text) when it carries the model's thinking."""
     return {
         "id": id,
         "object": CHAT_CHUNK_OBJECT,
         "created": created,
         "model": model,
         "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [_chat_chunk_choice(content, finish_reason, logprobs, tool_calls)],
+        "choices": [_chat_chunk_choice(content, finish_reason, logprobs, tool_calls, reasoning)],
     }
 
 
@@ -191,10 +196,14 @@ def chat_response(
     usage: dict,
     logprobs: Any = ABSENT,
     tool_calls: Any = ABSENT,
+    reasoning: Any = ABSENT,
 ) -> dict:
     """A chat body; ``tool_calls`` (a list of :func:`tool_call_object`) when the model called
-    tools, ``content`` then None unless it also wrote text."""
+    tools, ``content`` then None unless it also wrote text; ``reasoning`` (field name, text)
+    when it thought."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning is not ABSENT:
+        message[reasoning[0]] = reasoning[1]
     if tool_calls is not ABSENT:
         message["tool_calls"] = tool_calls
     choice: dict[str, Any] = {"index": 0, "message": message}

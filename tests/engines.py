@@ -121,3 +121,38 @@ def chat(*turns: tuple[str, str], model: str = SMOLLM2, **fields) -> GenerationR
 
 def loaded(engine: Engine, name: str = SMOLLM2) -> LoadedModel:
     return engine.model(name)
+
+
+# SmolLM2's ChatML template made to think as Qwen3's does: the generation prompt opens a
+# <think> block, or (enable_thinking false) writes an empty one; earlier answers lose theirs.
+THINKING_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set content = message['content'] %}"
+    "{% if message['role'] == 'assistant' and '</think>' in content %}"
+    "{% set content = content.split('</think>')[-1].lstrip() %}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + content + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}"
+    "{% else %}{{ '<think>\n' }}{% endif %}{% endif %}"
+)
+THINKING = "smollm2-thinking:135m"
+
+
+@pytest.fixture(scope="session")
+def thinking_model_file(model_file, tmp_path_factory):
+    """The default model's weights under a thinking chat template (a GGUF the tests write)."""
+    from inference_service.models.gguf_compat import copy_with_metadata
+    from inference_service.models.registry import ModelFile
+
+    path = tmp_path_factory.mktemp("thinking") / "smollm2-thinking.gguf"
+    copy_with_metadata(model_file.source_path, path, {"tokenizer.chat_template": THINKING_TEMPLATE})
+    return ModelFile(name=THINKING, source_path=path, owned_by="tests")
+
+
+@pytest.fixture(scope="session", params=ENGINE_NAMES)
+def thinking_engine(request, thinking_model_file):
+    engine = Engine.load([thinking_model_file], EngineConfig(slots=1, max_waiting=4, context_length=CONTEXT_LENGTH),
+                         engines=[request.param])
+    yield engine
+    engine.close()

@@ -71,7 +71,7 @@ class ChatTemplate:
         return "tools" in self.source
 
     def render(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True,
-               tools: list[dict] | None = None) -> str:
+               tools: list[dict] | None = None, thinking: bool | None = None) -> str:
         for i, message in enumerate(messages):
             if message.role not in ROLES:
                 raise InvalidRequest(
@@ -85,6 +85,8 @@ class ChatTemplate:
                 bos_token=self._bos_token,
                 eos_token=self._eos_token,
                 tools=tools,
+                # Qwen3's switch (other thinking templates read the same name, or ignore it).
+                **({} if thinking is None else {"enable_thinking": thinking}),
             )
         except TemplateError as exc:  # the template itself refused these messages
             # The template's own words, cut short: a template may quote the messages back.

@@ -27,6 +27,7 @@ from inference_service.engine.memory import TRIM_AFTER_CHARS, release_freed_memo
 from inference_service.engine.model_context import ModelContext
 from inference_service.engine.output_plan import NO_PLAN, OutputPlan, plan_output
 from inference_service.engine.prompt import PromptEncoder
+from inference_service.engine.reasoning import ReasoningSplitter, prompt_opens_thinking, template_thinks
 from inference_service.engine.sampler import Sampler
 from inference_service.engine.scheduler import SlotScheduler, Ticket
 from inference_service.engine.text_stream import TextStreamer
@@ -152,6 +153,8 @@ class LoadedModel:
                 return vocab.tokens[i] if i is not None and 0 <= i < len(vocab.tokens) else ""
             self.template = ChatTemplate(template_source, token(vocab.bos_token_id), token(vocab.eos_token_id))
         self.prompts = PromptEncoder(self.tokenizer, self.template)
+        self.thinks = self.template is not None and template_thinks(self.template.source)
+        self._opens_thinking: dict[bool | None, bool] = {}
         eot = {self.tokenizer.token_id(t) for t in END_OF_TURN_TOKENS}
         eot.add(vocab.eos_token_id)
         eot |= getattr(self.tokenizer, "end_of_generation_ids", frozenset())
@@ -218,13 +221,31 @@ class LoadedModel:
             if self.template is None:
                 raise InvalidRequest(f"model {self.name!r} has no chat template; send a prompt instead", "messages")
             messages = history_as_text(request.messages)
+            thinking = request.thinking
             if not plan.renders_tools:
-                return self.prompts.encode_chat(messages)
+                return self.prompts.encode_chat(messages, thinking=thinking)
             if self.template.renders_tools:
-                return self.prompts.encode_chat(messages, tools=tool_specs(plan.tools))
-            return self.prompts.encode_chat(with_preamble(messages, plan.tools))
+                return self.prompts.encode_chat(messages, tools=tool_specs(plan.tools), thinking=thinking)
+            return self.prompts.encode_chat(with_preamble(messages, plan.tools), thinking=thinking)
         assert request.prompt is not None
         return self.prompts.encode_prompt(request.prompt, raw=request.raw)
+
+    def reasoning_splitter(self, prepared: PreparedGeneration) -> ReasoningSplitter | None:
+        """For a chat on a thinking template whose answer is free text: the splitter of its
+        thinking from its answer (None otherwise: grammar-constrained output has no block)."""
+        request, plan = prepared.request, prepared.plan
+        if not (self.thinks and request.messages) or plan.grammar or plan.tool_mode == "forced":
+            return None
+        return ReasoningSplitter(inside=self.generation_prompt_opens_thinking(request.thinking))
+
+    def generation_prompt_opens_thinking(self, thinking: bool | None) -> bool:
+        """Whether the template's generation prompt ends inside an open <think> block (then the
+        model's first words are thinking); asked once per setting."""
+        if thinking not in self._opens_thinking:
+            assert self.template is not None
+            rendered = self.template.render((ChatMessage("user", "x"),), thinking=thinking)
+            self._opens_thinking[thinking] = prompt_opens_thinking(rendered)
+        return self._opens_thinking[thinking]
 
     def threads_per_slot(self) -> int:
         """Splits the CPU budget among the slots computing now (oversubscription is ruinous).
@@ -493,6 +514,7 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
     tokenizer = model.tokenizer
     sampling = request.sampling
     sampler = Sampler(sampling, model.vocab_size, prompt)
+    splitter = model.reasoning_splitter(prepared)
     # auto tool choice: the call marker ends the text like a stop string, then calls follow.
     marker_stop = (CALL_OPEN,) if plan.tool_mode == "auto" else ()
     streamer = TextStreamer(tokenizer.token_bytes, request.stop + marker_stop)
@@ -564,9 +586,12 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
                 text += streamer.flush()
             break
         if text:
-            yield GenerationChunk(text=text, token_ids=tuple(pending_ids), logprobs=tuple(pending_logprobs))
-            pending_ids.clear()
-            pending_logprobs.clear()
+            reasoning, text = splitter.push(text) if splitter is not None else ("", text)
+            if text or reasoning:
+                yield GenerationChunk(text=text, token_ids=tuple(pending_ids), logprobs=tuple(pending_logprobs),
+                                      reasoning=reasoning)
+                pending_ids.clear()
+                pending_logprobs.clear()
             text = ""
         if cancelled.is_set():
             raise Cancelled("cancelled during generation")
@@ -579,8 +604,14 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
         request.request_id, len(prompt), reused, prompt_seconds, generated,
         time.monotonic() - started - prompt_seconds, finish_reason,
     )
+    reasoning = ""
+    if splitter is not None:
+        reasoning, text = splitter.push(text)
+        held_reasoning, held_text = splitter.flush()
+        reasoning, text = reasoning + held_reasoning, text + held_text
     yield GenerationChunk(
         text=text,
+        reasoning=reasoning,
         token_ids=tuple(pending_ids),
         logprobs=tuple(pending_logprobs),
         finish_reason=finish_reason,

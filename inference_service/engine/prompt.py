@@ -50,13 +50,16 @@ class PromptEncoder:
             return [bos, *ids]
         return ids
 
-    def encode_chat(self, messages: Sequence[ChatMessage], tools: list[dict] | None = None) -> list[int]:
-        return self._with_bos(self._encode_chat(messages, tools))
+    def encode_chat(self, messages: Sequence[ChatMessage], tools: list[dict] | None = None,
+                    thinking: bool | None = None) -> list[int]:
+        """``thinking`` False asks a thinking template not to think (its ``enable_thinking``)."""
+        return self._with_bos(self._encode_chat(messages, tools, thinking))
 
-    def _encode_chat(self, messages: Sequence[ChatMessage], tools: list[dict] | None) -> list[int]:
+    def _encode_chat(self, messages: Sequence[ChatMessage], tools: list[dict] | None,
+                     thinking: bool | None = None) -> list[int]:
         assert self.template is not None
         if self._markup is None:
-            return self.tokenizer.encode_text(self.template.render(messages, tools=tools))
+            return self.tokenizer.encode_text(self.template.render(messages, tools=tools, thinking=thinking))
         open_, close = _delimiters([m.content for m in messages] + ([json.dumps(tools, ensure_ascii=False)] if tools else []))
         literals: list[str] = []
 
@@ -67,7 +70,7 @@ class PromptEncoder:
         escaped = [replace(m, content=self._markup.sub(hide, m.content)) for m in messages]
         # Tool specs are user text too (names, descriptions, schemas).
         escaped_tools = _map_strings(tools, lambda text: self._markup.sub(hide, text)) if tools else tools
-        rendered = self.template.render(escaped, tools=escaped_tools)
+        rendered = self.template.render(escaped, tools=escaped_tools, thinking=thinking)
         placeholder = re.compile(f"{re.escape(open_)}(\\d+){re.escape(close)}")
 
         def text_ids(piece: str) -> list[int]:

@@ -83,6 +83,7 @@ class GenerationRequest:
     tool_choice: ToolChoiceMode = "auto"  # with tools: "none", "auto", "required" or "function"
     tool_choice_name: str = ""  # the function forced when tool_choice == "function"
     parallel_tool_calls: bool = True  # may one answer hold several calls
+    thinking: Optional[bool] = None  # False: ask a thinking template not to think; None: its default
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class GenerationChunk:
     finish_reason: Optional[FinishReason] = None
     usage: Optional[Usage] = None
     tool_calls: tuple[ToolCall, ...] = ()  # calls completed in this piece (never as text)
+    reasoning: str = ""  # text inside the template's thinking block (never in ``text``)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,17 @@ def rewrite_for_ctransformers(source: Path, destination: Path) -> CompatFixes:
     """Writes a loadable copy of ``source`` to ``destination`` (atomically) and says what changed."""
     reader = GGUFReader(source)
     fixes = inspect_fixes(reader)
+    _write_copy(reader, destination, fixes, {})
+    return fixes
+
+
+def copy_with_metadata(source: Path, destination: Path, strings: dict[str, str]) -> None:
+    """Writes a copy of ``source`` with the string metadata ``strings`` set (a chat template,
+    say), atomically; tensors and every other key as they are."""
+    _write_copy(GGUFReader(source), destination, CompatFixes(False, False, None), strings)
+
+
+def _write_copy(reader: GGUFReader, destination: Path, fixes: CompatFixes, strings: dict[str, str]) -> None:
     arch_field = reader.fields["general.architecture"]
     arch = arch_field.contents()
 
@@ -78,6 +89,8 @@ def rewrite_for_ctransformers(source: Path, destination: Path) -> CompatFixes:
             value_type = field.types[0]
             sub_type = field.types[-1] if value_type == GGUFValueType.ARRAY else None
             value = field.contents()
+            if field.name in strings:
+                value = strings[field.name]
             if field.name == TOKENS_KEY and fixes.rename_newline_token is not None:
                 value = list(value)
                 value[fixes.rename_newline_token] = "\n"
@@ -87,6 +100,9 @@ def rewrite_for_ctransformers(source: Path, destination: Path) -> CompatFixes:
             writer.add_key_value(
                 SCORES_KEY, [0.0] * n_tokens, GGUFValueType.ARRAY, sub_type=GGUFValueType.FLOAT32
             )
+        for name, text in strings.items():
+            if name not in reader.fields:
+                writer.add_key_value(name, text, GGUFValueType.STRING)
 
         tensors = list(reader.tensors)
         if fixes.add_output_weight:
@@ -106,4 +122,3 @@ def rewrite_for_ctransformers(source: Path, destination: Path) -> CompatFixes:
     finally:
         if tmp.exists():
             tmp.unlink()
-    return fixes

@@ -13,9 +13,11 @@ Request → ``GenerateRequest``:
   ``tool`` (by ``name``), ``none``, with ``disable_parallel_tool_use``.
 * ``output_config.format`` (structured outputs: ``{"type": "json_schema", "schema"}``; also
   the earlier top-level ``output_format``) constrains the text to the schema.
+* ``thinking``: ``{"type": "disabled"}`` asks a thinking model's template not to think; a
+  model that thinks answers its thinking in a ``thinking`` block (``signature`` empty: it is
+  not Anthropic's) before its text; ``budget_tokens`` is not enforced.
 * Accepted and ignored: ``metadata``, ``service_tier``, ``cache_control``, ``speed``,
-  ``inference_geo``, ``output_config.effort``, and ``thinking`` (the served models do not
-  think: no ``thinking`` blocks come back).
+  ``inference_geo``, ``output_config.effort``.
   ``mcp_servers`` and ``container`` are refused by name.
 
 Answer: a ``message`` with ``text`` and ``tool_use`` blocks, ``stop_reason`` ``end_turn``,
@@ -279,6 +281,8 @@ def _prompt(body: dict, request_id: str) -> tuple[str, pb.GenerateRequest, list[
     model = required_str(body, "model", limits.MAX_MODEL_CHARS)
     _check_unsupported(body)
     req = pb.GenerateRequest(model=model, messages=_messages(body), request_id=request_id)
+    if (body.get("thinking") or {}).get("type") == "disabled":
+        req.thinking = False
     functions = _tools(body)
     req.tools.extend(functions)
     return model, req, functions
@@ -339,6 +343,7 @@ class MessagesRendering:
         self._model = parsed.model
         self._blocks: list[dict] = []
         self._text_open = False
+        self._thinking_open = False
 
     def _message(self, stop_reason: Optional[str], usage: dict) -> dict:
         return {"id": self.id, "type": "message", "role": "assistant", "model": self._model,
@@ -356,7 +361,32 @@ class MessagesRendering:
         self._text_open = False
         return [named_event("content_block_stop", {"type": "content_block_stop", "index": len(self._blocks) - 1})]
 
+    def _close_thinking(self) -> list[bytes]:
+        if not self._thinking_open:
+            return []
+        self._thinking_open = False
+        return [named_event("content_block_stop", {"type": "content_block_stop", "index": len(self._blocks) - 1})]
+
+    def _thinking(self, text: str) -> list[bytes]:
+        out = []
+        if not self._thinking_open:
+            self._blocks.append({"type": "thinking", "thinking": "", "signature": ""})
+            self._thinking_open = True
+            out.append(named_event("content_block_start", {"type": "content_block_start",
+                                                           "index": len(self._blocks) - 1,
+                                                           "content_block": dict(self._blocks[-1])}))
+        self._blocks[-1]["thinking"] += text
+        out.append(named_event("content_block_delta", {"type": "content_block_delta", "index": len(self._blocks) - 1,
+                                                       "delta": {"type": "thinking_delta", "thinking": text}}))
+        return out
+
     def frames(self, event: responses.Event) -> list[bytes]:
+        if isinstance(event, responses.Reasoning):
+            return self._close_text() + self._thinking(event.text)
+        out = self._close_thinking()
+        return out + self._frames(event)
+
+    def _frames(self, event: responses.Event) -> list[bytes]:
         if isinstance(event, responses.Text):
             out = []
             if not self._text_open:

@@ -26,11 +26,12 @@ front ends, editor plugins). Shapes follow Ollama's ``docs/api.md`` and ``api/ty
   This server's one extension: ``options.tool_choice`` ("auto", "required", "none" or a
   tool's name; Ollama has no tool choice, and ignores options it does not know).
   Accepted and ignored: ``keep_alive`` (models stay loaded whatever it says; checked to be
-  a duration), ``truncate``, ``shift``, ``think: false``, ``num_keep``,
+  a duration), ``truncate``, ``shift``, ``num_keep``,
   ``penalize_newline``, the runner's resource options (``num_batch``, ``num_gpu``,
   ``num_thread``, ...: the operator sets them on the service) and unknown options (as
-  Ollama does). Refused with a 400 naming them: images, ``think`` true or a level (the
-  served models do not think: Ollama's own "does not support thinking"), ``suffix``, a
+  Ollama does). ``think``: false asks a thinking template not to think; a model that thinks
+  answers its thinking in ``thinking``, apart from the content. Refused with a 400 naming
+  them: images, ``suffix``, a
   custom ``template``, ``context``, ``logprobs``, and the sampling options this server does
   not have when not neutral (``typical_p``, ``mirostat``, ``tfs_z``, ``repeat_last_n``
   other than -1 or 0 with a ``repeat_penalty``).
@@ -153,13 +154,16 @@ def _keep_alive(body: dict) -> None:
                       param="keep_alive", code="invalid_value")
 
 
-def _think(body: dict, model: str) -> None:
+def _think(body: dict, req: pb.GenerateRequest) -> None:
+    """``think`` false asks a thinking model's template not to think; true or a level leaves it
+    to think (its thinking comes as ``thinking``, apart from the answer). A model that does not
+    think answers as it always does."""
     value = body.get("think")
-    if value is None or value is False:
+    if value is None or value is True or value in _THINK_LEVELS:
         return
-    if value is True or value in _THINK_LEVELS:
-        raise invalid(f"{quote(model)} does not support thinking: the models this server serves do not think; "
-                      "send think false or leave it out.", param="think", code="unsupported_parameter")
+    if value is False:
+        req.thinking = False
+        return
     raise invalid(f"invalid think value: {quote(value)} (must be \"high\", \"medium\", \"low\", \"max\", true, or "
                   "false)", param="think", code="invalid_value")
 
@@ -295,7 +299,7 @@ def _check_served(client: Client, model: str) -> None:
 
 def _common(body: dict, model: str, req: pb.GenerateRequest) -> Optional[int]:
     """What chat and generate share: think, keep_alive, format, options; returns num_ctx."""
-    _think(body, model)
+    _think(body, req)
     _keep_alive(body)
     for name in ("truncate", "shift"):
         fields.opt_bool(body, name)
@@ -527,16 +531,20 @@ class _Rendering:
         self._first_ns: Optional[int] = None
         self._calls = 0
 
-    def _object(self, text: str, calls: tuple = ()) -> dict:
+    def _object(self, text: str, calls: tuple = (), thinking: str = "") -> dict:
         obj: dict = {"model": self._model, "created_at": timestamp()}
         if self._chat:
             message: dict = {"role": "assistant", "content": text}
+            if thinking:
+                message["thinking"] = thinking
             if calls:
                 message["tool_calls"] = [tool_call_object(c, self._calls + k) for k, c in enumerate(calls)]
                 self._calls += len(calls)
             obj["message"] = message
         else:
             obj["response"] = text
+            if thinking:
+                obj["thinking"] = thinking
         return obj
 
     def _seen(self) -> None:
@@ -559,6 +567,8 @@ class _Rendering:
 
     def frames(self, event: responses.Event) -> list[bytes]:
         self._seen()
+        if isinstance(event, responses.Reasoning):
+            return [ndjson(dict(self._object("", thinking=event.text), done=False))]
         if isinstance(event, responses.Text):
             return [ndjson(dict(self._object(event.text), done=False))]
         if isinstance(event, responses.ToolCalls):
@@ -572,13 +582,16 @@ class _Rendering:
 
     def body(self, events: Iterable[responses.Event]) -> dict:
         texts: list[str] = []
+        thoughts: list[str] = []
         calls: list = []
         for event in events:
             self._seen()
             if isinstance(event, responses.Finish):
-                return self._final(self._object("".join(texts), tuple(calls)), event)
+                return self._final(self._object("".join(texts), tuple(calls), "".join(thoughts)), event)
             if isinstance(event, responses.ToolCalls):
                 calls.extend(event.calls)
+            elif isinstance(event, responses.Reasoning):
+                thoughts.append(event.text)
             else:
                 texts.append(event.text)
         raise AssertionError("events() ends with a Finish or raises")

@@ -16,8 +16,10 @@ Request → ``GenerateRequest``:
 * Stateless: nothing is stored (``store`` is accepted and answered false), so
   ``previous_response_id`` and ``conversation`` are refused with a 400 naming them, and so
   is an ``item_reference`` input item; send the whole conversation in ``input``.
-* Accepted and ignored: ``reasoning`` (the served models have no effort setting),
-  ``include``, ``truncation``, ``text.verbosity``, ``metadata`` (echoed), ``user``,
+* ``reasoning.effort`` "none" or "minimal" asks a thinking model's template not to think;
+  a model that thinks answers its thinking as a ``reasoning`` item (``reasoning_text``
+  content, streamed as ``response.reasoning_text.delta``) before the message.
+* Accepted and ignored: the rest of ``reasoning``, ``include``, ``truncation``, ``text.verbosity``, ``metadata`` (echoed), ``user``,
   ``service_tier``, ``safety_identifier``, ``prompt_cache_key``, ``stream_options``.
 
 Answer: a ``response`` object whose ``output`` holds a ``message`` item (``output_text``)
@@ -318,6 +320,12 @@ def parse(body: dict, request_id: str = "") -> Parsed:
         value = opt_number(body, name)
         if value is not None:
             setattr(req, name, value)
+    reasoning = body.get("reasoning")
+    if reasoning is not None:
+        if not isinstance(reasoning, dict):
+            raise type_error("reasoning", "an object", reasoning)
+        if reasoning.get("effort") in ("none", "minimal"):
+            req.thinking = False
     stream = bool(opt_bool(body, "stream"))
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
@@ -362,6 +370,7 @@ class ResponsesRendering:
         self._counter = 0
         self._output: list[dict] = []
         self._text: Optional[list[str]] = None  # the open message's text pieces
+        self._thought: Optional[list[str]] = None  # the open reasoning item's text pieces
         self._sequence = 0
 
     # --- the response object ---
@@ -416,6 +425,32 @@ class ResponsesRendering:
                             part=part),
                 self._event("response.output_item.done", output_index=index, item=item)]
 
+    def _reason(self, text: str) -> list[bytes]:
+        """A piece of thinking: in a reasoning item (``reasoning_text`` content), opened at the first."""
+        out = []
+        if self._thought is None:
+            item = {"id": self._item_id("rs"), "type": "reasoning", "summary": [], "content": []}
+            self._output.append(item)
+            self._thought = []
+            out.append(self._event("response.output_item.added", output_index=len(self._output) - 1, item=item))
+        self._thought.append(text)
+        index = len(self._output) - 1
+        out.append(self._event("response.reasoning_text.delta", item_id=self._output[index]["id"],
+                               output_index=index, content_index=0, delta=text))
+        return out
+
+    def _close_reasoning(self) -> list[bytes]:
+        if self._thought is None:
+            return []
+        index = len(self._output) - 1
+        item = self._output[index]
+        text = "".join(self._thought)
+        self._thought = None
+        item["content"] = [{"type": "reasoning_text", "text": text}]
+        return [self._event("response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0,
+                            text=text),
+                self._event("response.output_item.done", output_index=index, item=item)]
+
     def _call(self, call: pb.ToolCall) -> list[bytes]:
         item = {"id": self._item_id("fc"), "type": "function_call", "status": "completed",
                 "arguments": call.arguments_json, "call_id": call.id, "name": call.name}
@@ -436,15 +471,18 @@ class ResponsesRendering:
         return [self._event("response.created", response=start), self._event("response.in_progress", response=start)]
 
     def frames(self, event: responses.Event) -> list[bytes]:
+        if isinstance(event, responses.Reasoning):
+            return self._reason(event.text)
         if isinstance(event, responses.Text):
-            out = self._open_message() if self._text is None else []
+            out = self._close_reasoning()
+            out += self._open_message() if self._text is None else []
             self._text.append(event.text)
             index = len(self._output) - 1
             out.append(self._event("response.output_text.delta", item_id=self._output[index]["id"],
                                    output_index=index, content_index=0, delta=event.text, logprobs=[]))
             return out
         if isinstance(event, responses.ToolCalls):
-            out = self._close_message()
+            out = self._close_reasoning() + self._close_message()
             for call in event.calls:
                 out += self._call(call)
             return out
@@ -452,7 +490,9 @@ class ResponsesRendering:
 
     def _finish(self, event: responses.Finish) -> list[bytes]:
         cut = event.finish_reason == "length"
-        out = self._open_message() if not self._output and self._text is None else []  # an empty answer
+        out = self._close_reasoning()
+        if not any(item["type"] != "reasoning" for item in self._output) and self._text is None:
+            out += self._open_message()  # an empty answer
         out += self._close_message("incomplete" if cut else "completed")
         final = self._final(event)
         out.append(self._event("response.incomplete" if cut else "response.completed", response=final))

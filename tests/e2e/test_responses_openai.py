@@ -7,11 +7,7 @@ round trip (call, output, answer), ``responses.parse`` with a json_schema format
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import jsonschema
 import openai
@@ -142,15 +138,3 @@ def test_concurrent_users_each_get_their_own_answer(oai):
     for q, text in answers:
         if q in alone:
             assert text == alone[q]
-
-
-def test_the_readme_curl(edge):
-    """The README's curl of /v1/responses, as written there."""
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed")
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    command = re.search(r"curl -s http://127\.0\.0\.1:8000/v1/responses .*?\}'", readme, re.S).group(0)
-    command = command.replace("\\\n", " ").replace("http://127.0.0.1:8000", edge.base_url)
-    done = subprocess.run(["sh", "-c", command], capture_output=True, timeout=600, check=True)
-    body = json.loads(done.stdout)
-    assert body["object"] == "response" and body["output"][0]["content"][0]["text"]

@@ -174,7 +174,7 @@ def test_an_empty_chat_loads_the_model_without_generating(http, client):
     ("/api/chat", {"messages": USER}, "model"),
     ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]},
      "messages[0].images"),
-    ("/api/chat", {"model": MODEL, "messages": USER, "think": True}, "think"),
+    ("/api/chat", {"model": MODEL, "messages": USER, "think": "deep"}, "think"),
     ("/api/chat", {"model": MODEL, "messages": USER, "keep_alive": "soon"}, "keep_alive"),
     ("/api/chat", {"model": MODEL, "messages": USER, "options": {"num_ctx": 4096}}, "options.num_ctx"),
     ("/api/chat", {"model": MODEL, "messages": "hi"}, "messages"),

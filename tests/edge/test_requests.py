@@ -243,7 +243,6 @@ def test_completion_logprobs_is_the_number_of_alternatives():
     ({"chat_template": "{{ x }}"}, "chat_template"),
     ({"add_generation_prompt": False}, "add_generation_prompt"),
     ({"modalities": ["text", "audio"]}, "modalities"),
-    ({"reasoning_effort": "high"}, "reasoning_effort"),
 ])
 def test_unsupported_fields_are_rejected_by_name(fields, param):
     for fn in (chat, comp):

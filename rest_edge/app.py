@@ -13,6 +13,8 @@ Settings (argument, else environment variable, else default):
 * ``max_body_bytes``  ``EDGE_MAX_BODY_BYTES``    1 MiB
 * ``api_keys``        ``EDGE_API_KEYS``          none (comma-separated; when set, /v1/* needs one)
 * ``request_timeout`` ``EDGE_REQUEST_TIMEOUT``   600 s (the gRPC deadline of a generation)
+* ``cors_origins``    ``EDGE_CORS_ORIGINS``      none besides loopback origins, which are always
+  allowed (comma-separated origin patterns, ``*`` for any; rest_edge.cors)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Iterable, Optional
 
 import falcon
 
-from rest_edge import errors, requests, responses, routing
+from rest_edge import cors, errors, requests, responses, routing
 from rest_edge.auth import ApiKeyAuth
 from rest_edge.client import DEFAULT_TARGET, InferenceClient, valid_request_id
 from rest_edge.metrics import Metrics, MetricsMiddleware, MetricsResource
@@ -138,6 +140,7 @@ def create_app(
     max_body_bytes: Optional[int] = None,
     api_keys: Optional[Iterable[str]] = None,
     request_timeout: Optional[float] = None,
+    cors_origins: Optional[Iterable[str]] = None,
     metrics: bool = True,
 ) -> falcon.App:
     """Build the app. ``client`` defaults to an :class:`InferenceClient` of ``target``."""
@@ -152,7 +155,8 @@ def create_app(
         log.info("REST edge: inference service at %s (routing %s)", target, policy)
     _install_log_filter()
 
-    middleware: list = [RequestIdMiddleware()]
+    # CORS first: its response hook then sees every answer, an auth failure's included.
+    middleware: list = [cors.CorsMiddleware(cors.CorsPolicy(cors.resolve_origins(cors_origins))), RequestIdMiddleware()]
     if app_metrics is not None:
         middleware.append(MetricsMiddleware(app_metrics))
     if keys:

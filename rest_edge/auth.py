@@ -11,7 +11,8 @@ from rest_edge.errors import RequestError
 
 
 class ApiKeyAuth:
-    """Falcon middleware; /health and /metrics stay open (probes and scrapers)."""
+    """Falcon middleware; /health and /metrics stay open (probes and scrapers), and so does
+    ``OPTIONS`` (a browser's CORS preflight never carries a key; it runs nothing)."""
 
     def __init__(self, keys: Iterable[str]):
         self._keys = [k.encode("utf-8") for k in keys if k]
@@ -25,7 +26,7 @@ class ApiKeyAuth:
         return found
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not self._keys or not (req.path == "/v1" or req.path.startswith("/v1/")):
+        if not self._keys or req.method == "OPTIONS" or not (req.path == "/v1" or req.path.startswith("/v1/")):
             return
         header = req.get_header("Authorization") or ""
         scheme, _, token = header.strip().partition(" ")

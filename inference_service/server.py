@@ -526,7 +526,7 @@ def create_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 0), *limits.GRPC_MESSAGE_OPTIONS],
         maximum_concurrent_rpcs=max_workers,
         interceptors=[RejectUndecodableRequests()],
     )

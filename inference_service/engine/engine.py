@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from inference_service import limits
 from inference_service.engine.chat_template import FALLBACK_TEMPLATES, ChatTemplate
 from inference_service.engine.cpu_budget import shared_budget
 from inference_service.engine.engine_choice import GGUFIdentity, choose_engine, llama_cpp_available
@@ -327,9 +328,13 @@ class Engine(InferenceEngine):
               cancelled: threading.Event | None = None) -> EmbeddingResult:
         """One unit-length vector per input (text, or token ids), pooled as the model says."""
         model = self.model(model_name)
-        embedder, tokenizer = model.embedder()
         if not inputs:
             raise InvalidRequest("input must not be empty", "input")
+        if model.can_embed:  # else embedder() says why not
+            too_big = limits.embedding_answer_problem(len(inputs), model.identity.embedding_length)
+            if too_big is not None:
+                raise InvalidRequest(too_big, "input")
+        embedder, tokenizer = model.embedder()
         sequences: list[list[int]] = []
         for i, item in enumerate(inputs):
             param = f"input[{i}]" if len(inputs) > 1 else "input"
@@ -353,7 +358,10 @@ class Engine(InferenceEngine):
                     f"This model's maximum context length is {model.context_length} tokens. However, {param} "
                     f"has {len(ids)} tokens. Please reduce the length of the input.", param=param)
             sequences.append(ids)
-        vectors = embedder.embed(sequences, cancelled)
+        # The budget of each moment (adaptive: fewer threads while other processes take our
+        # cores; a spinning thread pool on a taken core made 256 embeddings 25x slower).
+        budget = shared_budget(model.config.threads, model.config.thread_policy)
+        vectors = embedder.embed(sequences, cancelled, threads=budget.threads)
         return EmbeddingResult(
             vectors=tuple(tuple(vector.tolist()) for vector in vectors),
             prompt_tokens=sum(map(len, sequences)),

@@ -531,7 +531,7 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
         generated_ids.append(token_id)
         counters.add("tokens_generated")
         pending_ids.append(token_id)
-        if sampling.logprobs:
+        if sampling.logprobs and calls is None:  # logprobs cover content only, never calls
             pending_logprobs.append(_token_logprob(tokenizer, sampled))
         if calls is not None:  # inside tool calls: whole calls go out, never their markup
             call_ids.append(token_id)
@@ -552,6 +552,8 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
                 if after_marker is None:
                     finish_reason = "stop"
                     break
+                # The marker's tokens are no content: only tokens that begin before it keep logprobs.
+                del pending_logprobs[_tokens_starting_within(tokenizer, pending_ids, len(text.encode("utf-8"))):]
                 # The model opened a tool call: the text so far is the content; the call's
                 # grammar constrains the rest, starting from what followed the marker.
                 guide = model.grammar.get().guide(plan.grammar_after_marker)
@@ -591,6 +593,17 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
         finish_reason=finish_reason,
         usage=Usage(prompt_tokens=len(prompt), completion_tokens=generated, cached_prompt_tokens=reused),
     )
+
+
+def _tokens_starting_within(tokenizer: TextTokenizer, token_ids: Sequence[int], n_bytes: int) -> int:
+    """How many of ``token_ids`` (whose text follows what was already sent) begin within the
+    first ``n_bytes`` bytes of their text."""
+    offset = 0
+    for k, token_id in enumerate(token_ids):
+        if offset >= n_bytes:
+            return k
+        offset += len(tokenizer.token_bytes(token_id))
+    return len(token_ids)
 
 
 def _text_after_marker(generated: str, stops: Sequence[str]) -> str | None:

@@ -76,7 +76,11 @@ RANGES: dict[str, Range] = {
     "repetition_penalty": Range(0.0, 10.0, low_open=True),
     "frequency_penalty": Range(-2.0, 2.0),  # OpenAI's range
     "presence_penalty": Range(-2.0, 2.0),  # OpenAI's range
+    # Locally typical sampling (llama.cpp's typical_p, Hugging Face's typical_p); 1 is off.
+    "typical_p": Range(0.0, 1.0, low_open=True),
 }
+# ``penalty_last_n``: the window of the repetition penalty (llama.cpp's); -1 all tokens, 0 off.
+PENALTY_LAST_N_RANGE = (-1, 2**31 - 1)
 
 LOGIT_BIAS_LIMIT = 100.0  # ``logit_bias`` values: -100 to 100 (OpenAI's bound)
 LOGIT_BIAS_RANGE = Range(-LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT)
@@ -122,10 +126,6 @@ MAX_EMBEDDING_INPUT_CHARS = 131_072  # characters of one text
 MAX_EMBEDDING_INPUT_TOKENS = 32_768  # token ids of one token array
 MAX_TOKEN_ID = 2**31 - 1  # token ids travel as int32; the model's vocabulary bounds them further
 
-# --- structured outputs and tool calling -----------------------------------------------------
-#
-# ``response_format`` becomes a constraint (a JSON schema, any JSON object, or over gRPC also a
-# regex or a Lark grammar); ``tools`` are functions the model may call. Names follow OpenAI's
 # --- gRPC messages ----------------------------------------------------------------------------
 #
 # Every size the API allows must pass between the edge and the service: the biggest message is
@@ -165,6 +165,10 @@ def embedding_answer_problem(inputs: int, dimensions: int) -> Optional[str]:
             f"the {MAX_MESSAGE_BYTES} bytes one answer may have; send at most {most} inputs per request.")
 
 
+# --- structured outputs and tool calling -----------------------------------------------------
+#
+# ``response_format`` becomes a constraint (a JSON schema, any JSON object, or over gRPC also a
+# regex or a Lark grammar); ``tools`` are functions the model may call. Names follow OpenAI's
 # rule for function names (and for ``response_format.json_schema.name``): 1 to 64 characters,
 # letters, digits, underscores and dashes. Schemas and grammars are compiled for every request,
 # so they are bounded well below the body limit (1 MiB): 64 Ki characters is far beyond a

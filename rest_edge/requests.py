@@ -22,6 +22,7 @@ from inference_service import limits
 from inference_service.limits import LOGIT_BIAS_RANGE, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, RANGES, quote
 from inference_service.v1 import inference_pb2 as pb
 
+from rest_edge import fields
 from rest_edge.errors import RequestError, invalid
 
 # Bounds of the proto's integer types (the service's own limits are in inference_service.limits).
@@ -240,10 +241,6 @@ _NOT_IMPLEMENTED: dict[str, tuple[object, str]] = {
     "continue_final_message": (False, "continuing the final message is not supported"),
     "chat_template": (None, "the model's own chat template is always used"),
     "chat_template_kwargs": (None, "the model's own chat template is always used"),
-    "guided_json": (None, "guided decoding is not supported"),
-    "guided_regex": (None, "guided decoding is not supported"),
-    "guided_choice": (None, "guided decoding is not supported"),
-    "guided_grammar": (None, "guided decoding is not supported"),
     "modalities": (["text"], "only text output is supported"),
     "audio": (None, "audio output is not supported"),
     "prediction": (None, "predicted outputs are not supported"),
@@ -431,7 +428,8 @@ def completion_request(body: dict, request_id: str = "") -> ParsedRequest:
         req.logprobs = True
         req.top_logprobs = logprobs
     stream, include_usage = _common(body, req)
-    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs is not None)
+    _other_fields(body, req, fields.COMPLETIONS, chat=False)
+    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs is not None or req.logprobs)
 
 
 # --- /v1/chat/completions -----------------------------------------------------------------
@@ -618,7 +616,7 @@ def _constraint(body: dict) -> Optional[pb.Constraint]:
     if kind == "text":
         return None
     if kind == "json_object":
-        return pb.Constraint(json_object=True)
+        return fields.json_object_schema(fmt) or pb.Constraint(json_object=True)
     if kind == "json_schema":
         spec = _object_at(fmt, "json_schema", "response_format.json_schema")
         _function_name(spec.get("name"), "response_format.json_schema.name")
@@ -741,7 +739,16 @@ def chat_request(body: dict, request_id: str = "") -> ParsedRequest:
         req.logprobs = True
         req.top_logprobs = top_logprobs or 0
     stream, include_usage = _common(body, req)
-    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs)
+    _other_fields(body, req, fields.CHAT, chat=True)
+    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs or req.logprobs)
+
+
+def _other_fields(body: dict, req: pb.GenerateRequest, table: dict, *, chat: bool) -> None:
+    """The route's field table (rest_edge.fields): unknown fields, OpenAI's inert ones,
+    llama.cpp's and vLLM's."""
+    fields.check_known(body, table)
+    fields.check_inert(body)
+    fields.apply_generation_fields(body, req, chat=chat)
 
 
 # --- /v1/embeddings -----------------------------------------------------------------------
@@ -831,6 +838,8 @@ def embedding_request(body: dict, request_id: str = "") -> ParsedEmbedding:
     """
     model = _required_str(body, "model", limits.MAX_MODEL_CHARS)
     inputs = _embedding_inputs(body)
+    fields.check_known(body, fields.EMBEDDINGS)
+    fields.check_inert(body)
     encoding_format = body.get("encoding_format")
     if encoding_format is None:
         encoding_format = "float"

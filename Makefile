@@ -8,7 +8,7 @@ BUF    := .tools/node_modules/.bin/buf
 GRPC_ADDRESS ?= 127.0.0.1:50051
 EDGE_BIND    ?= 127.0.0.1:8000
 
-.PHONY: run test setup model test-models browser proto lint-proto bench bench-slots bench-contention bench-engines bench-structured bench-cluster soak clean help
+.PHONY: run test setup model test-models browser proto docs-settings lint-proto bench bench-slots bench-contention bench-engines bench-structured bench-cluster bench-chat soak clean help
 
 help:
 	@echo "make run     set up, pull the default model, start the gRPC service ($(GRPC_ADDRESS)) and the edge ($(EDGE_BIND))"
@@ -19,7 +19,9 @@ help:
 	@echo "make bench-engines      our ctransformers and llama.cpp engines (via the edge) beside llama-server -np 2/4: table + bench/results/engines.png"
 	@echo "make bench-structured   decode tok/s with and without grammar constraints (JSON schema, tool calls), both engines"
 	@echo "make bench-cluster      next-turn chat TTFT through one edge over 3 replicas: prefix-affinity vs least-loaded vs round-robin"
+	@echo "make bench-chat         2/4/8 conversations taking turns and at once: next-turn TTFT and cached share, both engines vs llama-server"
 	@echo "make proto   regenerate the Python stubs from protos/"
+	@echo "make docs-settings   regenerate docs/settings.md (every flag and variable) from the argument parsers"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +64,10 @@ proto: setup
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. \
 		protos/inference_service/v1/inference.proto
 
+# docs/settings.md is generated from the argument parsers; tests/test_docs.py fails on drift.
+docs-settings: setup
+	$(PY) tools/settings_table.py > docs/settings.md
+
 # buf breaking (buf.yaml: FILE) compares the protos with the local branch main of this clone
 # (a fresh clone, shallow or not, has it). A checkout without a local main (a CI job on a
 # detached pull-request head) passes BUF_AGAINST='.git#branch=origin/main'.
@@ -100,6 +106,12 @@ bench-structured: setup model
 # of ~1,000-token histories: next-turn TTFT p50/p95, cached share, bench/results/cluster.{json,png}.
 bench-cluster: setup model
 	$(PY) bench/cluster.py
+
+# N conversations (2, 4, 8) x 4 turns over ~1,000-token histories on 4 slots, taking turns and all at
+# once: our two engines (via the edge) and llama-server -np 4; table + bench/results/chat.{json,png}.
+bench-chat: setup model
+	bash bench/install_peer.sh llama-server
+	$(PY) bench/chat.py
 
 soak: setup model
 	$(PY) bench/soak.py

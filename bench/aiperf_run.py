@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.processes import REPO, stop_process  # noqa: E402
+from harness.processes import REPO, stop_process  # noqa: E402
 
 AIPERF = REPO / ".bench-venv-aiperf" / "bin" / "aiperf"
 

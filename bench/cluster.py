@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import re
 import signal
@@ -65,8 +64,9 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 
 from bench import prompts  # noqa: E402
-from bench.measure import median  # noqa: E402
+from bench.measure import median, percentile  # noqa: E402
 from bench.procfs import cpu_busy_fraction  # noqa: E402
+from bench.report import print_failures, pyplot, save_figure  # noqa: E402
 from bench.prompts import MODEL  # noqa: E402
 from bench.servers import start_edge, start_replicas, stop_replicas  # noqa: E402
 from bench.sse import chat_stream  # noqa: E402
@@ -238,16 +238,6 @@ def routed_replicas(edge_log: Path, turns: list[Turn], addresses: list[str]) -> 
     return sum(1 for r in turns if r.replica is not None)
 
 
-def percentile(values: list[float], q: float) -> Optional[float]:
-    """The q-th percentile (0..100), linear between the closest ranks; None without values."""
-    vs = sorted(values)
-    if not vs:
-        return None
-    position = (len(vs) - 1) * q / 100
-    low, high = math.floor(position), math.ceil(position)
-    return vs[low] + (vs[high] - vs[low]) * (position - low)
-
-
 def summarize(turns: list[Turn], args) -> dict:
     ok = [r for r in turns if r.error is None and r.ttft_ms is not None]
     cold = [r.ttft_ms for r in ok if r.turn == 1]
@@ -336,12 +326,8 @@ def ratios(policies: dict[str, dict]) -> dict[str, float]:
 
 
 def save_chart(policies: dict[str, dict], path: Path, title: str) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(policies)
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.6))
     width = 0.38
     for j, (key, label) in enumerate((("next_ttft_p50_ms", "p50"), ("next_ttft_p95_ms", "p95"))):
         xs = [i + (j - 0.5) * width for i in range(len(names))]
@@ -362,11 +348,7 @@ def save_chart(policies: dict[str, dict], path: Path, title: str) -> Path:
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- main
@@ -476,14 +458,7 @@ def main(argv=None) -> int:
                      f"{args.conversations} chats x {args.turns} turns, ~{args.history_tokens}-token histories - "
                      f"{doc['meta']['when']}")
     print(f"\nwrote {RESULTS / 'cluster.json'} and {png}")
-    if failures:
-        print("\nFAILED requests (the rows count only the successes):", file=sys.stderr)
-        for name, items in failures.items():
-            print(f"  {name}: {len(items)} failed or not asked", file=sys.stderr)
-            for item in items[:10]:
-                print(f"    {item}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if print_failures(failures, "failed or not asked; the rows count only the successes") else 0
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ from bench.measure import Stream, aggregate_tps, concurrent, time_pieces  # noqa
 from bench.procfs import CpuAudit, cpu_busy_fraction  # noqa: E402
 from bench.prompts import MODEL  # noqa: E402
 from bench.sse import chat_stream  # noqa: E402
-from tests import processes  # noqa: E402
-from tests.processes import stop_process  # noqa: E402
+from harness import processes  # noqa: E402
+from harness.processes import stop_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 LLAMA_SERVER = REPO / "bench" / ".build" / "llama-build" / "bin" / "llama-server"

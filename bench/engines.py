@@ -46,17 +46,17 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from bench import prompts  # noqa: E402
+from bench.chat_turns import HISTORY_TOKENS, chat_turn_rows  # noqa: E402
 from bench.measure import Stream, aggregate_tps, concurrent, median, single_rows, successes, time_pieces  # noqa: E402
 from bench.procfs import CpuAudit, PeakMemory, cpu_busy_fraction  # noqa: E402
+from bench.report import print_failures, pyplot, save_figure  # noqa: E402
 from bench.prompts import MODEL  # noqa: E402
 from bench.servers import LLAMA_SERVER, start_edge, start_llama_server, start_service  # noqa: E402
-from bench.sse import chat_stream, count_prompt_tokens  # noqa: E402
-from tests.processes import stop_process  # noqa: E402
+from bench.sse import chat_stream  # noqa: E402
+from harness.processes import stop_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 FAILURES: dict[str, list[str]] = defaultdict(list)  # system (or breakdown row) -> what failed
-CHAT_HISTORY_TOKENS = 1000
-CHAT_ANSWER_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -194,21 +194,8 @@ def measure_http(system: System, base_url: str, pids: list[int], args, bias: dic
                 rows[f"ttft_p50_ms_c{n}"] = median(s.ttft_s * 1000 for s in ok)
                 if rows.get("decode_tps"):
                     rows[f"agg_over_single_c{n}"] = rows[f"agg_tps_c{n}"] / rows["decode_tps"]
-        print(f"  {who}: chat, cold ~{CHAT_HISTORY_TOKENS}-token history and next turn x {args.repeats}", flush=True)
-        cold, warm, ask = [], [], []
-        for _ in range(args.repeats):
-            ask = prompts.chat_history(CHAT_HISTORY_TOKENS, nonce=uuid.uuid4().hex) + [
-                {"role": "user", "content": "Which places did the notes mention?"}]
-            first = chat_stream(base_url, MODEL, ask, CHAT_ANSWER_TOKENS)
-            cold += kept(who, "chat cold", [first])
-            more = ask + [{"role": "assistant", "content": first.text},
-                          {"role": "user", "content": "Thanks. And which years?"}]
-            warm += kept(who, "chat next", [chat_stream(base_url, MODEL, more, CHAT_ANSWER_TOKENS)])
-    rows["chat_prompt_tokens"] = median(s.prompt_tokens for s in cold) or count_prompt_tokens(base_url, MODEL, ask)
-    rows["chat_ttft_cold_ms"] = median(s.ttft_s * 1000 for s in cold)
-    rows["chat_ttft_next_ms"] = median(s.ttft_s * 1000 for s in warm)
-    if rows["chat_ttft_cold_ms"] and rows["chat_ttft_next_ms"]:
-        rows["chat_next_over_cold"] = rows["chat_ttft_next_ms"] / rows["chat_ttft_cold_ms"]
+        print(f"  {who}: chat, cold ~{HISTORY_TOKENS}-token history and next turn x {args.repeats}", flush=True)
+        rows.update(chat_turn_rows(base_url, args.repeats, lambda what, streams: kept(who, what, streams)))
     rows.update(rss_start_mb=round(memory.start_mb, 1), rss_peak_mb=round(memory.peak_mb, 1),
                 foreign_cpu_pct=cpu.result()["foreign_pct"])
     return rows
@@ -327,11 +314,7 @@ def differences(breakdown: dict) -> dict[str, float]:
 
 
 def save_chart(systems: dict[str, dict], levels: list[int], path: Path, title: str) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.6))
     for name, r in systems.items():
         points = [(n, r.get(f"agg_tps_c{n}")) for n in levels if r.get(f"agg_tps_c{n}") is not None]
         if points:
@@ -351,11 +334,7 @@ def save_chart(systems: dict[str, dict], levels: list[int], path: Path, title: s
     else:
         ax.text(0.5, 0.5, "no concurrency level without a failed stream", ha="center", transform=ax.transAxes)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- main
@@ -449,7 +428,7 @@ def main(argv=None) -> int:
     report = [header, "", table(systems, args), "",
               "agg N = all tokens of N concurrent streams over the wall time; (x single) = that over the system's "
               "own single-stream decode rate; next/cold = chat TTFT of the next turn over that of the cold "
-              f"~{CHAT_HISTORY_TOKENS}-token history (lower: more of the history reused)."]
+              f"~{HISTORY_TOKENS}-token history (lower: more of the history reused)."]
     if breakdown is not None:
         report += [""] + breakdown_lines(breakdown)
     if summary:
@@ -470,15 +449,8 @@ def main(argv=None) -> int:
     png = save_chart(systems, args.concurrency, RESULTS / "engines.png",
                      f"{MODEL}, {args.threads} threads, {args.max_tokens}-token streams - {doc['meta']['when']}")
     print(f"\nwrote {RESULTS / 'engines.json'} and {png}")
-    if any(FAILURES.values()):
-        print("\nFAILED requests (the rows count only the successes; a concurrency level with a failure has no "
-              "figure):", file=sys.stderr)
-        for name, failures in FAILURES.items():
-            print(f"  {name}: {len(failures)} failed", file=sys.stderr)
-            for failure in failures[:10]:
-                print(f"    {failure}", file=sys.stderr)
-        return 1
-    return 0
+    note = "the rows count only the successes; a concurrency level with a failure has no figure"
+    return 1 if print_failures(FAILURES, note) else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ is the response's, a millisecond after the last token here.
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 import time
@@ -96,6 +97,16 @@ def successes(streams: Sequence[Stream], tokens: Optional[int] = None) -> tuple[
 def median(values: Iterable[Optional[float]]) -> Optional[float]:
     vs = [v for v in values if v is not None]
     return statistics.median(vs) if vs else None
+
+
+def percentile(values: list[float], q: float) -> Optional[float]:
+    """The q-th percentile (0..100), linear between the closest ranks; None without values."""
+    vs = sorted(values)
+    if not vs:
+        return None
+    position = (len(vs) - 1) * q / 100
+    low, high = math.floor(position), math.ceil(position)
+    return vs[low] + (vs[high] - vs[low]) * (position - low)
 
 
 def single_rows(streams: Sequence[Stream]) -> dict:

@@ -38,7 +38,7 @@ METRICS: list[tuple[str, str, str, Optional[str]]] = [
     ("chat_prompt_tokens", "chat prompt size", "tok", None),
     ("chat_ttft_cold_ms", "chat TTFT, cold history", "ms", "lower"),
     ("chat_ttft_next_ms", "chat TTFT, next turn", "ms", "lower"),
-    ("chat_cold_over_next", "chat cold / next", "x", "higher"),
+    ("chat_next_over_cold", "chat next / cold", "x", "lower"),
     *[row for n in LEVELS for row in (
         (f"aiperf_ttft_p50_ms_c{n}", f"aiperf TTFT p50, concurrency {n}", "ms", "lower"),
         (f"aiperf_ttft_p90_ms_c{n}", f"aiperf TTFT p90, concurrency {n}", "ms", "lower"),
@@ -130,12 +130,27 @@ def format_table(systems: Mapping[str, Mapping[str, Any]],
     return "\n".join(lines)
 
 
-def save_chart(systems: Mapping[str, Mapping[str, Any]], path: Path,
-               title: str = "LLM serving benchmark") -> Path:
+def pyplot():
+    """matplotlib's pyplot, drawing off screen (Agg), as every benchmark chart does."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lays ``fig`` out, writes it to ``path`` (PNG, 110 dpi) and closes it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
+
+
+def save_chart(systems: Mapping[str, Mapping[str, Any]], path: Path,
+               title: str = "LLM serving benchmark") -> Path:
+    plt = pyplot()
     names = list(systems)
     rows = [r for r in _rows(systems) if r[0] in CHARTED]
     ncols = 4
@@ -162,11 +177,21 @@ def save_chart(systems: Mapping[str, Mapping[str, Any]], path: Path,
     for ax in list(axes.flat)[len(rows):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
+
+
+def print_failures(failures: Mapping[str, list[str]], note: str) -> bool:
+    """Each system's failed requests (count, then the first 10) on stderr, under ``note``;
+    True when any failed (the run then exits 1)."""
+    if not any(failures.values()):
+        return False
+    print(f"\nFAILED requests ({note}):", file=sys.stderr)
+    for name, items in failures.items():
+        if items:
+            print(f"  {name}: {len(items)} failed", file=sys.stderr)
+            for item in items[:10]:
+                print(f"    {item}", file=sys.stderr)
+    return True
 
 
 def write_report(systems: Mapping[str, Mapping[str, Any]], *, reference: Optional[str] = None,

@@ -34,13 +34,14 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from bench import aiperf_run, prompts  # noqa: E402
+from bench.chat_turns import chat_turn_rows  # noqa: E402
 from bench.measure import Stream, aggregate_tps, concurrent, median, single_rows, successes, time_pieces  # noqa: E402
 from bench.procfs import CpuAudit, PeakMemory, cpu_busy_fraction  # noqa: E402
 from bench.prompts import MODEL  # noqa: E402
-from bench.report import write_report  # noqa: E402
+from bench.report import print_failures, write_report  # noqa: E402
 from bench.servers import start_edge, start_peer, start_service  # noqa: E402  (soak.py imports the first two from here)
-from bench.sse import chat_stream, count_prompt_tokens  # noqa: E402
-from tests.processes import stop_process  # noqa: E402
+from bench.sse import chat_stream  # noqa: E402
+from harness.processes import stop_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 FAILURES: dict[str, list[str]] = defaultdict(list)  # system -> what failed
@@ -135,21 +136,7 @@ def measure_suite(system: str, base_url: str, pids: list[int], args, bias: dict[
                 rows[f"agg_tps_c{n}"] = aggregate_tps(ok)
                 rows[f"ttft_p50_ms_c{n}"] = median(s.ttft_s * 1000 for s in ok)
         print(f"  {system}: chat, cold history and next turn", flush=True)
-        cold, warm, ask = [], [], []
-        for _ in range(args.repeats):
-            ask = prompts.chat_history(1000, nonce=uuid.uuid4().hex) + [
-                {"role": "user", "content": "Which places did the notes mention?"}]
-            first = chat_stream(base_url, MODEL, ask, 32)
-            cold += kept(system, "chat cold", [first])
-            more = ask + [{"role": "assistant", "content": first.text},
-                          {"role": "user", "content": "Thanks. And which years?"}]
-            warm += kept(system, "chat next", [chat_stream(base_url, MODEL, more, 32)])
-    # the cold prompt's size: from stream usage, else (the peer sends none) asked afterwards
-    rows["chat_prompt_tokens"] = median(s.prompt_tokens for s in cold) or count_prompt_tokens(base_url, MODEL, ask)
-    rows["chat_ttft_cold_ms"] = median(s.ttft_s * 1000 for s in cold)
-    rows["chat_ttft_next_ms"] = median(s.ttft_s * 1000 for s in warm)
-    if rows["chat_ttft_cold_ms"] and rows["chat_ttft_next_ms"]:
-        rows["chat_cold_over_next"] = rows["chat_ttft_cold_ms"] / rows["chat_ttft_next_ms"]
+        rows.update(chat_turn_rows(base_url, args.repeats, lambda what, streams: kept(system, what, streams)))
     rows.update(rss_start_mb=round(memory.start_mb, 1), rss_peak_mb=round(memory.peak_mb, 1),
                 foreign_cpu_pct=cpu.result()["foreign_pct"])
     return rows
@@ -305,13 +292,7 @@ def main(argv=None) -> int:
     print("\nratios (this run):")
     for k, v in summary.items():
         print(f"  {k:44s} {v:8.3f}")
-    if any(FAILURES.values()):
-        print("\nFAILED requests (their rows count only the successes):", file=sys.stderr)
-        for name, failures in FAILURES.items():
-            for failure in failures[:10]:
-                print(f"  {name}: {failure}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if print_failures(FAILURES, "their rows count only the successes") else 0
 
 
 def ratios(systems: dict[str, dict]) -> dict[str, float]:

@@ -2,7 +2,7 @@
 REST edge on gunicorn, the peer, llama-cpp-python's own OpenAI server (.bench-venv,
 bench/install_peer.sh), and llama.cpp's own ``llama-server`` (bench/.build,
 ``bash bench/install_peer.sh llama-server``).
-Started and stopped by tests/processes.py; each logs to LOG_DIR/<name>.log. A process that
+Started and stopped by harness/processes.py; each logs to LOG_DIR/<name>.log. A process that
 does not come up stops the benchmark with its log's tail.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Sequence
 
 from bench.prompts import MODEL
-from tests import processes
-from tests.processes import REPO, HttpServer
+from harness import processes
+from harness.processes import REPO, HttpServer
 
 PEER_PYTHON = REPO / ".bench-venv" / "bin" / "python"
 LLAMA_SERVER = REPO / "bench" / ".build" / "llama-build" / "bin" / "llama-server"
@@ -33,7 +33,7 @@ def start_service(slots: int, log_dir: Path, threads: int | None = None, engine:
     """The gRPC service with ``slots`` slots (and at most ``threads`` compute threads), on
     ``engine`` (auto | ctransformers | llamacpp; None: the service's default), at most
     ``max_waiting`` requests queued for a slot, plus any ``extra_args`` of ``serve``; logs to
-    LOG_DIR/<name>.log. (process, address); stop it with tests.processes.stop_process."""
+    LOG_DIR/<name>.log. (process, address); stop it with harness.processes.stop_process."""
     args = ["--slots", str(slots), "--max-waiting", str(max_waiting)]
     args += ["--threads", str(threads)] if threads else []
     args += (["--engine", engine] if engine else []) + list(extra_args)

@@ -8,7 +8,7 @@ context (400 expected; up to 600 kB), and long prompts that fill the KV cache fa
 * failures: any answer other than 2xx, the expected 400 for over-long prompts, and 429;
 * RSS and anonymous memory (``Pss_Anon`` of /proc/PID/smaps_rollup) of the service at start,
   after warm-up and at the end (growth after warm-up should stay under 10%), beside the bound
-  the README documents (slots x KV cache at the configured context + a constant);
+  docs/operations.md documents (slots x KV cache at the configured context + a constant);
 * the service's CPU time in the seconds after the clients stop (should be about 0: no work
   of departed clients goes on) and its GetStatus totals.
 
@@ -37,14 +37,14 @@ sys.path.insert(0, str(REPO))
 from bench.procfs import proc_ticks  # noqa: E402
 from bench.prompts import filler_text  # noqa: E402
 from bench.servers import start_edge, start_service  # noqa: E402
+from harness.processes import stop_process  # noqa: E402
 from inference_service.engine.memory import kv_cache_bytes  # noqa: E402
 from inference_service.models.registry import ModelRegistry  # noqa: E402
 from inference_service.v1 import inference_pb2 as pb  # noqa: E402
 from inference_service.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
-from tests.processes import stop_process  # noqa: E402
 
 MODEL = "smollm2:135m"
-# The README's memory bound: Pss_Anon <= BASE_ANON_MB + slots x SLOT_OVERHEAD x KV cache.
+# The memory bound of docs/operations.md: Pss_Anon <= BASE_ANON_MB + slots x SLOT_OVERHEAD x KV cache.
 BASE_ANON_MB = 200
 SLOT_OVERHEAD = 1.15  # the compute buffer beside each KV cache (measured: about 5%)
 

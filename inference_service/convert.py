@@ -154,6 +154,10 @@ def model_to_proto(model: ModelDescription) -> pb.ModelInfo:
         owned_by=model.owned_by,
         context_length=model.context_length,
         has_chat_template=model.has_chat_template,
+        engine=model.engine,
+        architecture=model.architecture,
+        can_embed=model.can_embed,
+        embedding_dimensions=model.embedding_dimensions if model.can_embed else 0,
     )
 
 
@@ -161,7 +165,10 @@ def status_to_proto(status: EngineStatus, in_flight: int) -> pb.GetStatusRespons
     return pb.GetStatusResponse(
         models=[
             pb.ModelStatus(name=m.name, slots=m.slots, busy_slots=m.busy_slots, waiting=m.waiting,
-                           max_waiting=m.max_waiting)
+                           max_waiting=m.max_waiting,
+                           slot_states=[pb.SlotState(index=s.index, busy=s.busy, cached_tokens=s.cached_tokens,
+                                                     idle_seconds=round(s.idle_seconds, 3))
+                                        for s in m.slot_states])
             for m in status.models
         ],
         generations_started=status.generations_started,

@@ -16,7 +16,7 @@ What a scrape reads, and where it comes from:
 * The server's load state, ``inference_model_load_state``: 0 loading, 1 serving, 2 draining
   (set by ``server.serve()``).
 * What only the gRPC servicer sees, per Generate call, through the observer interface
-  (``server.GenerateObserver``) this class implements: time to first token and inter-token
+  (``call_log.GenerateObserver``) this class implements: time to first token and inter-token
   latency histograms, and calls by final gRPC status (``inference_generate_calls_total{code}``).
 * The process (``process_*``: resident memory, CPU seconds, open files) on Linux.
 
@@ -138,7 +138,7 @@ class ServiceMetrics:
     def set_state(self, state: int) -> None:
         self._state.set(state)
 
-    # --- the Generate observer (server.GenerateObserver) ---------------------------------
+    # --- the Generate observer (call_log.GenerateObserver) -------------------------------
 
     def first_token(self, seconds: float) -> None:
         self._ttft.observe(seconds)

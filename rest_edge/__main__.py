@@ -13,7 +13,14 @@ from typing import Any, Optional
 
 from gunicorn.app.base import BaseApplication
 
-from rest_edge.app import resolve_target
+from inference_service.settings import LOG_LEVELS
+from rest_edge.app import (
+    resolve_first_token_timeout,
+    resolve_max_body_bytes,
+    resolve_request_timeout,
+    resolve_routing,
+    resolve_target,
+)
 
 
 class EdgeApplication(BaseApplication):
@@ -37,30 +44,69 @@ class EdgeApplication(BaseApplication):
         return create_app(**self._app_kwargs)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rest_edge", description="OpenAI-compatible REST edge.")
+# Read from the environment only (by rest_edge.app and rest_edge.gunicorn_conf): name, default, what.
+ENVIRONMENT_ONLY = (
+    ("EDGE_ROUTING", "prefix-affinity", "how calls are spread over replicas: prefix-affinity, least-loaded or "
+                                        "round-robin"),
+    ("EDGE_API_KEYS", "none", "comma-separated keys; when set, /v1/* needs `Authorization: Bearer KEY`"),
+    ("EDGE_CORS_ORIGINS", "none (loopback origins only)", "origins besides loopback ones whose pages may call the "
+                                                          "edge from a browser: comma-separated, `*` matches any "
+                                                          "characters"),
+    ("EDGE_WORKER_TIMEOUT", "30", "seconds: gunicorn's hung-worker detector, not a request limit (a gthread worker "
+                                  "heartbeats while its threads stream)"),
+    ("EDGE_CONTROL_SOCKET", "none", "gunicorn's control socket path (off unless set)"),
+    ("PROMETHEUS_MULTIPROC_DIR", "a private temporary directory", "where the workers share /metrics values; its "
+                                                                   "*.db files are deleted at start"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The edge's command line (docs/settings.md is generated from it)."""
+    epilog = "environment only: " + "; ".join(f"{name} (default {default}): {what}"
+                                               for name, default, what in ENVIRONMENT_ONLY)
+    parser = argparse.ArgumentParser(prog="python -m rest_edge", description="OpenAI-compatible REST edge.",
+                                     epilog=epilog)
     parser.add_argument("--target", default=None,
-                        help="inference service HOST:PORT (env INFERENCE_TARGET, default 127.0.0.1:50051)")
+                        help="the inference service: HOST:PORT, a comma-separated list of replicas, or "
+                             "dns:///NAME:PORT (every address it resolves to) (env INFERENCE_TARGET, default "
+                             "127.0.0.1:50051)")
     parser.add_argument("--bind", default=None, help="address to listen on (env EDGE_BIND, default 127.0.0.1:8000)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (env EDGE_WORKERS, default 2)")
-    parser.add_argument("--threads", type=int, default=None, help="threads per worker (env EDGE_THREADS, default 8)")
+    parser.add_argument("--threads", type=int, default=None, help="threads per worker: its concurrent streams (env EDGE_THREADS, default 8)")
     parser.add_argument("--request-timeout", type=float, default=None,
                         help="deadline of a generation in seconds (env EDGE_REQUEST_TIMEOUT, default 600)")
+    parser.add_argument("--first-token-timeout", type=float, default=None,
+                        help="seconds a generation waits for its replica's first answer before it moves to another "
+                             "replica (env EDGE_FIRST_TOKEN_TIMEOUT, default 0: no limit)")
     parser.add_argument("--max-body-bytes", type=int, default=None,
                         help="largest request body (env EDGE_MAX_BODY_BYTES, default 1 MiB)")
-    parser.add_argument("--log-level", default=None, help="gunicorn log level (env EDGE_LOG_LEVEL, default info)")
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default=None,
+                        help="gunicorn log level (env EDGE_LOG_LEVEL, default info)")
     parser.add_argument("--log-format", choices=("text", "json"), default=None,
                         help="text (gunicorn's) or json: one JSON object per line for the error, app and access "
                              "logs (env EDGE_LOG_FORMAT, default text)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    env_format = os.environ.get("EDGE_LOG_FORMAT", "text")
-    if args.log_format is None and env_format.strip().lower() not in ("", "text", "json"):
-        parser.error(f"EDGE_LOG_FORMAT must be text or json, not {env_format!r}")
+    flags = {"EDGE_BIND": args.bind, "EDGE_WORKERS": args.workers, "EDGE_THREADS": args.threads,
+             "EDGE_LOG_LEVEL": args.log_level, "EDGE_LOG_FORMAT": args.log_format}
+    for name, value in flags.items():
+        if value is not None:  # a flag wins over its variable, here and in rest_edge.gunicorn_conf
+            os.environ[name] = str(value)
+    try:  # every other setting from the environment, checked before gunicorn starts
+        importlib.import_module("rest_edge.gunicorn_conf")
+        resolve_routing()
+        resolve_max_body_bytes(args.max_body_bytes)
+        resolve_request_timeout(args.request_timeout)
+        resolve_first_token_timeout(args.first_token_timeout)
+    except ValueError as error:
+        parser.error(str(error))
 
     target = resolve_target(args.target)
     os.environ["INFERENCE_TARGET"] = target  # workers (and reloads) see the same target
-    if args.log_format is not None:
-        os.environ["EDGE_LOG_FORMAT"] = args.log_format  # read by rest_edge.gunicorn_conf
     options: dict[str, Any] = {
         "bind": args.bind,
         "workers": args.workers,
@@ -74,6 +120,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "target": target,
         "max_body_bytes": args.max_body_bytes,
         "request_timeout": args.request_timeout,
+        "first_token_timeout": args.first_token_timeout,
     }
     EdgeApplication(options, app_kwargs).run()
 

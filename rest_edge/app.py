@@ -13,6 +13,8 @@ Settings (argument, else environment variable, else default):
 * ``max_body_bytes``  ``EDGE_MAX_BODY_BYTES``    1 MiB
 * ``api_keys``        ``EDGE_API_KEYS``          none (comma-separated; when set, /v1/* needs one)
 * ``request_timeout`` ``EDGE_REQUEST_TIMEOUT``   600 s (the gRPC deadline of a generation)
+* ``first_token_timeout`` ``EDGE_FIRST_TOKEN_TIMEOUT`` none (0); seconds a generation waits for
+  its replica's first answer before it is moved to another replica
 * ``cors_origins``    ``EDGE_CORS_ORIGINS``      none besides loopback origins, which are always
   allowed (comma-separated origin patterns, ``*`` for any; rest_edge.cors)
 """
@@ -27,7 +29,10 @@ from typing import Iterable, Optional
 
 import falcon
 
+from inference_service.settings import SettingError, from_environment
 from rest_edge import cors, errors, requests, responses, routing
+from rest_edge.apis import anthropic_messages, ollama, openai_responses
+from rest_edge.apis.generation import AdapterGenerationResource, PromptTokensResource
 from rest_edge.auth import ApiKeyAuth
 from rest_edge.client import DEFAULT_TARGET, InferenceClient, valid_request_id
 from rest_edge.metrics import Metrics, MetricsMiddleware, MetricsResource
@@ -56,28 +61,42 @@ def resolve_target(target: Optional[str] = None) -> str:
 
 
 def resolve_routing(policy: Optional[str] = None) -> str:
-    value = (policy or _env("EDGE_ROUTING") or routing.DEFAULT_POLICY).strip().lower()
+    if policy is None:
+        return from_environment("EDGE_ROUTING", routing.DEFAULT_POLICY, str.lower, routing.POLICIES)
+    value = policy.strip().lower()
     if value not in routing.POLICIES:
-        raise ValueError(f"EDGE_ROUTING must be one of {', '.join(routing.POLICIES)}, not {value!r}")
+        raise ValueError(f"the routing policy must be one of {', '.join(routing.POLICIES)}, not {value!r}")
     return value
 
 
 def resolve_max_body_bytes(value: Optional[int] = None) -> int:
-    if value is None:
-        env = _env("EDGE_MAX_BODY_BYTES")
-        value = int(env) if env is not None else DEFAULT_MAX_BODY_BYTES
-    if value <= 0:
-        raise ValueError(f"max_body_bytes must be positive, got {value}")
-    return value
+    return _positive(value, "max_body_bytes", "EDGE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int)
 
 
 def resolve_request_timeout(value: Optional[float] = None) -> float:
+    return _positive(value, "request_timeout", "EDGE_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT, float)
+
+
+def _positive(value, param: str, env: str, default, convert):
+    """``value``, else ``env``'s (checked), else ``default``; a ValueError naming whichever was
+    not positive."""
+    source = param
     if value is None:
-        env = _env("EDGE_REQUEST_TIMEOUT")
-        value = float(env) if env is not None else DEFAULT_REQUEST_TIMEOUT
+        value, source = from_environment(env, default, convert), env
     if value <= 0:
-        raise ValueError(f"request_timeout must be positive, got {value}")
+        raise SettingError(f"{source} must be positive, not {value}")
     return value
+
+
+def resolve_first_token_timeout(value: Optional[float] = None) -> Optional[float]:
+    """``EDGE_FIRST_TOKEN_TIMEOUT``: seconds a stream may wait for its replica's first answer
+    before it is moved to another replica (0, the default: no limit)."""
+    source = "first_token_timeout"
+    if value is None:
+        value, source = from_environment("EDGE_FIRST_TOKEN_TIMEOUT", 0.0, float), "EDGE_FIRST_TOKEN_TIMEOUT"
+    if not value >= 0:
+        raise SettingError(f"{source} must be 0 (no limit) or positive, not {value}")
+    return value or None
 
 
 def resolve_api_keys(keys: Optional[Iterable[str]] = None) -> list[str]:
@@ -132,6 +151,19 @@ def _install_log_filter() -> None:
         log.addFilter(RequestIdLogFilter())
 
 
+def _add_ollama_routes(app: falcon.App, client: Client, common: dict) -> None:
+    """Ollama's native API (rest_edge.apis.ollama)."""
+    app.add_route("/api/chat", AdapterGenerationResource(client, ollama.chat_adapter(client), **common))
+    app.add_route("/api/generate", AdapterGenerationResource(client, ollama.generate_adapter(client), **common))
+    app.add_route("/api/embed", ollama.EmbedResource(client, legacy=False, **common))
+    app.add_route("/api/embeddings", ollama.EmbedResource(client, legacy=True, **common))
+    app.add_route("/api/tags", ollama.TagsResource(client))
+    app.add_route("/api/ps", ollama.PsResource(client))
+    app.add_route("/api/show", ollama.ShowResource(client, max_body_bytes=common["max_body_bytes"]))
+    app.add_route("/api/pull", ollama.PullResource(client, max_body_bytes=common["max_body_bytes"]))
+    app.add_route("/api/version", ollama.VersionResource())
+
+
 def create_app(
     client: Optional[Client] = None,
     *,
@@ -141,6 +173,7 @@ def create_app(
     api_keys: Optional[Iterable[str]] = None,
     request_timeout: Optional[float] = None,
     cors_origins: Optional[Iterable[str]] = None,
+    first_token_timeout: Optional[float] = None,
     metrics: bool = True,
 ) -> falcon.App:
     """Build the app. ``client`` defaults to an :class:`InferenceClient` of ``target``."""
@@ -151,7 +184,8 @@ def create_app(
     if client is None:
         target = resolve_target(target)
         policy = resolve_routing(routing_policy)
-        client = InferenceClient(target, policy=policy, metrics=app_metrics)
+        client = InferenceClient(target, policy=policy, metrics=app_metrics,
+                                 first_response_timeout=resolve_first_token_timeout(first_token_timeout))
         log.info("REST edge: inference service at %s (routing %s)", target, policy)
     _install_log_filter()
 
@@ -163,7 +197,8 @@ def create_app(
         middleware.append(ApiKeyAuth(keys))
 
     app = falcon.App(middleware=middleware)
-    errors.install(app)
+    errors.install(app, shapes=[(anthropic_messages.ROUTE, anthropic_messages.error_shape),
+                                (ollama.ROUTE_PREFIX, ollama.error_shape)])
 
     common = dict(max_body_bytes=max_body, request_timeout=timeout, metrics=app_metrics)
     app.add_route("/v1/completions",
@@ -171,6 +206,14 @@ def create_app(
     app.add_route("/v1/chat/completions",
                   GenerationResource(client, requests.chat_request, responses.ChatRenderer, **common))
     app.add_route("/v1/embeddings", EmbeddingsResource(client, **common))
+    app.add_route(openai_responses.ROUTE,
+                  AdapterGenerationResource(client, openai_responses.ResponsesAdapter(), **common))
+    app.add_route(anthropic_messages.ROUTE,
+                  AdapterGenerationResource(client, anthropic_messages.MessagesAdapter(), **common))
+    app.add_route(anthropic_messages.ROUTE + "/count_tokens",
+                  PromptTokensResource(client, anthropic_messages.count_request, anthropic_messages.count_body,
+                                       **common))
+    _add_ollama_routes(app, client, common)
     app.add_route("/v1/models", ModelsResource(client))
     app.add_route("/v1/models/{model:path}", ModelResource(client))
     app.add_route("/health", HealthResource(client))

@@ -1,4 +1,5 @@
-"""Optional API keys: when configured, /v1/* requires ``Authorization: Bearer <key>``."""
+"""Optional API keys: when configured, /v1/* and /api/* (Ollama's API) require
+``Authorization: Bearer <key>``, or the key in ``x-api-key`` (how Anthropic's clients send it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Iterable
 import falcon
 
 from rest_edge.errors import RequestError
+
+
+_GUARDED = ("/v1", "/api")
 
 
 class ApiKeyAuth:
@@ -26,15 +30,18 @@ class ApiKeyAuth:
         return found
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not self._keys or req.method == "OPTIONS" or not (req.path == "/v1" or req.path.startswith("/v1/")):
+        if not self._keys or req.method == "OPTIONS" or not any(req.path == p or req.path.startswith(p + "/") for p in _GUARDED):
             return
         header = req.get_header("Authorization") or ""
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
+            token = (req.get_header("x-api-key") or "").strip()
+        if not token:
             raise RequestError(
                 401,
-                "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY'.",
+                "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY' "
+                "(or in x-api-key).",
                 code="missing_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )

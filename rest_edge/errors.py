@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import falcon
 import grpc
@@ -23,6 +23,7 @@ from inference_service.limits import (
     QUOTE_CHARS,
     RETRY_AFTER_METADATA_KEY,
     clip_utf8,
+    quote,
 )
 from rest_edge import wire
 
@@ -221,41 +222,57 @@ def capacity_exhausted(retry_after: str = DEFAULT_RETRY_AFTER) -> RequestError:
 # --- Falcon error handlers ---------------------------------------------------------------
 
 # Status lines Falcon does not know (it would say "499 Unknown").
-_STATUS_LINES = {499: "499 Client Closed Request"}
+_STATUS_LINES = {499: "499 Client Closed Request", 529: "529 Overloaded"}
 
 
-def error_json(err: RequestError) -> bytes:
-    """The error's body as UTF-8 JSON bytes.
+def openai_shape(err: RequestError) -> tuple[int, dict[str, Any]]:
+    """OpenAI's error shape (every route but those of another API family)."""
+    return err.status, err.body()
+
+
+# An API's error shape: the HTTP status and body of a RequestError in that API's terms.
+ErrorShape = Callable[[RequestError], tuple[int, dict[str, Any]]]
+
+
+def dumps_error(body: dict[str, Any]) -> bytes:
+    """An error body as UTF-8 JSON bytes.
 
     Messages quote client values through ``limits.quote`` (escaped, never raw), but should a
     lone surrogate ever reach one, the body falls back to ASCII JSON (``\\ud800`` escapes)
     rather than failing to encode.
     """
-    body = err.body()
     try:
         return wire.dumps(body).encode("utf-8")
     except UnicodeEncodeError:
         return json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def _write_error(resp: falcon.Response, err: RequestError) -> None:
-    resp.status = _STATUS_LINES.get(err.status, err.status)
+def error_json(err: RequestError) -> bytes:
+    """The error's OpenAI body as UTF-8 JSON bytes."""
+    return dumps_error(err.body())
+
+
+def _write_error(resp: falcon.Response, err: RequestError, shape: ErrorShape = openai_shape) -> None:
+    status, body = shape(err)
+    resp.status = _STATUS_LINES.get(status, status)
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = error_json(err)
+    resp.data = dumps_error(body)
     resp.stream = None
     for name, value in err.headers.items():
         resp.set_header(name, value)
 
 
-def handle_request_error(req: falcon.Request, resp: falcon.Response, ex: RequestError, params: Any) -> None:
+def handle_request_error(req: falcon.Request, resp: falcon.Response, ex: RequestError, params: Any,
+                         shape: ErrorShape = openai_shape) -> None:
     if ex.status >= 500:
         log.warning("%s %s -> %d %s", req.method, req.path, ex.status, ex.message)
     else:
         log.info("%s %s -> %d %s (param=%s)", req.method, req.path, ex.status, ex.message, ex.param)
-    _write_error(resp, ex)
+    _write_error(resp, ex, shape)
 
 
-def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: Any) -> None:
+def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: Any,
+                      shape: ErrorShape = openai_shape) -> None:
     """Falcon's own errors (unknown route, wrong method, ...) with OpenAI bodies."""
     status = ex.status_code
     message = ex.description or ex.title or "Request failed."
@@ -264,7 +281,7 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTT
     elif status == 405 and not ex.description:
         message = f"Method {req.method} is not allowed for {_path(req)}."
     err = RequestError(status, message, headers=ex.headers or None)
-    _write_error(resp, err)
+    _write_error(resp, err, shape)
 
 
 def _path(req: falcon.Request) -> str:
@@ -273,14 +290,48 @@ def _path(req: falcon.Request) -> str:
     return path if len(path) <= QUOTE_CHARS else path[:QUOTE_CHARS] + "…"
 
 
-def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any) -> None:
+def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any,
+                      shape: ErrorShape = openai_shape) -> None:
     """Anything unexpected: logged with its traceback here, a generic 500 for the client."""
     log.exception("unhandled error on %s %s", req.method, req.path)
-    _write_error(resp, internal_error())
+    _write_error(resp, internal_error(), shape)
 
 
-def install(app: falcon.App) -> None:
+def install(app: falcon.App, shapes: Sequence[tuple[str, ErrorShape]] = ()) -> None:
+    """The error handlers. ``shapes``: (path prefix, shape) of the routes of API families whose
+    errors are not OpenAI's (``/v1/messages`` and below answer in Anthropic's shape), also for
+    errors raised before a route is found (authentication, unknown sub-paths)."""
+
+    def shape_of(req: falcon.Request) -> ErrorShape:
+        for prefix, shape in shapes:
+            if req.path == prefix or req.path.startswith(prefix + "/"):
+                return shape
+        return openai_shape
+
+    def handler(handle: Callable[..., None]) -> Callable[..., None]:
+        return lambda req, resp, ex, params: handle(req, resp, ex, params, shape_of(req))
+
     # Falcon picks the most specific handler by the exception's MRO.
-    app.add_error_handler(Exception, handle_unexpected)
-    app.add_error_handler(falcon.HTTPError, handle_http_error)
-    app.add_error_handler(RequestError, handle_request_error)
+    app.add_error_handler(Exception, handler(handle_unexpected))
+    app.add_error_handler(falcon.HTTPError, handler(handle_http_error))
+    app.add_error_handler(RequestError, handler(handle_request_error))
+
+
+def rpc_attr(err: Any, name: str):
+    """``err.code()``, ``err.details()``... of a failed RPC, or None when the object cannot tell."""
+    fn = getattr(err, name, None)
+    try:
+        return fn() if callable(fn) else None
+    except Exception:  # noqa: BLE001 - a call object that cannot tell
+        return None
+
+
+def from_rpc_error(err: grpc.RpcError) -> RequestError:
+    """The RequestError of a failed RPC (stub errors are also ``grpc.Call`` objects)."""
+    return from_grpc(rpc_attr(err, "code"), rpc_attr(err, "details"), rpc_attr(err, "trailing_metadata"))
+
+
+def model_not_served(model: str, served: Sequence[str]) -> RequestError:
+    """What the edge answers itself when no replica serves ``model``: the service's own 404."""
+    return from_grpc(grpc.StatusCode.NOT_FOUND,
+                     f"model {quote(model)} not found; served: {', '.join(served) or 'none'}")

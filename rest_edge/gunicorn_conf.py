@@ -8,6 +8,8 @@ EDGE_LOG_FORMAT, EDGE_CONTROL_SOCKET, PROMETHEUS_MULTIPROC_DIR (see the metrics 
 the app itself reads INFERENCE_TARGET, EDGE_ROUTING, EDGE_API_KEYS, EDGE_MAX_BODY_BYTES (see rest_edge.app).
 
 This module is read in the arbiter: importing it imports no prometheus_client, grpc or app.
+A bad numeric or enumerated variable stops it with an error naming the variable
+(inference_service.settings), as the matching flag of ``python -m rest_edge`` would.
 """
 
 import glob as _glob
@@ -16,9 +18,12 @@ import os as _os
 import shutil as _shutil
 import tempfile as _tempfile
 
+from inference_service.settings import LOG_LEVELS as _LOG_LEVELS
+from inference_service.settings import from_environment as _from_environment
+
 wsgi_app = "rest_edge.app:create_app()"
 
-bind = _os.environ.get("EDGE_BIND", "127.0.0.1:8000")
+bind = _from_environment("EDGE_BIND", "127.0.0.1:8000")
 
 # gthread: a stream holds one thread, not the worker; the main loop keeps heartbeating, so a
 # long stream is not killed by ``timeout``. ``threads`` caps concurrent streams per worker.
@@ -26,8 +31,8 @@ bind = _os.environ.get("EDGE_BIND", "127.0.0.1:8000")
 # gives to requests it refuses before the app (bad request line, headers, Content-Length):
 # OpenAI-shaped JSON, same status; and it never answers a request twice.
 worker_class = "rest_edge.worker.JsonErrorThreadWorker"
-workers = int(_os.environ.get("EDGE_WORKERS", "2"))
-threads = int(_os.environ.get("EDGE_THREADS", "8"))
+workers = _from_environment("EDGE_WORKERS", 2, int)
+threads = _from_environment("EDGE_THREADS", 8, int)
 
 # Never fork with a gRPC channel open: the app (and its channel) is built in each worker.
 preload_app = False
@@ -36,7 +41,7 @@ preload_app = False
 # about once a second whatever its request threads are doing, so a long stream never trips
 # it; a worker silent for this long is stuck and gets restarted. A request's own limit is
 # EDGE_REQUEST_TIMEOUT (the gRPC deadline, see rest_edge.app).
-timeout = int(_os.environ.get("EDGE_WORKER_TIMEOUT", "30"))
+timeout = _from_environment("EDGE_WORKER_TIMEOUT", 30, int)
 graceful_timeout = 30
 keepalive = 5
 
@@ -51,15 +56,12 @@ else:
 
 accesslog = "-"
 errorlog = "-"
-loglevel = _os.environ.get("EDGE_LOG_LEVEL", "info")
+loglevel = _from_environment("EDGE_LOG_LEVEL", "info", str.lower, _LOG_LEVELS)
 
 # EDGE_LOG_FORMAT=json: the error log, the app's log and the access log as JSON lines
 # (rest_edge/gunicorn_logging.py); text (the default) is gunicorn's own format, untouched.
-_log_format = _os.environ.get("EDGE_LOG_FORMAT", "text").strip().lower() or "text"
-if _log_format == "json":
+if _from_environment("EDGE_LOG_FORMAT", "text", str.lower, ("text", "json")) == "json":
     logger_class = "rest_edge.gunicorn_logging.JsonLogger"
-elif _log_format != "text":
-    raise ValueError(f"EDGE_LOG_FORMAT must be text or json, not {_log_format!r}")
 
 
 def post_fork(server, worker):

@@ -104,7 +104,8 @@ class Metrics:
         self.retries = Counter(
             "edge_retries_total",
             "Calls retried on another replica before their first response, by the replica left and why: "
-            "unavailable (gone, refused, draining) or full (RESOURCE_EXHAUSTED).",
+            "unavailable (gone, refused, draining, unanswered keepalive), stalled (no first answer in "
+            "EDGE_FIRST_TOKEN_TIMEOUT) or full (RESOURCE_EXHAUSTED).",
             ["replica", "reason"], registry=self.registry,
         )
         self.replica_serving = Gauge(

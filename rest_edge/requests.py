@@ -14,7 +14,6 @@ no penalties). ``null`` counts as absent, as OpenAI treats it. Unknown fields ar
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -22,17 +21,35 @@ from inference_service import limits
 from inference_service.limits import LOGIT_BIAS_RANGE, MAX_STOP_STRINGS, MAX_TOP_LOGPROBS, RANGES, quote
 from inference_service.v1 import inference_pb2 as pb
 
-from rest_edge import fields
-from rest_edge.errors import RequestError, invalid
-
-# Bounds of the proto's integer types (the service's own limits are in inference_service.limits).
-UINT32_MAX = 2**32 - 1
-INT32_MAX = 2**31 - 1
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+from rest_edge.apis.fields import (  # noqa: F401  (parse_json_body and the bounds are part of this module's API)
+    INT32_MAX,
+    INT64_MAX,
+    INT64_MIN,
+    NO_PARAMETERS,
+    UINT32_MAX,
+    call_id as _call_id,
+    checked_text as _text,
+    function_name as _function_name,
+    json_type as _json_type,
+    missing as _missing,
+    object_at as _object_at,
+    opt_bool as _opt_bool,
+    opt_bool_at as _opt_bool_at,
+    opt_int as _opt_int,
+    opt_number as _opt_number,
+    opt_str_at as _opt_str_at,
+    parse_json_body,
+    range_error as _range_error,
+    required_str as _required_str,
+    schema_text as _schema_text,
+    type_error as _type_error,
+    unsupported as _unsupported,
+)
+from rest_edge import field_tables
+from rest_edge.apis import tools as apis_tools
+from rest_edge.errors import invalid
 
 _ROLE_NAMES = ", ".join(limits.ROLES[:-1]) + " and " + limits.ROLES[-1]  # "system, user, assistant and tool"
-# A tool's ``parameters`` when the client sends none: a function without arguments.
-NO_PARAMETERS = '{"type":"object","properties":{}}'
 
 
 @dataclass
@@ -46,168 +63,7 @@ class ParsedRequest:
     logprobs: bool = False  # answer with a ``logprobs`` key
 
 
-# --- body ---------------------------------------------------------------------------------
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_json_body(data: bytes) -> dict:
-    """A request body as a JSON object, or a 400."""
-    if not data or not data.strip():
-        raise invalid("The request body is empty; expected a JSON object.")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise invalid("The request body is not valid UTF-8.") from None
-    try:
-        body = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise invalid(f"The request body is not valid JSON: {_short(exc)}") from None
-    if not isinstance(body, dict):
-        raise invalid(f"The request body must be a JSON object, not {_json_type(body)}.")
-    return body
-
-
-def _short(exc: Exception) -> str:
-    msg = str(exc) or type(exc).__name__
-    return msg if len(msg) <= 200 else msg[:200] + "…"
-
-
-# --- typed field readers ------------------------------------------------------------------
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _type_error(param: str, expected: str, value: Any) -> RequestError:
-    return invalid(
-        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
-        param=param,
-        code="invalid_type",
-    )
-
-
-def _range_error(param: str, constraint: str, value: Any) -> RequestError:
-    return invalid(
-        f"Invalid '{param}': expected a value {constraint}, but got {quote(value)} instead.",
-        param=param,
-        code="invalid_value",
-    )
-
-
-def _text(value: str, param: str, max_chars: Optional[int] = None) -> str:
-    """A string the client sent, checked before it goes anywhere: valid Unicode, not too long.
-
-    ``param`` is the JSON path of the string (``messages[0].content[1].text``).
-    """
-    if max_chars is not None and len(value) > max_chars:
-        raise invalid(limits.too_long_message(param, value, max_chars), param=param, code="string_above_max_length")
-    index = limits.lone_surrogate(value)
-    if index is not None:
-        raise invalid(limits.surrogate_message(param, value, index), param=param, code="invalid_value")
-    return value
-
-
-def _opt_bool(body: dict, name: str) -> Optional[bool]:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise _type_error(name, "a boolean", value)
-    return value
-
-
-def _opt_int(body: dict, name: str, lo: int, hi: int, param: Optional[str] = None) -> Optional[int]:
-    param = param or name
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # 256.0 is an integer in JSON's eyes
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _type_error(param, "an integer", value)
-    if value < lo:
-        raise _range_error(param, f">= {lo}", value)
-    if value > hi:
-        raise _range_error(param, f"<= {hi}", value)
-    return value
-
-
-def _opt_number(body: dict, name: str) -> Optional[float]:
-    """A number field of the shared table (``limits.RANGES``), in its range."""
-    bounds = RANGES[name]
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _type_error(name, "a number", value)
-    if value not in bounds:
-        raise _range_error(name, bounds.describe(), value)
-    return float(value)
-
-
-def _missing(param: str) -> RequestError:
-    return invalid(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-
-
-def _opt_str_at(obj: dict, key: str, param: str, max_chars: Optional[int] = None) -> Optional[str]:
-    """``obj[key]``, a string at JSON path ``param``, or None when absent."""
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _type_error(param, "a string", value)
-    return _text(value, param, max_chars)
-
-
-def _opt_bool_at(obj: dict, key: str, param: str) -> Optional[bool]:
-    value = obj.get(key)
-    if value is not None and not isinstance(value, bool):
-        raise _type_error(param, "a boolean", value)
-    return value
-
-
-def _object_at(obj: dict, key: str, param: str) -> dict:
-    """``obj[key]``, a required object at JSON path ``param``."""
-    value = obj.get(key)
-    if value is None:
-        raise _missing(param)
-    if not isinstance(value, dict):
-        raise _type_error(param, "an object", value)
-    return value
-
-
-def _required_str(body: dict, name: str, max_chars: Optional[int] = None) -> str:
-    value = body.get(name)
-    if value is None:
-        raise invalid(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
-    if not isinstance(value, str):
-        raise _type_error(name, "a string", value)
-    if not value:
-        raise invalid(f"Invalid '{name}': must not be empty.", param=name, code="invalid_value")
-    return _text(value, name, max_chars)
-
-
 # --- unsupported fields -------------------------------------------------------------------
-
-def _unsupported(param: str, message: str) -> RequestError:
-    return invalid(message, param=param, code="unsupported_parameter")
-
 
 def _check_only_one(body: dict, name: str, why: str) -> None:
     """A count field (``n``, ``best_of``) that may be absent or 1, and nothing else."""
@@ -428,7 +284,7 @@ def completion_request(body: dict, request_id: str = "") -> ParsedRequest:
         req.logprobs = True
         req.top_logprobs = logprobs
     stream, include_usage = _common(body, req)
-    _other_fields(body, req, fields.COMPLETIONS, chat=False)
+    _other_fields(body, req, field_tables.COMPLETIONS, chat=False)
     return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs is not None or req.logprobs)
 
 
@@ -514,13 +370,6 @@ def _messages(body: dict) -> list[pb.ChatMessage]:
     return out
 
 
-def _call_id(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise _type_error(param, "a string", value)
-    if not value:
-        raise invalid(f"Invalid '{param}': must not be empty.", param=param, code="invalid_value")
-    return _text(value, param, limits.MAX_TOOL_CALL_ID_CHARS)
-
 
 def _check_function_type(obj: dict, param: str) -> None:
     """``type`` of a tool, a tool call or a named tool choice: "function", or absent (the same)."""
@@ -532,22 +381,6 @@ def _check_function_type(obj: dict, param: str) -> None:
     raise _unsupported(f"{param}.type",
                        f"Unsupported value for '{param}.type': {quote(kind)}; only 'function' is supported.")
 
-
-def _function_name(value: Any, param: str) -> str:
-    """A function's (or a schema's) name: OpenAI's rule, 1 to 64 of ``[a-zA-Z0-9_-]``."""
-    if value is None:
-        raise _missing(param)
-    if not isinstance(value, str):
-        raise _type_error(param, "a string", value)
-    if not value:
-        raise invalid(f"Invalid '{param}': empty string. Expected a string with minimum length 1, but got an "
-                      "empty string instead.", param=param, code="empty_string")
-    _text(value, param, limits.MAX_FUNCTION_NAME_CHARS)
-    if not limits.FUNCTION_NAME.fullmatch(value):
-        raise invalid(f"Invalid '{param}': string does not match pattern. Expected a string that matches the "
-                      f"pattern '{limits.FUNCTION_NAME_PATTERN}', got {quote(value)}.", param=param,
-                      code="invalid_value")
-    return value
 
 
 def _tool_calls(value: Any, param: str) -> list[pb.ToolCall]:
@@ -583,20 +416,6 @@ def _tool_calls(value: Any, param: str) -> list[pb.ToolCall]:
 
 # --- structured outputs and tools (chat) ----------------------------------------------------
 
-def _schema_text(value: Any, param: str) -> str:
-    """A JSON schema (an object) as compact JSON text, keys in the client's order."""
-    if not isinstance(value, dict):
-        raise _type_error(param, "an object (a JSON schema)", value)
-    try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (ValueError, RecursionError):
-        raise invalid(f"Invalid '{param}': the schema cannot be written as JSON.", param=param,
-                      code="invalid_value") from None
-    if len(text) > limits.MAX_SCHEMA_CHARS:
-        raise invalid(f"Invalid '{param}': the schema is {len(text)} characters long as JSON; at most "
-                      f"{limits.MAX_SCHEMA_CHARS} are accepted.", param=param, code="string_above_max_length")
-    return _text(text, param)
-
 
 def _constraint(body: dict) -> Optional[pb.Constraint]:
     """``response_format``: text (no constraint), ``json_object`` or ``json_schema``.
@@ -616,7 +435,7 @@ def _constraint(body: dict) -> Optional[pb.Constraint]:
     if kind == "text":
         return None
     if kind == "json_object":
-        return fields.json_object_schema(fmt) or pb.Constraint(json_object=True)
+        return field_tables.json_object_schema(fmt) or pb.Constraint(json_object=True)
     if kind == "json_schema":
         spec = _object_at(fmt, "json_schema", "response_format.json_schema")
         _function_name(spec.get("name"), "response_format.json_schema.name")
@@ -675,7 +494,7 @@ _TOOL_CHOICE_MODES = {"none": pb.ToolChoice.MODE_NONE, "auto": pb.ToolChoice.MOD
 
 def _tool_choice(body: dict, tools: list[pb.Tool]) -> Optional[pb.ToolChoice]:
     """``tool_choice``: "none", "auto", "required" or ``{"type": "function", "function": {"name"}}``
-    naming one of ``tools``; only with tools, as OpenAI has it."""
+    naming one of ``tools``; only with tools, as OpenAI has it (``allowed_tools``: :func:`_allowed_tools`)."""
     value = body.get("tool_choice")
     if value is None:
         return None
@@ -702,14 +521,36 @@ def _tool_choice(body: dict, tools: list[pb.Tool]) -> Optional[pb.ToolChoice]:
     return pb.ToolChoice(mode=pb.ToolChoice.MODE_FUNCTION, function_name=name)
 
 
+def _allowed_tools(value: dict, tools: list[pb.Tool]) -> tuple[pb.ToolChoice, list[pb.Tool]]:
+    """``{"type": "allowed_tools", "allowed_tools": {"mode": "auto" | "required", "tools":
+    [{"type": "function", "function": {"name"}}]}}``: the model may (must) call one of these
+    tools only. Only they are sent to the service, which constrains calls to the tools it gets."""
+    if not tools:
+        raise invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+                      param="tool_choice", code="invalid_value")
+    spec = _object_at(value, "allowed_tools", "tool_choice.allowed_tools")
+    mode = spec.get("mode")
+    if mode is None:
+        raise _missing("tool_choice.allowed_tools.mode")
+    if mode not in ("auto", "required"):
+        raise invalid(f"Invalid value for 'tool_choice.allowed_tools.mode': {quote(mode)}. Supported values are: "
+                      "'auto' and 'required'.", param="tool_choice.allowed_tools.mode", code="invalid_value")
+    names = apis_tools.allowed_tool_names(spec.get("tools"), "tool_choice.allowed_tools.tools", tools, nested=True)
+    return pb.ToolChoice(mode=_TOOL_CHOICE_MODES[mode]), apis_tools.restrict(tools, names)
+
+
 def _tool_fields(body: dict, req: pb.GenerateRequest) -> None:
     """``response_format``, ``tools``, ``tool_choice`` and ``parallel_tool_calls`` onto ``req``."""
     constraint = _constraint(body)
     if constraint is not None:
         req.constraint.CopyFrom(constraint)
     tools = _tools(body)
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        tool_choice, tools = _allowed_tools(choice, tools)
+    else:
+        tool_choice = _tool_choice(body, tools)
     req.tools.extend(tools)
-    tool_choice = _tool_choice(body, tools)
     if tool_choice is not None:
         req.tool_choice.CopyFrom(tool_choice)
     parallel = _opt_bool(body, "parallel_tool_calls")
@@ -739,16 +580,16 @@ def chat_request(body: dict, request_id: str = "") -> ParsedRequest:
         req.logprobs = True
         req.top_logprobs = top_logprobs or 0
     stream, include_usage = _common(body, req)
-    _other_fields(body, req, fields.CHAT, chat=True)
+    _other_fields(body, req, field_tables.CHAT, chat=True)
     return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs or req.logprobs)
 
 
 def _other_fields(body: dict, req: pb.GenerateRequest, table: dict, *, chat: bool) -> None:
-    """The route's field table (rest_edge.fields): unknown fields, OpenAI's inert ones,
+    """The route's field table (rest_edge.field_tables): unknown fields, OpenAI's inert ones,
     llama.cpp's and vLLM's."""
-    fields.check_known(body, table)
-    fields.check_inert(body)
-    fields.apply_generation_fields(body, req, chat=chat)
+    field_tables.check_known(body, table)
+    field_tables.check_inert(body)
+    field_tables.apply_generation_fields(body, req, chat=chat)
 
 
 # --- /v1/embeddings -----------------------------------------------------------------------
@@ -838,8 +679,8 @@ def embedding_request(body: dict, request_id: str = "") -> ParsedEmbedding:
     """
     model = _required_str(body, "model", limits.MAX_MODEL_CHARS)
     inputs = _embedding_inputs(body)
-    fields.check_known(body, fields.EMBEDDINGS)
-    fields.check_inert(body)
+    field_tables.check_known(body, field_tables.EMBEDDINGS)
+    field_tables.check_inert(body)
     encoding_format = body.get("encoding_format")
     if encoding_format is None:
         encoding_format = "float"

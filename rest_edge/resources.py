@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
+import threading
 from typing import Any, Callable, Optional, Protocol
 
 import falcon
@@ -32,13 +34,33 @@ class Client(Protocol):
     def health(self, timeout: Optional[float] = None) -> bool: ...
 
 
-# One id per response: a per-process counter starting at a random point, so ids are unique
-# within a worker and unlikely to repeat across workers.
-_counter = itertools.count(random.SystemRandom().randrange(1_000, 1_000_000_000))
+class ResponseIds:
+    """Response ids in the reference format (``chatcmpl-<digits>``): a counter from a random
+    point of a 10**15 range, drawn in each process after any fork. A counter made at import
+    would be copied into every gunicorn worker, which would then hand out the same ids; two
+    processes' ranges of n ids each overlap with probability about 2n/10**15."""
+
+    _SPACE = 10**15
+
+    def __init__(self):
+        self._counter = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        if self._pid != os.getpid():  # first use in this process (also after a fork)
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._counter = itertools.count(random.SystemRandom().randrange(1_000, self._SPACE))
+                    self._pid = os.getpid()
+        return next(self._counter)
+
+
+_ids = ResponseIds()
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{next(_counter)}"
+    return f"{prefix}-{_ids.next()}"
 
 
 def request_id_of(req: falcon.Request, fallback: str) -> str:

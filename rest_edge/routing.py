@@ -174,11 +174,13 @@ def conversation_key(model: str, messages: Sequence[tuple[str, str]] = (), promp
 
 @dataclass
 class Candidate:
-    """A serving replica as a policy sees it: its address and load (calls in flight there)."""
+    """A serving replica as a policy sees it: its address, load (calls in flight there) and
+    free slots for the call's model (None when not known)."""
 
     address: str
     load: int
     replica: Any = field(default=None, compare=False, repr=False)
+    free: Optional[int] = None
 
 
 def rendezvous_weight(key: bytes, address: str) -> int:
@@ -245,9 +247,12 @@ class RoundRobin(Policy):
 class PrefixAffinity(Policy):
     """Rendezvous hashing of the key with bounded load; no key (embeddings): least loaded.
 
-    The key's replicas in rendezvous order, those under the bound first: a replica at or over
-    ``load_bound`` of the candidates' loads is passed over for the next one (its own keys come
-    back to it once its load falls). The bound is computed over every serving replica, full or not.
+    The key's replicas in rendezvous order, in three tiers: those with a free slot for the model
+    (or, capacity unknown, under the load bound), then those without a free slot but under the
+    bound (the call waits in their queue), then the rest. So a conversation goes to its home
+    replica whenever that has a slot free, and to the next one in its order that has one while
+    home is busy, rather than queueing at home while another replica idles. The bound is
+    ``load_bound`` of every serving replica's load, full or not.
     """
 
     name = PREFIX_AFFINITY
@@ -261,7 +266,15 @@ class PrefixAffinity(Policy):
             return self._fallback.order(candidates)
         ranked = rendezvous_order(key, candidates)
         bound = load_bound([c.load for c in candidates], self._factor)
-        return [c for c in ranked if c.load < bound] + [c for c in ranked if c.load >= bound]
+
+        def tier(c: Candidate) -> int:
+            if c.free is None:
+                return 0 if c.load < bound else 2
+            if c.free > 0:
+                return 0
+            return 1 if c.load < bound else 2
+
+        return sorted(ranked, key=tier)  # stable: rendezvous order within a tier
 
     def describe(self, chosen, candidates, key):
         if key is None:
@@ -269,7 +282,7 @@ class PrefixAffinity(Policy):
         home = rendezvous_order(key, candidates)[0]
         bound = load_bound([c.load for c in candidates], self._factor)
         return (f"{self.name}, key {key.hex()[:12]}, home {home.address}, home load {home.load}, "
-                f"load {chosen.load}, bound {bound}")
+                f"home free {home.free}, load {chosen.load}, free {chosen.free}, bound {bound}")
 
 
 def make_policy(name: str) -> Policy:

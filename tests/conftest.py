@@ -5,7 +5,7 @@
 - ``edge``: real gunicorn running the REST edge in front of ``service``.
 
 Each starts once per session and only when a test asks for it. Starting and stopping the
-processes is tests/processes.py (shared with bench/); here a failure to start is pytest.fail.
+processes is harness/processes.py (shared with bench/); here a failure to start is pytest.fail.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import processes
-from tests.processes import REPO, HttpServer, Service, free_port, stop_process  # noqa: F401  (used by tests)
+from harness import processes
+from harness.processes import REPO, HttpServer, Service, free_port, stop_process  # noqa: F401  (used by tests)
 
 DEFAULT_MODEL = "smollm2:135m"
 Edge = HttpServer

@@ -187,7 +187,10 @@ class LoadedModel:
             self.vocab_size = contexts[0].vocab_size
         # No text longer than this fits the context, whatever its tokens: refused untokenized.
         self.max_prompt_chars = self.context_length * self.tokenizer.longest_token_bytes
-        self.scheduler = SlotScheduler(contexts, max_waiting=config.max_waiting)
+        shared_prefix = None
+        if self._decoder is not None and self._decoder.shares_prefixes:
+            shared_prefix = self._decoder.longest_cached_prefix
+        self.scheduler = SlotScheduler(contexts, max_waiting=config.max_waiting, shared_prefix=shared_prefix)
         self.created = int(model_file.source_path.stat().st_mtime)
 
     @property
@@ -313,7 +316,8 @@ class Engine(InferenceEngine):
         models = []
         for model in self._models.values():
             slots, busy, waiting, max_waiting = model.scheduler.load()
-            models.append(ModelStatus(model.name, slots, busy, waiting, max_waiting))
+            models.append(ModelStatus(model.name, slots, busy, waiting, max_waiting,
+                                      slot_states=tuple(model.scheduler.slot_states())))
         return EngineStatus(models=tuple(models), **self.counters.snapshot())
 
     def model(self, name: str) -> LoadedModel:
@@ -489,8 +493,7 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
     plan = prepared.plan
     prompt = prepared.prompt_ids
     started = time.monotonic()
-    reused = context.reusable_prefix(prompt)
-    context.truncate(reused)
+    reused = context.reuse_prefix(prompt)
     context.evaluate(prompt[reused:], cancelled=cancelled, threads=model.threads_per_slot,
                      on_evaluated=lambda n: counters.add("prompt_tokens_evaluated", n))
     prompt_seconds = time.monotonic() - started
@@ -541,8 +544,8 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
                                       tool_calls=tuple(completed))
                 pending_ids.clear()
                 pending_logprobs.clear()
-            if guide is not None and guide.complete:
-                finish_reason = "stop"
+            if calls.repeated or (guide is not None and guide.complete):
+                finish_reason = "stop"  # tool_calls below: the calls so far
                 break
         else:
             step = streamer.push(token_id, stops_armed=generated > request.min_tokens)

@@ -23,11 +23,17 @@ model, 2 cores):
   22 of 22 concurrent trials matched their solo runs exactly, but 4 and 8 streams ran at
   only 1.0x the single-stream rate.
 Either way prefix reuse keeps every cached token (decoded ones too), as llama-server does.
+
+Prefix sharing (unified layout, models without sliding-window or recurrent layers): a prompt
+that starts with tokens another sequence holds (a system prompt, a tool preamble, few-shot
+examples shared by many conversations) gets those cells copied into its own sequence
+(``llama_memory_seq_cp``: in a unified cache the cells are shared, not duplicated) instead of
+evaluating them again. The scheduler counts such a copyable prefix when it chooses a slot, so a
+new conversation takes an empty slot and still skips the shared part.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -105,6 +111,8 @@ class BatchedDecoder:
         if not self._context:
             raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens for {model.path}")
         self._memory = llama.llama_get_memory(self._context)
+        self.shares_prefixes = kv_layout == "unified" and _can_copy_partial_sequences(llama, model)
+        self.prefixes_copied = 0  # tokens copied between sequences instead of evaluated (tests, logs)
         self.vocab_size = model.vocab_size
         self._batch = llama.llama_batch_init(max_batch_tokens, 0, 1)
         self._current_threads = initial
@@ -158,10 +166,52 @@ class BatchedDecoder:
             self._awaited.discard(sequence.seq_id)
             self._lock.notify_all()
 
-    def remove_tokens(self, sequence: "BatchedSequence", start: int) -> bool:
-        """Drops the sequence's KV cells from ``start`` on (never during a decode)."""
-        with self._compute:
-            return bool(self._llama.llama_memory_seq_rm(self._memory, sequence.seq_id, start, -1))
+    def truncate(self, sequence: "BatchedSequence", length: int) -> None:
+        """Drops the sequence's KV cells from ``length`` on (never during a decode); a cache
+        that cannot drop part of a sequence (sliding window, recurrent) is cleared instead."""
+        with self._lock:
+            if length >= len(sequence.cached_tokens):
+                return
+            with self._compute:
+                if not self._llama.llama_memory_seq_rm(self._memory, sequence.seq_id, length, -1):
+                    self._llama.llama_memory_seq_rm(self._memory, sequence.seq_id, 0, -1)
+                    length = 0
+            del sequence.cached_tokens[length:]
+
+    def longest_cached_prefix(self, prompt: Sequence[int]) -> int:
+        """The longest prefix of ``prompt`` any sequence holds, busy or not (0 without sharing)."""
+        if not self.shares_prefixes:
+            return 0
+        with self._lock:
+            return max((common_prefix_length(s.cached_tokens, prompt) for s in self.sequences), default=0)
+
+    def copy_longest_prefix(self, target: "BatchedSequence", prompt: Sequence[int], limit: int) -> int:
+        """Gives ``target`` (whose cache holds the first ``len(target.cached_tokens)`` tokens of
+        ``prompt``) the longest prefix of ``prompt``, at most ``limit`` tokens, another sequence
+        holds, when that is longer than what it has: the cells are copied, not evaluated.
+        Returns how many prompt tokens ``target`` now holds."""
+        have = len(target.cached_tokens)
+        if not self.shares_prefixes:
+            return have
+        with self._lock:
+            best, source = have, None
+            for sequence in self.sequences:
+                if sequence is target:
+                    continue
+                shared = min(common_prefix_length(sequence.cached_tokens, prompt), limit)
+                if shared > best:
+                    best, source = shared, sequence
+            if source is None:
+                return have
+            # Lock order: _lock, then _compute (as in _finish). The source may be decoding: it
+            # only appends cells, and removes its own only in truncate(), under _lock as well.
+            with self._compute:
+                self._llama.llama_memory_seq_rm(self._memory, target.seq_id, -1, -1)
+                self._llama.llama_memory_seq_cp(self._memory, source.seq_id, target.seq_id, 0, best)
+            target.cached_tokens[:] = prompt[:best]
+            self.prefixes_copied += best - have
+        log.debug("sequence %d: %d prompt tokens copied from sequence %d", target.seq_id, best - have, source.seq_id)
+        return best
 
     def close(self) -> None:
         with self._lock:
@@ -282,6 +332,19 @@ class BatchedDecoder:
                 self._awaited.add(sequence.seq_id)
 
 
+def _can_copy_partial_sequences(llama, model: LlamaModel) -> bool:
+    """Whether a prefix of one sequence's cells can be copied into another: not for
+    sliding-window attention (the copied range may have lost cells the window needs) nor for
+    recurrent or hybrid models (their state is per sequence, not per position)."""
+    pointer = model.pointer
+    for name in ("llama_model_is_recurrent", "llama_model_is_hybrid"):
+        check = getattr(llama, name, None)
+        if check is None or check(pointer):
+            return False
+    n_swa = getattr(llama, "llama_model_n_swa", None)
+    return n_swa is not None and n_swa(pointer) == 0
+
+
 class BatchedSequence:
     """One slot: a sequence id in the shared context and the tokens its KV stream holds.
 
@@ -297,18 +360,22 @@ class BatchedSequence:
         self.cached_tokens: list[int] = []
         self._logits: np.ndarray | None = None
 
+    @property
+    def cached_length(self) -> int:
+        return len(self.cached_tokens)
+
     def reusable_prefix(self, prompt: Sequence[int]) -> int:
         """Every cached token the prompt starts with, but one: sampling needs fresh logits."""
         return min(common_prefix_length(self.cached_tokens, prompt), len(prompt) - 1)
 
+    def reuse_prefix(self, prompt: Sequence[int]) -> int:
+        """Keeps the cached prefix ``prompt`` starts with, then takes a longer one from another
+        sequence if one holds it (prefix sharing); returns how many prompt tokens are cached."""
+        self.truncate(self.reusable_prefix(prompt))
+        return self._decoder.copy_longest_prefix(self, prompt, limit=len(prompt) - 1)
+
     def truncate(self, length: int) -> None:
-        if length >= len(self.cached_tokens):
-            return
-        if not self._decoder.remove_tokens(self, length):
-            # A sliding-window or recurrent cache cannot drop a partial sequence: start over.
-            self._decoder.remove_tokens(self, 0)
-            length = 0
-        del self.cached_tokens[length:]
+        self._decoder.truncate(self, length)
 
     def evaluate(
         self,

@@ -3,7 +3,7 @@
 Each slot's KV cache is allocated for the whole configured context and its pages become
 resident as the slot's sequences grow, so a service's anonymous memory rises to about
 ``base + slots x (KV cache + compute buffer)`` and stays there; that is its bound
-(README, "Memory"). Tokenizing a very large text makes short-lived allocations of many
+(docs/operations.md, "Memory"). Tokenizing a very large text makes short-lived allocations of many
 times its size; glibc keeps such freed memory in its arenas, so after one the heap is
 trimmed explicitly.
 """

@@ -73,6 +73,16 @@ class ModelContext:
         # Leading cached tokens evaluated as whole aligned prompt blocks (reproducible to reuse).
         self.canonical_length = 0
 
+    @property
+    def cached_length(self) -> int:
+        return len(self.cached_tokens)
+
+    def reuse_prefix(self, prompt: Sequence[int]) -> int:
+        """Keeps the reusable prefix of the cache for ``prompt`` (drops the rest); its length."""
+        reused = self.reusable_prefix(prompt)
+        self.truncate(reused)
+        return reused
+
     def reusable_prefix(self, prompt: Sequence[int]) -> int:
         """How many leading prompt tokens this cache can serve.
 

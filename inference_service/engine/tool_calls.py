@@ -22,6 +22,7 @@ from typing import Sequence
 
 from inference_service.engine.types import ChatMessage, Tool, ToolCall
 from inference_service.errors import InvalidRequest
+from inference_service.limits import quote
 
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
@@ -149,22 +150,29 @@ def check_tools(tools: Sequence[Tool], choice: str, name: str) -> None:
         if not isinstance(parameters, dict):
             raise InvalidRequest(f"{param} must be a JSON schema object", param)
         if tool.name in seen:
-            raise InvalidRequest(f"two tools are named {tool.name!r}", f"tools[{i}].function.name")
+            raise InvalidRequest(f"two tools are named {quote(tool.name)}", f"tools[{i}].function.name")
         seen.add(tool.name)
     if choice in ("required", "function") and not tools:
         raise InvalidRequest(f"tool_choice {choice!r} needs tools", "tool_choice")
     if choice == "function" and name not in seen:
-        raise InvalidRequest(f"tool_choice names {name!r}, which is not one of the tools", "tool_choice")
+        raise InvalidRequest(f"tool_choice names {quote(name)}, which is not one of the tools", "tool_choice")
 
 
 class CallCollector:
-    """The text of the call region as it is generated; hands out each call once complete."""
+    """The text of the call region as it is generated; hands out each call once complete.
+
+    A call identical to one already made (same function, same arguments) is dropped and sets
+    ``repeated``: small models allowed parallel calls tend to write the same call again until
+    ``max_tokens``, and then finish with ``length``, which SDKs take as "run no tool". The turn
+    ends instead with the calls so far."""
 
     def __init__(self, tools: Sequence[Tool], prefix: str = ""):
         self._tools = tools
         self._prefix = prefix
         self._closed = 0  # closing markers already parsed
+        self._parsed = 0  # calls parsed so far, repeats included
         self.calls: list[ToolCall] = []
+        self.repeated = False
 
     def update(self, text_since_prefix: str) -> list[ToolCall]:
         """The calls completed by the text so far that were not handed out yet (parsed only
@@ -175,6 +183,16 @@ class CallCollector:
             return []
         self._closed = closed
         parsed, _ = parse_calls(text[: text.rfind(CALL_CLOSE) + len(CALL_CLOSE)], self._tools)
-        new = parsed[len(self.calls):]
+        new = []
+        for call in parsed[self._parsed:]:
+            if any(_same_call(call, made) for made in (*self.calls, *new)):
+                self.repeated = True
+                break
+            new.append(call)
+        self._parsed = len(parsed)
         self.calls.extend(new)
         return new
+
+
+def _same_call(a: ToolCall, b: ToolCall) -> bool:
+    return a.name == b.name and json.loads(a.arguments) == json.loads(b.arguments)

@@ -154,6 +154,16 @@ class EmbeddingResult:
 
 
 @dataclass(frozen=True)
+class SlotState:
+    """One slot at one moment: held by a generation or not, what its cache holds."""
+
+    index: int
+    busy: bool
+    cached_tokens: int
+    idle_seconds: float  # since its last generation ended (0 while busy or never used)
+
+
+@dataclass(frozen=True)
 class ModelStatus:
     """A served model's capacity and load at one moment."""
 
@@ -162,6 +172,7 @@ class ModelStatus:
     busy_slots: int
     waiting: int
     max_waiting: int
+    slot_states: tuple[SlotState, ...] = ()
 
 
 @dataclass(frozen=True)

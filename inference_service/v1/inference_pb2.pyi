@@ -262,18 +262,32 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("name", "slots", "busy_slots", "waiting", "max_waiting")
+    __slots__ = ("name", "slots", "busy_slots", "waiting", "max_waiting", "slot_states")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     BUSY_SLOTS_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
     MAX_WAITING_FIELD_NUMBER: _ClassVar[int]
+    SLOT_STATES_FIELD_NUMBER: _ClassVar[int]
     name: str
     slots: int
     busy_slots: int
     waiting: int
     max_waiting: int
-    def __init__(self, name: _Optional[str] = ..., slots: _Optional[int] = ..., busy_slots: _Optional[int] = ..., waiting: _Optional[int] = ..., max_waiting: _Optional[int] = ...) -> None: ...
+    slot_states: _containers.RepeatedCompositeFieldContainer[SlotState]
+    def __init__(self, name: _Optional[str] = ..., slots: _Optional[int] = ..., busy_slots: _Optional[int] = ..., waiting: _Optional[int] = ..., max_waiting: _Optional[int] = ..., slot_states: _Optional[_Iterable[_Union[SlotState, _Mapping]]] = ...) -> None: ...
+
+class SlotState(_message.Message):
+    __slots__ = ("index", "busy", "cached_tokens", "idle_seconds")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    busy: bool
+    cached_tokens: int
+    idle_seconds: float
+    def __init__(self, index: _Optional[int] = ..., busy: _Optional[bool] = ..., cached_tokens: _Optional[int] = ..., idle_seconds: _Optional[float] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
     __slots__ = ("models", "generations_started", "generations_finished", "generations_cancelled", "generations_failed", "prompt_tokens_evaluated", "tokens_generated", "in_flight")

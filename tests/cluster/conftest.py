@@ -19,8 +19,8 @@ import pytest
 
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
-from tests import processes
-from tests.processes import Service, free_port, stop_process
+from harness import processes
+from harness.processes import Service, free_port, stop_process
 
 GRACE = 30  # --grace: what in-flight streams get after SIGTERM
 REPLICA_ARGS = ("--slots", "1", "--threads", "1", "--max-waiting", "2", "--grace", str(GRACE))

@@ -6,6 +6,7 @@ restart. Tiny answers (a few tokens, greedy), one compute thread per replica."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -327,3 +328,27 @@ def test_a_drained_replica_loses_no_request(replicas, start_edge):
           f"SIGTERM, it exited {exited_at - last_stream:.1f} s later; {len(later)} requests meanwhile and after, on "
           f"{dict(Counter(sent_after))}; retries: {len(RETRIED.findall(edge.log()))}")
     assert exited_at - last_stream < 5  # not the whole --grace: the edge's health watch let go
+
+
+def test_a_frozen_replica_is_left_and_costs_no_request(replicas, start_edge):
+    """SIGSTOP: the replica's sockets stay open and it answers nothing. The edge's keepalive
+    finds it out; calls sent there before any token move to another replica; every request
+    succeeds, none waits for the client's own timeout; after SIGCONT it serves again."""
+    edge = start_edge("round-robin")
+    victim = replicas.replicas[0]
+    victim.signal(signal.SIGSTOP)
+    try:
+        answers = short_requests(edge, "frozen", 12)
+        assert [r.status_code for r in answers] == [200] * 12, [r.text for r in answers if r.status_code != 200]
+        log = edge.log()
+        assert re.search(rf"replica {re.escape(victim.address)}: unreachable", log), log[-3000:]
+        where = routed(log)
+        last_hops = [where[r.headers["x-request-id"]][-1][0] for r in answers]
+        assert victim.address not in last_hops
+        retried = [m for m in RETRIED.findall(log) if m[1] == victim.address]
+        print(f"\nfrozen {victim.name}: {len(retried)} of 12 requests left it before their first token; "
+              f"served by {dict(Counter(last_hops))}")
+    finally:
+        victim.signal(signal.SIGCONT)
+    wait_for(lambda: re.search(rf"replica {re.escape(victim.address)}: serving", edge.log()[len(log):]), 60,
+             "the edge saw the thawed replica serving again")

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from harness.processes import REPO, free_port
 from inference_service.server import create_server
-from tests.processes import REPO, free_port
 from tests.service.fake_engine import FakeEngine
 
 SAFETY = 60  # seconds: bounds a hang only

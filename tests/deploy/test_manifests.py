@@ -25,14 +25,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.processes import REPO
+from harness.processes import REPO
 
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 BIN = Path(sys.executable).parent
 SAFETY = 120  # seconds for one validator run: bounds a hang only
 
-# README "Memory": Pss_Anon <= 200 MB + slots x 1.15 x KV; KV = 90 MB for the default model at
+# docs/operations.md "Memory": Pss_Anon <= 200 MB + slots x 1.15 x KV; KV = 90 MB for the default model at
 # context 4096. Its ctransformers copy (the file the engine maps) is 128.6 MB.
 BASE_MB, KV_MB, MODEL_MAPPING_MB = 200, 90, 129
 MB = 1_000_000

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.helpers import MODEL, ProcessCpu, end_of_turn_bias
+from tests.e2e.helpers import MODEL, ServiceStatus, end_of_turn_bias
 
 # Generous safety timeouts only: the machine is shared, a token can take seconds under load.
 HTTP_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
@@ -38,5 +38,8 @@ def no_eos_bias(service) -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def service_cpu(service) -> ProcessCpu:
-    return ProcessCpu(service.process.pid)
+def status(service) -> ServiceStatus:
+    """The service's own accounting (``GetStatus``): slots, queue, running totals."""
+    s = ServiceStatus(service.address)
+    yield s
+    s.close()

@@ -1,22 +1,24 @@
-"""Helpers of the end-to-end tests: strict SSE parsing, key order, the reference shapes, and
-the CPU time of the service process (to see, from outside, whether it is still generating).
+"""Helpers of the end-to-end tests: strict SSE parsing, key order, the reference shapes, raw
+HTTP, and the service's own accounting (``GetStatus``: whether a generation still runs).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
 
+from tests.helpers import eventually
+
 MODEL = "smollm2:135m"
+SHORT_CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0}
 
 # --- the reference shapes of wire-format.md (one of each, verbatim) --------------------------
 
@@ -181,67 +183,6 @@ def end_of_turn_bias(channel: grpc.Channel, model: str) -> dict[str, int]:
     return {str(i): -100 for i in resp.token_ids}
 
 
-class ProcessCpu:
-    """CPU seconds (user + system, all threads) a process has used, from ``/proc``.
-
-    A generation keeps the engine's compute threads busy; an idle service uses almost none.
-    So "the service's CPU rate fell to a small fraction of its rate while generating" shows
-    from outside the process that a generation stopped.
-    """
-
-    def __init__(self, pid: int):
-        self.path = Path(f"/proc/{pid}/stat")
-        self.ticks = os.sysconf("SC_CLK_TCK")
-
-    def available(self) -> bool:
-        return self.path.exists()
-
-    def seconds(self) -> float:
-        fields = self.path.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self.ticks  # utime, stime
-
-    def rate(self, window: float = 0.5) -> float:
-        """Cores used on average over the next ``window`` seconds."""
-        c0, t0 = self.seconds(), time.monotonic()
-        time.sleep(window)
-        c1, t1 = self.seconds(), time.monotonic()
-        return (c1 - c0) / (t1 - t0)
-
-    def wait_quiet(self, threshold: float, bound: float, *, max_cpu: Optional[float] = None,
-                   windows: int = 2, window: float = 0.5) -> float:
-        """Waits until ``windows`` consecutive windows each use less than ``threshold`` cores.
-
-        Returns the CPU seconds the process used until the quiet windows began. Fails when it
-        used more than ``max_cpu`` CPU seconds before that, or after ``bound`` seconds of wall
-        time (a safety bound).
-        """
-        start, cpu_start = time.monotonic(), self.seconds()
-        quiet = 0
-        used_before_quiet = 0.0
-        rates = []
-        while True:
-            before = self.seconds()
-            rate = self.rate(window)
-            rates.append(round(rate, 3))
-            if rate < threshold:
-                quiet += 1
-            else:
-                quiet = 0
-                used_before_quiet = self.seconds() - cpu_start
-            if quiet >= windows:
-                return used_before_quiet
-            if max_cpu is not None and before - cpu_start > max_cpu:
-                raise AssertionError(
-                    f"the service used {before - cpu_start:.2f} CPU seconds (limit {max_cpu:.2f}) "
-                    f"without going quiet (threshold {threshold:.3f} cores); last rates {rates[-10:]}"
-                )
-            if time.monotonic() - start > bound:
-                raise AssertionError(
-                    f"the service kept computing for {bound:.0f}s (threshold {threshold:.3f} cores); "
-                    f"last rates {rates[-10:]}"
-                )
-
-
 # --- raw HTTP ---------------------------------------------------------------------------------
 
 def raw_post(base_url: str, path: str, body: dict, timeout: float = 300.0) -> socket.socket:
@@ -257,15 +198,17 @@ def raw_post(base_url: str, path: str, body: dict, timeout: float = 300.0) -> so
     return sock
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
 def read_http_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """Reads a whole ``Connection: close`` response: status, headers (lower-case names), body."""
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, body = read_until_closed(sock).partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {}
@@ -316,16 +259,35 @@ class ServiceStatus:
     def of_model(self, status) -> Any:
         return next(m for m in status.models if m.name == self.model)
 
-    def wait_for(self, predicate, bound: float, what: str, interval: float = 0.02):
-        """Polls until ``predicate(status)``; returns (status, seconds waited). Fails after ``bound``."""
-        start = time.monotonic()
-        while True:
-            status = self.get()
-            if predicate(status):
-                return status, time.monotonic() - start
-            if time.monotonic() - start > bound:
-                raise AssertionError(f"not within {bound:.0f}s: {what}; last status: {status}")
-            time.sleep(interval)
+    def wait_for(self, predicate, bound: float, what: str):
+        """Polls until ``predicate(status)``; returns that status. Fails after ``bound`` seconds."""
+        return eventually(self.get, what, until=predicate, timeout=bound, interval=0.02)
+
+    def idle(self, status) -> bool:
+        """No slot busy, nobody waiting, no call in flight."""
+        m = self.of_model(status)
+        return m.busy_slots == 0 and m.waiting == 0 and status.in_flight == 0
+
+    def wait_idle(self, what: str, bound: float = 300):
+        return self.wait_for(self.idle, bound, f"the service idle {what}")
+
+    def assert_nothing_runs_after(self, base_url: str, stopped):
+        """One short chat through the edge, run to its end once a generation was stopped
+        (``stopped``: the status then): the totals grow by that chat's work alone, so nothing
+        of the stopped generation still runs. The window is that chat, an event, not a clock."""
+        import httpx
+
+        response = httpx.post(base_url + "/v1/chat/completions", json=SHORT_CHAT, timeout=300)
+        assert response.status_code == 200, response.text
+        usage = response.json()["usage"]
+        later = self.wait_for(lambda s: self.idle(s) and s.generations_finished == stopped.generations_finished + 1,
+                              300, "the short chat counted as finished")
+        assert later.generations_cancelled == stopped.generations_cancelled
+        assert later.tokens_generated == stopped.tokens_generated + usage["completion_tokens"], \
+            "tokens generated beyond the short chat's: the stopped generation still ran"
+        assert later.prompt_tokens_evaluated <= stopped.prompt_tokens_evaluated + usage["prompt_tokens"], \
+            "prompt evaluated beyond the short chat's: the stopped generation still ran"
+        return later
 
     def tokenize(self, text: str, raw: bool = False) -> list[int]:
         resp = self._stub.Tokenize(self._pb.TokenizeRequest(model=self.model, text=text, raw=raw), timeout=30)

@@ -21,7 +21,7 @@ import pytest
 from tests.browser import Browser, page_dir
 from tests.conftest import start_edge, stop_process
 from tests.e2e.helpers import MODEL
-from tests.processes import free_port
+from harness.processes import free_port
 
 API_KEY = "sk-browser-test"
 

@@ -19,7 +19,7 @@ import pytest
 from inference_service import limits
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
-from rest_edge import client as edge_client
+from rest_edge import replica as edge_replica
 from tests.conftest import start_service, stop_process
 from tests.engines import GEMMA3, gemma3_file  # noqa: F401  (fixture)
 from tests.e2e.helpers import MODEL
@@ -73,10 +73,10 @@ def test_2048_inputs_over_grpc(which, request):
     check_many(embed(stub, model, many_inputs()), alone, info.embedding_dimensions)
 
 
-# rest_edge/client.py builds the edge's channels; it takes limits.GRPC_MESSAGE_OPTIONS when
+# rest_edge/replica.py builds the edge's channels; it takes limits.GRPC_MESSAGE_OPTIONS when
 # issue 15's owner wires them in. Until then the answer cannot reach the edge, and the user gets
 # a 413 in our words (never a 429, never gRPC's): that is what this test checks then.
-_EDGE_WIRED = dict(edge_client.CHANNEL_OPTIONS).get("grpc.max_receive_message_length") == limits.MAX_MESSAGE_BYTES
+_EDGE_WIRED = dict(edge_replica.CHANNEL_OPTIONS).get("grpc.max_receive_message_length") == limits.MAX_MESSAGE_BYTES
 
 
 def test_2048_inputs_through_the_edge(edge):

@@ -197,10 +197,10 @@ def test_stop_string_never_leaks(oai):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-def test_concurrent_requests_match_sequential(oai, service_cpu):
+def test_concurrent_requests_match_sequential(oai, status):
     """Four greedy requests at once (2 slots + 2 waiting places: all admitted) give the same
     texts as one at a time: slots do not disturb each other."""
-    service_cpu.wait_quiet(0.1, bound=300)  # nothing else holds a slot or a waiting place
+    status.wait_idle("before: nothing else holds a slot or a waiting place")
     prompts = ["Name a color.", "Name a fruit.", "Name an animal.", "Name a country."]
 
     def ask(prompt: str) -> str:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import openai
 import pytest
 
+from harness.processes import stop_process
 from inference_service.server import create_server
 from tests.conftest import start_edge
-from tests.processes import stop_process
 from tests.service.fake_engine import FakeEngine
 
 SAFETY = 30  # seconds: bounds a hang, never a measured limit

@@ -14,14 +14,11 @@ from inference_service.v1 import inference_pb2 as pb
 from rest_edge.app import create_app
 from tests.edge import test_golden as golden
 from tests.edge.fakes import LENGTH, FakeClient, last, piece, rpc_error
+from tests.helpers import client_for
 
 CHAT = "/v1/chat/completions"
 COMP = "/v1/completions"
 MESSAGES = [{"role": "user", "content": "你好"}]
-
-
-def client_for(fake: FakeClient, **kwargs) -> falcon.testing.TestClient:
-    return falcon.testing.TestClient(create_app(fake, **kwargs))
 
 
 def frames(result) -> list:

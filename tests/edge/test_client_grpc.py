@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import falcon.testing
 import pytest
@@ -14,6 +13,7 @@ from rest_edge.app import create_app
 from rest_edge.client import InferenceClient
 from rest_edge.errors import RequestError
 from tests.edge.fakes import FakeServicer, start_server
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -31,9 +31,10 @@ def request(model: str, **fields) -> pb.GenerateRequest:
 
 
 def failure(client, model: str, timeout=None) -> RequestError:
-    call = client.generate(request(model), timeout=timeout)
+    """The error of a call: raised when it starts (the edge's own: no replica, none has the
+    model, all full) or while it is read (the service's)."""
     with pytest.raises(RequestError) as info:
-        list(call)
+        list(client.generate(request(model), timeout=timeout))
     return info.value
 
 
@@ -110,26 +111,16 @@ def test_list_models(service):
     assert names == ["smollm2:135m", "qwen2.5:0.5b-instruct"]
 
 
-def eventually(check, timeout: float = 5.0) -> bool:
-    """Health is watched (the Watch stream): a change arrives a moment after it is set."""
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_health(service):
     _, client, health, _ = service
     assert client.health() is True
     health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    assert eventually(lambda: client.health() is False)
+    eventually(lambda: client.health() is False, "the watched health turned NOT_SERVING")
     with pytest.raises(RequestError) as info:  # no replica serving: the edge answers 503 itself
         client.generate(request("ok"), timeout=5)
     assert info.value.status == 503 and info.value.code == "service_unavailable"
     health.set("", health_pb2.HealthCheckResponse.SERVING)  # back by itself
-    assert eventually(lambda: client.health() is True)
+    eventually(lambda: client.health() is True, "the watched health turned SERVING")
     assert len(list(client.generate(request("ok"), timeout=5))) == 3
 
 
@@ -226,4 +217,4 @@ def test_app_models_and_health_over_real_grpc(app_client, service):
     assert len(app_client.simulate_get("/v1/models").json["data"]) == 2
     assert app_client.simulate_get("/health").status_code == 200
     health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    assert eventually(lambda: app_client.simulate_get("/health").status_code == 503)
+    eventually(lambda: app_client.simulate_get("/health").status_code == 503, "/health answers 503")

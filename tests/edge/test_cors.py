@@ -105,6 +105,7 @@ def test_preflight_needs_no_api_key_but_the_call_does():
     ("/v1/chat/completions", "POST"), ("/v1/completions", "POST"),
     ("/v1/embeddings", "POST"), ("/v1/models", "GET"),
     ("/v1/models/smollm2:135m", "GET"), ("/health", "GET"),
+    ("/v1/responses", "POST"), ("/v1/messages", "POST"), ("/api/chat", "POST"), ("/api/tags", "GET"),
 ])
 def test_every_route_answers_preflights_with_its_methods(path, methods):
     result = preflight(client_for(), "http://127.0.0.1:5173", path=path)
@@ -122,3 +123,14 @@ def test_a_plain_options_request_is_not_a_preflight():
     assert result.status_code == 200
     assert "access-control-allow-methods" not in result.headers
     assert result.headers["access-control-allow-origin"] == "http://localhost:5173"
+
+
+def test_the_anthropic_sdks_headers_are_allowed_on_messages():
+    result = client_for().simulate_options("/v1/messages", headers={
+        "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "anthropic-version,content-type,x-api-key,"
+                                          "anthropic-dangerous-direct-browser-access,x-stainless-retry-count"})
+    assert result.status_code == 204
+    assert result.headers["access-control-allow-headers"] == (
+        "anthropic-version, content-type, x-api-key, anthropic-dangerous-direct-browser-access, "
+        "x-stainless-retry-count")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import queue
 import socket
-import struct
 import threading
 import time
 from typing import Any
@@ -27,8 +26,9 @@ from inference_service.v1 import inference_pb2 as pb
 from rest_edge import disconnect, responses, streaming
 from rest_edge.app import create_app
 from tests.conftest import start_edge, stop_process
-from tests.e2e.helpers import log_since, file_size, raw_post
+from tests.e2e.helpers import abort, file_size, log_since, raw_post, read_until_closed
 from tests.edge.fakes import FakeCall, FakeServicer, last, piece, rpc_error, start_server
+from tests.helpers import eventually
 
 BOUND = 10.0  # generous: "seen within about half a second" on a quiet machine
 
@@ -52,21 +52,6 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
     return server, client
 
 
-def reset(sock: socket.socket) -> None:
-    """Close with a TCP reset (SO_LINGER 0), as a crashed client would."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def wait_until(predicate, bound: float = BOUND) -> bool:
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 # --- the watcher on real sockets -----------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["close", "reset", "shutdown"])
@@ -76,11 +61,11 @@ def test_a_departed_peer_is_seen(watcher, how):
     with server:
         handle = watcher.watch(server, gone.set)
         assert not handle.gone
-        {"close": client.close, "reset": lambda: reset(client),
+        {"close": client.close, "reset": lambda: abort(client),
          "shutdown": lambda: client.shutdown(socket.SHUT_WR)}[how]()
         assert gone.wait(BOUND), f"peer {how} not seen"
         assert handle.gone
-        assert wait_until(lambda: watcher.watching() == 0)
+        eventually(lambda: watcher.watching() == 0, "no socket watched", timeout=BOUND)
         handle.close()  # idempotent after firing
         # The socket itself is untouched: still open, still this process's to close.
         assert server.fileno() >= 0
@@ -103,7 +88,7 @@ def test_a_pipelined_byte_is_not_gone_and_not_consumed(watcher):
         handle = watcher.watch(server, lambda: calls.append(1))
         client.sendall(b"GET / HTTP/1.1\r\n")
         # The watcher sees the data and stops watching that socket (no callback).
-        assert wait_until(lambda: watcher.watching() == 0), "a readable socket is still watched"
+        eventually(lambda: watcher.watching() == 0, "a readable socket no longer watched", timeout=BOUND)
         client.close()  # even a later departure is not reported for a socket no longer watched
         time.sleep(0.3)
         assert calls == [] and not handle.gone
@@ -167,14 +152,14 @@ def test_many_sockets_at_once(watcher):
         assert watcher.watching() == 60
         leaving = set(range(0, 60, 3))
         for i in leaving:
-            (reset if i % 2 else socket.socket.close)(pairs[i][1])
+            (abort if i % 2 else socket.socket.close)(pairs[i][1])
         for i in leaving:
             assert fired[i].wait(BOUND), f"departure of peer {i} not seen"
         time.sleep(0.3)
         stayed = [i for i in range(60) if i not in leaving]
         assert not any(fired[i].is_set() for i in stayed)
         assert not any(handles[i].gone for i in stayed)
-        assert wait_until(lambda: watcher.watching() == len(stayed))
+        eventually(lambda: watcher.watching() == len(stayed), "only the peers that stayed watched", timeout=BOUND)
         for i in stayed:
             handles[i].close()
         assert watcher.watching() == 0
@@ -195,7 +180,7 @@ def test_a_failing_callback_does_not_stop_the_watcher(watcher):
         h1 = watcher.watch(s1, boom)
         watcher.watch(s2, gone.set)
         c1.close()
-        assert wait_until(lambda: h1.gone)
+        eventually(lambda: h1.gone, "the first peer seen gone", timeout=BOUND)
         c2.close()
         assert gone.wait(BOUND)
 
@@ -208,7 +193,7 @@ def test_a_socket_closed_under_its_watch_is_dropped_quietly(watcher):
         server.close()  # its owner closed it without closing the watch
         other_server, other_client = tcp_pair()  # may reuse the number
         with other_server, other_client:
-            assert wait_until(lambda: watcher.watching() == 0)
+            eventually(lambda: watcher.watching() == 0, "no socket watched", timeout=BOUND)
             other_client.close()
             time.sleep(0.2)
     assert calls == []
@@ -424,7 +409,7 @@ def test_gunicorn_cancels_when_the_client_leaves_without_a_write(hanging_edge, s
         sock.settimeout(BOUND)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # headers and the first frame came
     assert not gone.wait(0.3), "cancelled while the client was still there"
-    (sock.close if how == "close" else (lambda: reset(sock)))()
+    (sock.close if how == "close" else (lambda: abort(sock)))()
     assert gone.wait(BOUND), "the edge did not cancel the call of a departed client"
     # The departed request ends quietly: no traceback, no error; the edge still answers.
     resp = httpx.post(edge.base_url + "/v1/chat/completions",
@@ -465,11 +450,6 @@ def test_gunicorn_pipelined_requests_are_both_answered(hanging_edge):
 
     with socket.create_connection((host, int(port)), timeout=BOUND) as sock:
         sock.sendall(request("keep-alive") + request("close"))
-        received = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
+        received = read_until_closed(sock)
     assert received.count(b"HTTP/1.1 200") == 2, received[:2000]
     assert received.count(b'"Hello!"') == 2

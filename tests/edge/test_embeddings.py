@@ -9,9 +9,7 @@ from __future__ import annotations
 import array
 import base64
 import json
-import time
 
-import falcon.testing
 import grpc
 import httpx
 import openai
@@ -19,9 +17,9 @@ import pytest
 
 from inference_service import limits
 from inference_service.v1 import inference_pb2 as pb
-from rest_edge.app import create_app
 from tests.edge.fake_stack import oai, stack  # noqa: F401  (fixtures)
 from tests.edge.fakes import EMBEDDING_DIMENSIONS, FakeClient, rpc_error, vector_of
+from tests.helpers import client_for, eventually
 from tests.service.fake_engine import EMBEDDING_DIMENSIONS as ENGINE_DIMENSIONS
 from tests.service.fake_engine import fake_vector
 
@@ -31,10 +29,6 @@ SAFETY = 30  # seconds: bounds a hang, never a measured limit
 MODELS = [pb.ModelInfo(name="embedder", created=1700000000, owned_by="library", can_embed=True,
                        embedding_dimensions=EMBEDDING_DIMENSIONS),
           pb.ModelInfo(name="generator", created=1700000000, owned_by="library")]
-
-
-def client_for(fake: FakeClient, **kwargs) -> falcon.testing.TestClient:
-    return falcon.testing.TestClient(create_app(fake, **kwargs))
 
 
 def post(body, fake: FakeClient | None = None, **kwargs):
@@ -360,7 +354,5 @@ def test_a_client_that_leaves_cancels_the_embedding(stack):
     before = len(engine.embed_calls)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{base}{PATH}", json={"model": "gated", "input": "hi"}, timeout=httpx.Timeout(SAFETY, read=1.0))
-    end = time.monotonic() + SAFETY
-    while len(engine.embed_calls) == before and time.monotonic() < end:
-        time.sleep(0.05)
+    eventually(lambda: len(engine.embed_calls) > before, "the Embed call reached the engine", timeout=SAFETY)
     assert engine.embed_calls[before].stopped_by_cancel.wait(SAFETY), "the Embed call was not cancelled"

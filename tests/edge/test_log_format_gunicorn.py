@@ -13,24 +13,17 @@ import sys
 import httpx
 import pytest
 
+from harness.processes import REPO, free_port, start_http_server, stop_process
 from inference_service.server import create_server
 from tests.conftest import start_edge
-from tests.processes import REPO, free_port, start_http_server, stop_process
+from tests.helpers import json_lines
 from tests.service.fake_engine import FakeEngine
 
 SAFETY = 30  # seconds: bounds a hang, never a measured limit
 
 
-def json_lines(log: str) -> list[dict]:
-    lines = []
-    for number, line in enumerate(log.splitlines(), 1):
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            pytest.fail(f"line {number} of the edge's log is not JSON: {line!r}\n{log[-4000:]}")
-        assert isinstance(lines[-1], dict), line
-        assert set(lines[-1]) >= {"time", "level", "logger", "message", "process"}, line
-    return lines
+def edge_lines(log: str) -> list[dict]:
+    return json_lines(log, "the edge's log", frozenset({"time", "level", "logger", "message", "process"}))
 
 
 def access_lines(lines: list[dict], path: str) -> list[dict]:
@@ -63,7 +56,7 @@ def test_gunicorn_edge_logs_json(grpc_target, tmp_path):
     finally:
         stop_process(edge.process)
 
-    lines = json_lines(edge.log())
+    lines = edge_lines(edge.log())
     loggers = {line["logger"] for line in lines}
     assert {"gunicorn.error", "gunicorn.access", "rest_edge"} <= loggers, loggers
     assert any(line["message"].startswith("Starting gunicorn") for line in lines)
@@ -98,7 +91,7 @@ def test_python_m_rest_edge_log_format_json(grpc_target, tmp_path):
         assert httpx.get(edge.base_url + "/health", timeout=SAFETY).status_code == 200
     finally:
         stop_process(edge.process)
-    lines = json_lines(edge.log())
+    lines = edge_lines(edge.log())
     assert [line["status"] for line in access_lines(lines, "/health")][-1] == 200
 
 

@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,7 +32,9 @@ from rest_edge import gunicorn_conf
 from rest_edge.app import create_app
 from rest_edge.metrics import MULTIPROC_DIR_ENV
 from tests.conftest import REPO, free_port, start_edge, stop_process
+from harness.processes import http_ok
 from tests.edge.fakes import FakeClient, FakeServicer, last, piece, start_server
+from tests.helpers import eventually
 
 CHAT = "/v1/chat/completions"
 COMP = "/v1/completions"
@@ -80,32 +81,30 @@ def scrapes_from_every_worker(base: str, log_path: Path, workers: set[int], leas
     """Scrapes until each of ``workers`` answered at least one of them (and ``least`` in all)."""
     before = len(scrape_pids(log_path))
     results = []
-    deadline = time.monotonic() + 30
-    while True:
+
+    def answered_by_every_worker() -> bool:
         results.append(scrape(base))
-        if len(results) >= least and workers <= set(scrape_pids(log_path)[before:]):
-            return results
-        if time.monotonic() > deadline:
-            pytest.fail(f"scrapes were not answered by every worker {workers}: {scrape_pids(log_path)}")
+        return len(results) >= least and workers <= set(scrape_pids(log_path)[before:])
+
+    eventually(answered_by_every_worker, f"scrapes answered by every worker {workers}", timeout=30, interval=0)
+    return results
 
 
 def worker_pids(arbiter: int, count: int, timeout: float = 30) -> set[int]:
     """The arbiter's worker processes, once there are ``count`` of them (/proc)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        children = set()
+    def children() -> set[int]:
+        found = set()
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             if int(fields[1]) == arbiter and fields[0] != "Z":
-                children.add(int(stat.parent.name))
-        if len(children) == count:
-            return children
-        if time.monotonic() > deadline:
-            pytest.fail(f"the arbiter {arbiter} has workers {children}, not {count}")
-        time.sleep(0.1)
+                found.add(int(stat.parent.name))
+        return found
+
+    return eventually(children, f"the arbiter {arbiter} with {count} workers", until=lambda found: len(found) == count,
+                      timeout=timeout, interval=0.1)
 
 
 def alive(pid: int) -> bool:
@@ -257,11 +256,9 @@ def test_usr2_upgrade_keeps_the_counts(grpc_target, tmp_path):
         send_traffic(edge.base_url)
         directory = private_dir(log_path)
         os.kill(edge.process.pid, signal.SIGUSR2)
-        deadline = time.monotonic() + 30
         listening = re.compile(r"Listening at: \S+ \((\d+)\)")
-        while len(masters := listening.findall(log_path.read_text(errors="replace"))) < 2:
-            assert time.monotonic() < deadline, log_path.read_text(errors="replace")
-            time.sleep(0.1)
+        masters = eventually(lambda: listening.findall(log_path.read_text(errors="replace")),
+                             "the new master listening", until=lambda found: len(found) >= 2, timeout=30, interval=0.1)
         new_master = int(masters[-1])
         shared = f"[{new_master}] [INFO] Metrics: workers share {directory} (with the old master's)"
         assert shared in log_path.read_text(errors="replace")
@@ -278,10 +275,8 @@ def test_usr2_upgrade_keeps_the_counts(grpc_target, tmp_path):
                      2 * N_OK, 2 * (N_BAD_EDGE + N_BAD_GRPC), 2 * N_COMP)
 
         os.kill(new_master, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while alive(new_master):  # not our child: poll until it is gone
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        eventually(lambda: not alive(new_master), "the new master gone (not our child: polled)", timeout=30,
+                   interval=0.1)
         new_master = None
         assert not directory.exists()
     finally:
@@ -345,24 +340,18 @@ def test_python_m_rest_edge(grpc_target, tmp_path, operator_dir):
         cwd=REPO, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")
-            time.sleep(0.1)
+        eventually(lambda: http_ok(f"{base}/health"), "the edge healthy", timeout=30, interval=0.1,
+                   give_up=lambda: proc.poll() is not None and log_path.read_text(errors="replace")[-4000:])
         if not operator_dir:
             directory = private_dir(log_path)
         workers = worker_pids(proc.pid, 2)
         send_traffic(base)
-        deadline = time.monotonic() + 30
-        while {int(p.stem.split("_")[1]) for p in directory.glob("counter_*.db")} != workers:
-            # every worker has counted something (requests land on either at random)
-            assert time.monotonic() < deadline, (workers, sorted(directory.iterdir()))
-            httpx.get(f"{base}/health", timeout=10)
+        def counting_workers() -> set[int]:
+            httpx.get(f"{base}/health", timeout=10)  # requests land on either worker at random
+            return {int(p.stem.split("_")[1]) for p in directory.glob("counter_*.db")}
+
+        eventually(counting_workers, f"every worker {workers} has counted something",
+                   until=lambda counting: counting == workers, timeout=30, interval=0)
         scrapes = [scrape(base) for _ in range(8)]
         first_metrics = requests_total(scrapes[0], "/metrics", "GET", 200)
         for i, samples in enumerate(scrapes):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 
-import falcon.testing
 import openai
 import pytest
 from pydantic import BaseModel
@@ -21,10 +20,10 @@ from pydantic import BaseModel
 from inference_service import limits
 from inference_service.v1 import inference_pb2 as pb
 from rest_edge import requests, responses, streaming
-from rest_edge.app import create_app
 from rest_edge.errors import RequestError
 from tests.edge.fake_stack import oai, stack  # noqa: F401  (fixtures)
 from tests.edge.fakes import TOOL_CALLS, FakeCall, FakeClient, call, calls, last, piece
+from tests.helpers import client_for
 from tests.service.fake_engine import JSON_ANSWER, TOOL_ARGUMENTS
 
 CHAT = "/v1/chat/completions"
@@ -280,7 +279,7 @@ MALFORMED = [  # (id, body fields, param)
     ("tool_choice not a string or object", dict(tools=[WEATHER], tool_choice=1), "tool_choice"),
     ("tool_choice names another function", dict(tools=[WEATHER], tool_choice={
         "type": "function", "function": {"name": "get_time"}}), "tool_choice"),
-    ("tool_choice type unknown", dict(tools=[WEATHER], tool_choice={"type": "allowed_tools"}), "tool_choice.type"),
+    ("tool_choice type unknown", dict(tools=[WEATHER], tool_choice={"type": "custom"}), "tool_choice.type"),
     ("tool_choice function missing", dict(tools=[WEATHER], tool_choice={"type": "function"}), "tool_choice.function"),
     ("tool_choice name missing", dict(tools=[WEATHER], tool_choice={"type": "function", "function": {}}),
      "tool_choice.function.name"),
@@ -400,10 +399,6 @@ def test_completions_still_refuse_tools_and_formats():
 
 
 # --- responses ------------------------------------------------------------------------------
-
-
-def client_for(fake: FakeClient) -> falcon.testing.TestClient:
-    return falcon.testing.TestClient(create_app(fake))
 
 
 def post(script, **fields):

@@ -4,7 +4,6 @@ cores other processes leave us. Everything injected: /proc/stat text, our CPU ti
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -17,6 +16,7 @@ from inference_service.engine.cpu_budget import (
     parse_proc_stat,
     read_limits,
 )
+from tests.helpers import eventually
 
 HZ = 100
 
@@ -213,15 +213,6 @@ def test_concurrent_callers_get_a_count_and_sample_once():
     assert results == [2] * 16 and machine.stat_reads == 1
 
 
-def wait_for(condition, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return condition()
-
-
 def test_background_sampler_keeps_the_estimate_fresh_while_idle():
     """No calls while the service idles; the first call after a neighbour arrived already
     has the answer (the lazy mode would average over the whole idle gap)."""
@@ -230,25 +221,26 @@ def test_background_sampler_keeps_the_estimate_fresh_while_idle():
                        clock=machine.clock, read_limits=limits_of())
     try:
         assert budget.threads() == 2          # starts the sampler
-        assert wait_for(lambda: machine.stat_reads >= 2)
+        eventually(lambda: machine.stat_reads >= 2, "a second /proc/stat read")
         for _ in range(20):                   # 20 minutes of quiet idling, then a neighbour for 2 s
             reads = machine.stat_reads
             machine.run(60.0, others=0.02)
-            assert wait_for(lambda: machine.stat_reads > reads)
+            eventually(lambda: machine.stat_reads > reads, "another /proc/stat read")
         for _ in range(8):
             reads = machine.stat_reads
             machine.run(0.25, others=1.0)
-            assert wait_for(lambda: machine.stat_reads > reads)
+            eventually(lambda: machine.stat_reads > reads, "another /proc/stat read")
         assert budget.threads() == 1
         for _ in range(12):                   # it leaves
             reads = machine.stat_reads
             machine.run(0.25, others=0.0)
-            assert wait_for(lambda: machine.stat_reads > reads)
+            eventually(lambda: machine.stat_reads > reads, "another /proc/stat read")
         assert budget.threads() == 2
     finally:
         budget.close()
     sampler = budget._sampler
-    assert sampler is not None and wait_for(lambda: not sampler.is_alive())
+    assert sampler is not None
+    eventually(lambda: not sampler.is_alive(), "the sampler thread ended")
 
 
 def test_sampler_restarts_in_a_forked_child():
@@ -264,7 +256,7 @@ def test_sampler_restarts_in_a_forked_child():
         assert budget._sampler is not None and budget._sampler is not first
     finally:
         budget.close()
-    assert wait_for(lambda: not budget._sampler.is_alive() and not first.is_alive())
+    eventually(lambda: not budget._sampler.is_alive() and not first.is_alive(), "both sampler threads ended")
 
 
 # ---------------------------------------------------------------- failures fall back to the cap

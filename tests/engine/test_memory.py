@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 
-from inference_service.engine.memory import kv_cache_bytes, release_freed_memory
+from inference_service.engine import engine as engine_module
+from inference_service.engine import memory
+from inference_service.engine.memory import TRIM_AFTER_CHARS, kv_cache_bytes
 from inference_service.engine.types import ChatMessage, GenerationRequest
 from inference_service.errors import ContextLengthExceeded
 
@@ -28,6 +32,17 @@ def test_text_no_context_can_hold_is_refused_before_tokenizing(engine, monkeypat
         assert info.value.param == ("messages" if request.messages else "prompt")
 
 
-def test_release_freed_memory_is_safe_to_call():
-    release_freed_memory()
-    release_freed_memory()
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_glibc_s_malloc_trim_is_found():
+    assert memory._malloc_trim() is not None, "release_freed_memory would silently do nothing"
+
+
+def test_only_a_large_text_is_followed_by_a_heap_trim(engine, monkeypatch):
+    trims = []
+    monkeypatch.setattr(engine_module, "release_freed_memory", lambda: trims.append(1))
+    engine.prepare(GenerationRequest(model="smollm2:135m", prompt="Hello there", max_tokens=4))
+    assert trims == []
+    large = "word " * (TRIM_AFTER_CHARS // 5 + 1)  # tokenized, then too long for the context
+    with pytest.raises(ContextLengthExceeded):
+        engine.prepare(GenerationRequest(model="smollm2:135m", prompt=large))
+    assert trims == [1]

@@ -14,6 +14,7 @@ import pytest
 from inference_service.engine.model_context import common_prefix_length
 from inference_service.engine.scheduler import SlotScheduler
 from inference_service.errors import Cancelled, DeadlineExceeded, QueueFull
+from tests.helpers import eventually
 
 SAFETY = 30  # seconds; only ever a bound on a hang, never a measured limit
 
@@ -25,6 +26,10 @@ class FakeSlot:
 
     def reusable_prefix(self, prompt: Sequence[int]) -> int:
         return common_prefix_length(self.cached, prompt)
+
+    @property
+    def cached_length(self) -> int:
+        return len(self.cached)
 
     def __repr__(self) -> str:
         return f"FakeSlot({self.name})"
@@ -40,14 +45,6 @@ def hold(scheduler: SlotScheduler, prompt: Sequence[int] = (0,)):
 
 def release(lease) -> None:
     lease.__exit__(None, None, None)
-
-
-def wait_until(predicate, what: str) -> None:
-    end = time.monotonic() + SAFETY
-    while not predicate():
-        if time.monotonic() > end:
-            pytest.fail(f"never happened: {what}")
-        time.sleep(0.005)
 
 
 class Waiter(threading.Thread):
@@ -104,6 +101,132 @@ def test_prefix_choice_only_among_free_slots():
     assert scheduler.busy == 0
 
 
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def two_slots(**kwargs) -> tuple[Clock, list[FakeSlot], SlotScheduler]:
+    clock = Clock()
+    slots = [FakeSlot("a"), FakeSlot("b")]
+    return clock, slots, SlotScheduler(slots, max_waiting=4, clock=clock, **kwargs)
+
+
+def serve(scheduler: SlotScheduler, prompt: Sequence[int]) -> FakeSlot:
+    """One request: lease a slot, 'evaluate' the prompt into it (what the engine does), release."""
+    with scheduler.lease(scheduler.enqueue(prompt)) as slot:
+        slot.cached = list(prompt)
+        return slot
+
+
+SYSTEM = list(range(100, 116))  # a 16-token system prompt every conversation starts with
+
+
+def conversation(tag: int, length: int) -> list[int]:
+    return SYSTEM + [tag * 10_000 + i for i in range(length)]
+
+
+def test_a_shared_system_prompt_does_not_beat_an_empty_slot():
+    """The bug of issue 15: two conversations sharing a system prompt evicted each other."""
+    clock, slots, scheduler = two_slots()
+    a, b = conversation(1, 650), conversation(2, 650)
+    home_a = serve(scheduler, a)
+    clock.now += 1
+    home_b = serve(scheduler, b)
+    assert home_b is not home_a
+    for turn in range(3):  # turns taken in alternation, each history growing
+        clock.now += 1
+        a = a + [1_000 + turn] * 20
+        assert serve(scheduler, a) is home_a
+        clock.now += 1
+        b = b + [2_000 + turn] * 20
+        assert serve(scheduler, b) is home_b
+
+
+def test_a_conversation_returns_to_its_slot_even_when_another_is_empty():
+    clock = Clock()
+    slots = [FakeSlot("a"), FakeSlot("b"), FakeSlot("c")]
+    scheduler = SlotScheduler(slots, max_waiting=4, clock=clock)
+    a = conversation(1, 300)
+    home = serve(scheduler, a)
+    clock.now += 5
+    assert serve(scheduler, a + [7] * 30) is home
+
+
+def test_with_more_conversations_than_slots_the_least_recently_used_is_evicted():
+    clock, slots, scheduler = two_slots()
+    first = serve(scheduler, conversation(1, 400))
+    clock.now += 1
+    second = serve(scheduler, conversation(2, 400))
+    clock.now += 1
+    third = serve(scheduler, conversation(3, 400))  # equal lengths: the older conversation goes
+    assert third is first
+    clock.now += 1
+    assert serve(scheduler, conversation(2, 400) + [5]) is second
+
+
+def test_a_long_idle_conversation_is_worth_less_than_a_recent_one():
+    """Eviction weighs what it loses: a long history idle for many half-lives goes before a
+    shorter one that is in use."""
+    clock, slots, scheduler = two_slots()
+    old_long = serve(scheduler, conversation(1, 2000))
+    clock.now += 1
+    recent_short = serve(scheduler, conversation(2, 300))
+    assert recent_short is not old_long
+    clock.now += 600  # ten half-lives
+    assert serve(scheduler, conversation(2, 300) + [4] * 10) is recent_short  # its next turn
+    clock.now += 1
+    assert serve(scheduler, conversation(3, 300)) is old_long
+
+
+def test_a_new_conversation_takes_an_empty_slot_even_when_another_holds_its_preamble():
+    """Even a preamble that is most of the other slot's cache does not pull a new conversation
+    into it while a slot is empty: the other conversation keeps its history (and with prefix
+    sharing, llama.cpp, the preamble is copied into the empty slot, not evaluated)."""
+    for sharing in (False, True):
+        clock = Clock()
+        preamble = list(range(500))
+        slots = [FakeSlot("a"), FakeSlot("b")]
+
+        def shared(prompt):
+            return max(common_prefix_length(s.cached, prompt) for s in slots)
+
+        scheduler = SlotScheduler(slots, max_waiting=4, clock=clock, shared_prefix=shared if sharing else None)
+        first = serve(scheduler, preamble + [1] * 100)
+        clock.now += 1
+        assert serve(scheduler, preamble + [2] * 100) is not first
+
+
+def test_when_every_slot_holds_a_conversation_the_cheapest_eviction_wins():
+    """All slots hold active conversations: the one sharing a long preamble with the request
+    costs least to take over (little to evaluate, a short tail lost)."""
+    clock = Clock()
+    preamble = list(range(500))
+    slots = [FakeSlot("a"), FakeSlot("b")]
+    scheduler = SlotScheduler(slots, max_waiting=4, clock=clock)
+    with_preamble = serve(scheduler, preamble + [1] * 50)
+    clock.now += 1
+    serve(scheduler, conversation(2, 600))
+    clock.now += 1
+    assert serve(scheduler, preamble + [3] * 50) is with_preamble
+
+
+def test_slot_states_report_cache_and_idle_time():
+    clock, slots, scheduler = two_slots()
+    serve(scheduler, [1, 2, 3])
+    clock.now += 2.5
+    held, lease = hold(scheduler, [9])
+    states = {s.index: s for s in scheduler.slot_states()}
+    busy_index = slots.index(held)
+    assert states[busy_index].busy and states[busy_index].idle_seconds == 0.0
+    idle = states[1 - busy_index]
+    assert (idle.busy, idle.cached_tokens, idle.idle_seconds) == (False, 3, 2.5)
+    release(lease)
+
+
 def test_slot_is_released_when_the_block_raises():
     scheduler = SlotScheduler([FakeSlot("a")], max_waiting=1)
     with pytest.raises(RuntimeError):
@@ -125,7 +248,7 @@ def test_waiters_get_the_slot_in_enqueue_order():
     waiters = [Waiter(scheduler, t, order=order, label=i) for i, t in reversed(list(enumerate(tickets, 1)))]
     for w in waiters:
         w.start()
-    wait_until(lambda: scheduler.waiting == 4, "four waiters queued")
+    eventually(lambda: scheduler.waiting == 4, "four waiters queued")
     assert order == []
     release(lease)
     for w in waiters:
@@ -150,7 +273,7 @@ def test_later_ticket_waits_even_if_a_slot_is_free_for_an_earlier_one():
     assert late.is_alive() and order == []
     early = Waiter(scheduler, first, order=order, label="first", gate=gate)
     early.start()
-    wait_until(lambda: order == ["first"], "first holds the slot")
+    eventually(lambda: order == ["first"], "first holds the slot")
     assert order == ["first"]
     gate.set()
     finish(early)

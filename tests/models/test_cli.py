@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from harness.processes import REPO
 from tests.models.conftest import write_tiny_gguf
-from tests.processes import REPO
 
 
 @pytest.fixture

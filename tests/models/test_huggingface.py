@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import REPO
 from inference_service.errors import ModelNotFound
 from inference_service.models.huggingface import HfReference, pick_gguf
 from tests.models.conftest import write_tiny_gguf
 from tests.models.fake_hub import FakeHub
-from tests.processes import REPO
 
 REPO_ID = "someone/Tiny-GGUF"
 

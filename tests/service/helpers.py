@@ -71,11 +71,3 @@ def generate_retrying_while_full(stub, req: pb.GenerateRequest, timeout: float =
             if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > end:
                 raise
             time.sleep(0.1)
-
-
-def wait_done(calls, what: str, timeout: float = SAFETY) -> None:
-    end = time.monotonic() + timeout
-    while not any(c.done() for c in calls):
-        if time.monotonic() > end:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.01)

@@ -15,6 +15,7 @@ from inference_service.server import create_server
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
 from tests.service.fake_engine import EMBEDDING_DIMENSIONS, FakeEngine, fake_vector
+from tests.helpers import trailing
 from tests.service.test_server_fake import SAFETY, harness  # noqa: F401  (the fixture)
 
 
@@ -36,10 +37,6 @@ def failure(harness, *inputs: pb.EmbedInput, model: str = "fake") -> grpc.RpcErr
     with pytest.raises(grpc.RpcError) as info:
         embed(harness, *inputs, model=model)
     return info.value
-
-
-def trailing(error: grpc.RpcError) -> dict[str, str]:
-    return dict(error.trailing_metadata() or ())
 
 
 # --- success ------------------------------------------------------------------------------

@@ -4,35 +4,27 @@ Also, in process over the fake engine: that line's outcome and fields for other 
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 
 import grpc
 import pytest
 
+from harness.processes import stop_process
 from inference_service.server import create_server
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import start_service
-from tests.processes import stop_process
+from tests.helpers import eventually, json_lines
 from tests.service.fake_engine import FakeEngine
 from tests.service.helpers import MODEL, SAFETY, SYSTEM, request
 
 
-def json_lines(log: str) -> list[dict]:
-    lines = []
-    for number, line in enumerate(log.splitlines(), 1):
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            pytest.fail(f"line {number} of the service's output is not JSON: {line!r}\n{log[-4000:]}")
-        assert isinstance(lines[-1], dict), line
-    return lines
+def service_lines(log: str) -> list[dict]:
+    return json_lines(log, "the service's output")
 
 
 def generate_lines(log: str, request_id: str) -> list[dict]:
-    return [line for line in json_lines(log) if line.get("request_id") == request_id and "outcome" in line]
+    return [line for line in service_lines(log) if line.get("request_id") == request_id and "outcome" in line]
 
 
 @pytest.mark.model
@@ -47,14 +39,13 @@ def test_json_log_lines_and_the_request_id(tmp_path):
             # Only the field: the id in the message is used when no metadata carries one.
             list(stub.Generate(request(SYSTEM, ("user", "Hi"), max_tokens=2, request_id="only-field"),
                                timeout=SAFETY))
-        deadline = time.monotonic() + 10  # the line is written when gRPC reports the call's end
-        while not (generate_lines(service.log(), "req-json-log-1") and generate_lines(service.log(), "only-field")):
-            assert time.monotonic() < deadline, service.log()[-4000:]
-            time.sleep(0.1)
+        # the line is written when gRPC reports the call's end
+        eventually(lambda: generate_lines(service.log(), "req-json-log-1") and generate_lines(service.log(), "only-field"),
+                   "both Generate lines logged", timeout=SAFETY, interval=0.1)
     finally:
         stop_process(service.process)
 
-    lines = json_lines(service.log())  # start to stop, every line
+    lines = service_lines(service.log())  # start to stop, every line
     assert {line["logger"] for line in lines} >= {"inference_service", "inference_service.server"}
     assert any(line["message"] == "stopped" for line in lines)
     for line in lines:
@@ -91,15 +82,11 @@ def fake_stub():
 
 def generate_record(caplog, request_id: str) -> logging.LogRecord:
     """The servicer's line for ``request_id`` (written once gRPC reports the call's end)."""
-    deadline = time.monotonic() + SAFETY
-    while True:
-        found = [r for r in caplog.records
-                 if r.name == "inference_service.server" and getattr(r, "request_id", None) == request_id]
-        if found:
-            assert len(found) == 1, found
-            return found[0]
-        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
-        time.sleep(0.02)
+    found = eventually(lambda: [r for r in caplog.records
+                                if r.name == "inference_service.server" and getattr(r, "request_id", None) == request_id],
+                       f"the servicer's line for {request_id}", timeout=SAFETY)
+    assert len(found) == 1, found
+    return found[0]
 
 
 def test_line_of_a_completed_call(fake_stub, caplog):

@@ -4,13 +4,13 @@ cancellation and slot release, seen from the scheduler's side."""
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import replace
 
 import pytest
 
 from inference_service.engine.types import ChatMessage, GenerationRequest, SamplingParams
 from inference_service.errors import Cancelled, InvalidRequest
+from tests.helpers import eventually
 from tests.service.helpers import MODEL, SAFETY, SYSTEM
 
 LONG_SYSTEM = (
@@ -44,14 +44,6 @@ def scheduler(engine):
     return engine.model(MODEL).scheduler
 
 
-def wait_until(predicate, what: str) -> None:
-    end = time.monotonic() + SAFETY
-    while not predicate():
-        if time.monotonic() > end:
-            pytest.fail(f"never happened: {what}")
-        time.sleep(0.01)
-
-
 def occupy_both_slots(engine):
     """Two unrelated raw generations holding both slots at once (so both caches change)."""
     holders = []
@@ -68,7 +60,7 @@ def occupy_both_slots(engine):
 def release(engine, holders) -> None:
     for it in holders:
         it.close()  # closing the iterator sets the cancel event
-    wait_until(lambda: scheduler(engine).busy == 0, "both slots released after close()")
+    eventually(lambda: scheduler(engine).busy == 0, "both slots released after close()", timeout=SAFETY)
 
 
 def block_size(engine) -> int:
@@ -133,7 +125,7 @@ def test_cancelled_waiter_leaves_the_queue_at_once(engine):
 
         waiter = threading.Thread(target=wait_for_slot, daemon=True)
         waiter.start()
-        wait_until(lambda: scheduler(engine).waiting == 1, "the third request waits")
+        eventually(lambda: scheduler(engine).waiting == 1, "the third request waits", timeout=SAFETY)
         cancelled.set()
         waiter.join(SAFETY)
         assert not waiter.is_alive()
@@ -158,7 +150,7 @@ def test_cancel_event_stops_a_running_generation(engine):
             received.append(chunk)
             assert chunk.finish_reason is None, "a cancelled generation never finishes"
     assert len(received) < 400
-    wait_until(lambda: scheduler(engine).busy == 0, "slot released after cancel")
+    eventually(lambda: scheduler(engine).busy == 0, "slot released after cancel", timeout=SAFETY)
 
 
 def test_ignore_eos_runs_to_max_tokens(engine):

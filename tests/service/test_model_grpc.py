@@ -13,6 +13,7 @@ import pytest
 
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
+from tests.helpers import eventually
 from tests.service.helpers import (
     MODEL,
     no_eos_bias,
@@ -23,7 +24,6 @@ from tests.service.helpers import (
     generate,
     generate_retrying_while_full,
     request,
-    wait_done,
 )
 
 pytestmark = pytest.mark.model
@@ -209,7 +209,7 @@ def test_queue_cap_then_cancelled_requests_leave(stub):
     # the server's thread scheduling, so all three are sent and the refusal looked for.
     extra = [stub.Generate(long_request, timeout=SAFETY) for _ in range(3)]
     try:
-        wait_done(extra, "a request beyond the cap was refused")
+        eventually(lambda: any(c.done() for c in extra), "a request beyond the cap was refused", timeout=SAFETY)
         refused = [c for c in extra if c.done()]
         assert len(refused) == 1
         assert refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -20,6 +20,7 @@ from inference_service.errors import Cancelled
 from inference_service.server import STATUS_FOR_ERROR, create_server
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
+from tests.helpers import trailing
 from tests.service.fake_engine import FakeEngine
 
 SAFETY = 30  # seconds: bounds a hang, never a measured limit
@@ -64,10 +65,6 @@ def rpc_failure(call) -> grpc.RpcError:
         for _ in call:
             pass
     return info.value
-
-
-def trailing(error: grpc.RpcError) -> dict[str, str]:
-    return dict(error.trailing_metadata() or ())
 
 
 # --- streaming and cancellation ----------------------------------------------------------

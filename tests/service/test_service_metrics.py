@@ -11,20 +11,21 @@ Waits use generous safety timeouts only; no latency is asserted against the cloc
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
-import time
 
 import grpc
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import processes
 from inference_service import metrics as service_metrics
 from inference_service.server import GenerateObserver, create_server
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
-from tests import processes
+from tests.helpers import eventually
 from tests.service.fake_engine import FakeEngine
 
 SAFETY = 30  # seconds: bounds a hang, never a measured limit
@@ -47,17 +48,10 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
-def eventually(url: str, check, what: str, timeout: float = SAFETY) -> Samples:
+def scraped(url: str, check, what: str, timeout: float = SAFETY) -> Samples:
     """Scrapes until ``check(samples)`` holds (a call's end is counted once gRPC has
     terminated it, which may be just after the client read its status)."""
-    end = time.monotonic() + timeout
-    while True:
-        samples = scrape(url)
-        if check(samples):
-            return samples
-        if time.monotonic() > end:
-            raise AssertionError(f"never happened: {what}; last scrape: {samples}")
-        time.sleep(0.02)
+    return eventually(lambda: scrape(url), what, until=check, timeout=timeout)
 
 
 class MetricsHarness:
@@ -126,7 +120,7 @@ def test_generate_calls_fill_the_histograms_counters_and_gauges(harness):
         list(harness.generate("slow", timeout=0.5))
     assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
-    samples = eventually(
+    samples = scraped(
         harness.url,
         lambda s: (value(s, "inference_generate_calls_total", code="CANCELLED") == 1
                    and value(s, "inference_generate_calls_total", code="DEADLINE_EXCEEDED") == 1
@@ -156,8 +150,8 @@ def test_a_draining_service_counts_its_refusals(harness):
     with pytest.raises(grpc.RpcError) as refused:
         list(harness.generate("slow", max_tokens=2))
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    eventually(harness.url, lambda s: value(s, "inference_generate_calls_total", code="UNAVAILABLE") == 1,
-               "the refusal counted")
+    scraped(harness.url, lambda s: value(s, "inference_generate_calls_total", code="UNAVAILABLE") == 1,
+            "the refusal counted")
 
 
 def test_a_chunk_of_several_tokens_shares_its_gap():
@@ -204,11 +198,17 @@ def test_without_metrics_nothing_imports_prometheus_client():
     subprocess.run([sys.executable, "-c", code], cwd=processes.REPO, check=True, timeout=SAFETY)
 
 
-def test_the_default_observer_does_nothing():
-    observer = GenerateObserver()
-    observer.first_token(0.1)
-    observer.tokens(2, 0.01)
-    observer.finished("OK")
+def test_the_metrics_implement_every_hook_of_the_observer():
+    """The servicer calls the hooks of ``GenerateObserver``; ``ServiceMetrics`` stands in for it
+    without subclassing (the server module must not import prometheus_client), so a hook added
+    to one and not the other, or with other parameters, would break only when called."""
+    hooks = {name: inspect.signature(member) for name, member in vars(GenerateObserver).items()
+             if inspect.isfunction(member) and not name.startswith("_")}
+    assert hooks, "GenerateObserver has no hooks"
+    for name, signature in hooks.items():
+        implemented = getattr(service_metrics.ServiceMetrics, name, None)
+        assert implemented is not None, f"ServiceMetrics lacks {name}"
+        assert list(inspect.signature(implemented).parameters) == list(signature.parameters), name
 
 
 # --- the real service ---------------------------------------------------------------------
@@ -273,8 +273,8 @@ def test_real_service_metrics_while_loading_and_after_a_generate(model_file, tmp
         completion_tokens = replies[-1].usage.completion_tokens
         assert completion_tokens > 0
 
-        after = eventually(url, lambda s: value(s, "inference_generate_calls_total", code="OK") == 1,
-                           "the Generate call counted", MODEL_SAFETY)
+        after = scraped(url, lambda s: value(s, "inference_generate_calls_total", code="OK") == 1,
+                        "the Generate call counted", MODEL_SAFETY)
         assert value(after, "inference_time_to_first_token_seconds_count") == 1
         assert value(after, "inference_time_to_first_token_seconds_sum") > 0
         assert value(after, "inference_tokens_generated_total") == tokens_before + completion_tokens

@@ -16,6 +16,7 @@ import pytest
 from inference_service import limits
 from inference_service.engine.types import ChatMessage, Constraint, Tool, ToolCall
 from inference_service.v1 import inference_pb2 as pb
+from tests.helpers import trailing
 from tests.service.fake_engine import TOOL_ARGUMENTS, echo_of
 from tests.service.test_server_fake import SAFETY, harness  # noqa: F401  (the fixture)
 
@@ -39,10 +40,6 @@ def failure(harness, model: str = "tools", **fields) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         generate(harness, model, **fields)
     return info.value
-
-
-def trailing(error: grpc.RpcError) -> dict[str, str]:
-    return dict(error.trailing_metadata() or ())
 
 
 # --- the fields reach the engine --------------------------------------------------------------
@@ -138,18 +135,12 @@ BAD = [  # (id, fields of the request, error-param)
     ("tool name with a space", dict(tools=[weather("a"), weather("b"), weather("get weather")]), "tools[2].function.name"),
     ("tool name with a dot", dict(tools=[weather("a.b")]), "tools[0].function.name"),
     ("non-ASCII tool name", dict(tools=[weather("météo")]), "tools[0].function.name"),
-    ("duplicate tool names", dict(tools=[weather("f"), weather("g"), weather("f")]), "tools[2].function.name"),
     ("long description", dict(tools=[weather(description="d" * (limits.MAX_DESCRIPTION_CHARS + 1))]),
      "tools[0].function.description"),
     ("long parameters", dict(tools=[weather(parameters_json=" " * TOO_LONG)]), "tools[0].function.parameters"),
     ("long json schema", dict(constraint=pb.Constraint(json_schema=" " * TOO_LONG)), "response_format"),
     ("long regex", dict(constraint=pb.Constraint(regex="a" * TOO_LONG)), "response_format"),
     ("long lark", dict(constraint=pb.Constraint(lark="a" * TOO_LONG)), "response_format"),
-    ("required without tools", dict(tool_choice=pb.ToolChoice(mode=pb.ToolChoice.MODE_REQUIRED)), "tool_choice"),
-    ("function without tools", dict(tool_choice=pb.ToolChoice(mode=FUNCTION, function_name="f")), "tool_choice"),
-    ("function not among the tools", dict(tools=[weather()], tool_choice=pb.ToolChoice(mode=FUNCTION,
-                                                                                        function_name="other")),
-     "tool_choice"),
     ("function without a name", dict(tools=[weather()], tool_choice=pb.ToolChoice(mode=FUNCTION)), "tool_choice"),
     ("unknown tool choice mode", dict(tools=[weather()], tool_choice=pb.ToolChoice(mode=7)), "tool_choice"),
     ("call without an id", dict(messages=calling(pb.ToolCall(name="f", arguments_json="{}"))),
@@ -180,6 +171,8 @@ BAD = [  # (id, fields of the request, error-param)
 ]
 
 
+# Duplicate tool names and a tool_choice naming no tool are the engine's rules, checked once
+# for every caller (tests/unit/test_call_collector.py::test_tool_rules_name_the_field).
 @pytest.mark.parametrize("fields, param", [case[1:] for case in BAD], ids=[case[0] for case in BAD])
 def test_out_of_bounds_is_invalid_argument_naming_the_field(harness, fields, param):
     error = failure(harness, **fields)

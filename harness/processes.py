@@ -1,6 +1,6 @@
 """Start and stop the real processes: the inference service, the REST edge on gunicorn, or
 any HTTP server (the benchmark's peer). Plain Python, no pytest: used by tests/conftest.py
-(which turns a RuntimeError into pytest.fail) and by bench/.
+(which turns a RuntimeError into pytest.fail) and by bench/, neither importing the other.
 
 Every process gets its own session (process group), so ``stop_process`` ends it with its
 children (gunicorn's workers). Every wait is bounded; a process that exits or does not become
@@ -15,13 +15,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 import grpc
 import httpx
+
+from harness.polling import NeverHappened, eventually
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_TAIL = 4000  # characters of a failed process's log quoted in the error
@@ -96,19 +97,16 @@ def _spawn(argv: Sequence[str], log_path: Path, env: dict | None = None) -> subp
 
 def wait_until(running: P, ready: Callable[[], bool], what: str, timeout: float) -> P:
     """Polls ``ready`` until true; stops the process and raises if it exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if running.process.poll() is not None:
-            problem = f"{what} exited with {running.process.returncode}"
-        elif ready():
-            return running
-        elif time.monotonic() > deadline:
-            problem = f"{what} not ready after {timeout:.0f} s"
-        else:
-            time.sleep(0.2)
-            continue
+    def exited():
+        code = running.process.poll()
+        return None if code is None else f"exited with {code}"
+
+    try:
+        eventually(ready, what, timeout=timeout, interval=0.2, give_up=exited)
+    except NeverHappened as problem:
         stop_process(running.process)
-        raise RuntimeError(f"{problem}; {running.log_path}:\n{running.log()[-LOG_TAIL:]}")
+        raise RuntimeError(f"{problem}; {running.log_path}:\n{running.log()[-LOG_TAIL:]}") from None
+    return running
 
 
 def _serving(address: str) -> bool:

@@ -2,11 +2,11 @@
 
 A field we accept is a field we honour (or one that cannot change the answer, type-checked as
 OpenAI's reference types it); anything else is a 400 naming it. :data:`TABLES` says, per route,
-every accepted field and where it comes from (OpenAI, llama.cpp's server, vLLM); the README's
-field tables are made from it (``python -m rest_edge.fields``). Fields that other servers define
-and we do not implement are in :data:`REFUSED` (a 400 unless they hold their neutral value, which
-clients such as llama.cpp's web UI send), and a field nobody here knows is a 400 too, as OpenAI's
-own API answers ("Unrecognized request argument supplied").
+every accepted field and where it comes from (OpenAI, llama.cpp's server, vLLM); the field
+tables of docs/apis.md are made from it (``python -m rest_edge.field_tables``). Fields that
+other servers define and we do not implement are in :data:`REFUSED` (a 400 unless they hold
+their neutral value, which clients such as llama.cpp's web UI send), and a field nobody here
+knows is a 400 too, as OpenAI's own API answers ("Unrecognized request argument supplied").
 
 This module reads the fields that :mod:`rest_edge.requests` does not: llama.cpp's (``grammar``,
 ``json_schema``, ``n_predict``, ``repeat_penalty`` with ``penalty_last_n``, ``n_probs``,
@@ -442,7 +442,7 @@ def json_object_schema(fmt: dict) -> Optional[pb.Constraint]:
                          param="response_format.schema")
 
 
-# --- the README's tables ----------------------------------------------------------------------
+# --- the tables of docs/apis.md -------------------------------------------------------------
 
 def markdown() -> str:
     out = []

@@ -1,4 +1,4 @@
-"""The routes' field tables (rest_edge.fields): llama.cpp's and vLLM's fields become the
+"""The routes' field tables (rest_edge.field_tables): llama.cpp's and vLLM's fields become the
 GenerateRequest they ask for, OpenAI's inert fields are type-checked, everything else is a 400
 naming it. Pure parsing; the real model's answers are in tests/e2e/test_other_servers_fields.py."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from inference_service.v1 import inference_pb2 as pb
-from rest_edge import fields
+from rest_edge import field_tables as fields
 from rest_edge.errors import RequestError
 from rest_edge.requests import chat_request, completion_request
 
@@ -192,5 +192,5 @@ def test_proto_constraint_param_round_trips():
 def test_the_readme_shows_the_tables_as_they_are():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    assert fields.markdown() in readme, "README.md's field tables drifted: paste `python -m rest_edge.fields`"
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "apis.md").read_text(encoding="utf-8")
+    assert fields.markdown() in readme, "docs/apis.md's field tables drifted: paste `python -m rest_edge.field_tables`"

@@ -8,11 +8,11 @@ BUF    := .tools/node_modules/.bin/buf
 GRPC_ADDRESS ?= 127.0.0.1:50051
 EDGE_BIND    ?= 127.0.0.1:8000
 
-.PHONY: run test setup model test-models proto docs-settings lint-proto bench bench-slots bench-contention bench-engines bench-structured bench-cluster bench-chat soak clean help
+.PHONY: run test setup model test-models browser proto docs-settings lint-proto bench bench-slots bench-contention bench-engines bench-structured bench-cluster bench-chat soak clean help
 
 help:
 	@echo "make run     set up, pull the default model, start the gRPC service ($(GRPC_ADDRESS)) and the edge ($(EDGE_BIND))"
-	@echo "make test    set up and run every test (proto lint, stub drift, unit, gRPC, end to end)"
+	@echo "make test    set up and run every test (proto lint, stub drift, unit, gRPC, end to end, a headless Chromium)"
 	@echo "make bench   benchmark in-process / gRPC / edge / llama-cpp-python (our harness + NVIDIA aiperf), table + bench/results/bench.png"
 	@echo "make soak    16 hostile clients for 2 minutes: failures, RSS/Pss_Anon against the memory bound, idle CPU after"
 	@echo "make bench-contention   decode tok/s quiet vs one busy process beside: ours adaptive/fixed, llama-server -t 2/-t 1"
@@ -50,6 +50,15 @@ run: setup model
 	trap 'kill -TERM $$service $$edge 2>/dev/null; wait' INT TERM; \
 	wait -n; kill -TERM $$service $$edge 2>/dev/null; wait
 
+# Debian's Chromium for the browser test (tests/e2e/test_browser.py drives it over its DevTools
+# pipe: no driver, no browser download); nothing to do when one is on PATH or CHROMIUM is set.
+browser:
+	@if [ -z "$$CHROMIUM" ] && ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the browser test"; \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+
 # Regenerates inference_service/v1/*_pb2*.py from the proto (the stubs are committed).
 proto: setup
 	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. \
@@ -68,7 +77,7 @@ lint-proto: $(BUF)
 	$(BUF) format --diff --exit-code
 	$(BUF) breaking --against '$(BUF_AGAINST)'
 
-test: setup model test-models lint-proto
+test: setup model test-models browser lint-proto
 	$(PY) -m pytest
 
 bench: setup model

@@ -49,6 +49,8 @@ def request_from_proto(message: pb.GenerateRequest) -> GenerationRequest:
         top_k=_optional(message, "top_k", defaults.top_k),
         min_p=_optional(message, "min_p", defaults.min_p),
         repetition_penalty=_optional(message, "repetition_penalty", defaults.repetition_penalty),
+        penalty_last_n=_optional(message, "penalty_last_n", defaults.penalty_last_n),
+        typical_p=_optional(message, "typical_p", defaults.typical_p),
         frequency_penalty=_optional(message, "frequency_penalty", defaults.frequency_penalty),
         presence_penalty=_optional(message, "presence_penalty", defaults.presence_penalty),
         seed=_optional(message, "seed", None),
@@ -102,9 +104,10 @@ def constraint_from_proto(message: pb.Constraint) -> Optional[Constraint]:
     kind = message.WhichOneof("kind")
     if kind is None or (kind == "json_object" and not message.json_object):
         return None
+    param = message.param or "response_format"
     if kind == "json_object":
-        return Constraint("json_object")
-    return Constraint(kind, getattr(message, kind))
+        return Constraint("json_object", param=param)
+    return Constraint(kind, getattr(message, kind), param=param)
 
 
 def tool_from_proto(message: pb.Tool) -> Tool:

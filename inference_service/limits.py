@@ -76,7 +76,11 @@ RANGES: dict[str, Range] = {
     "repetition_penalty": Range(0.0, 10.0, low_open=True),
     "frequency_penalty": Range(-2.0, 2.0),  # OpenAI's range
     "presence_penalty": Range(-2.0, 2.0),  # OpenAI's range
+    # Locally typical sampling (llama.cpp's typical_p, Hugging Face's typical_p); 1 is off.
+    "typical_p": Range(0.0, 1.0, low_open=True),
 }
+# ``penalty_last_n``: the window of the repetition penalty (llama.cpp's); -1 all tokens, 0 off.
+PENALTY_LAST_N_RANGE = (-1, 2**31 - 1)
 
 LOGIT_BIAS_LIMIT = 100.0  # ``logit_bias`` values: -100 to 100 (OpenAI's bound)
 LOGIT_BIAS_RANGE = Range(-LOGIT_BIAS_LIMIT, LOGIT_BIAS_LIMIT)
@@ -114,13 +118,52 @@ MAX_TOP_LOGPROBS = 20  # ``top_logprobs`` (chat) / ``logprobs`` (completions)
 # 32768 tokens is more than the context of any embedding model we know of (the long ones,
 # nomic-embed and bge-m3, stop at 8192) and than the ``--context-length`` we run with; 131072
 # characters is 32768 tokens at 4 characters a token, about what English prose averages. A
-# request also travels whole through the edge's body limit (1 MiB by default) and gRPC's message
-# limit (4 MiB), which bound the sum of its inputs.
+# request also travels whole through the edge's body limit (1 MiB by default), which bounds the
+# sum of its inputs, and gRPC's message limit (below).
 
 MAX_EMBEDDING_INPUTS = 2048  # texts or token arrays in one request
 MAX_EMBEDDING_INPUT_CHARS = 131_072  # characters of one text
 MAX_EMBEDDING_INPUT_TOKENS = 32_768  # token ids of one token array
 MAX_TOKEN_ID = 2**31 - 1  # token ids travel as int32; the model's vocabulary bounds them further
+
+# --- gRPC messages ----------------------------------------------------------------------------
+#
+# Every size the API allows must pass between the edge and the service: the biggest message is
+# the answer to the most inputs an embedding request may have, each a vector of the longest
+# dimension a model we serve has (float32, 4 bytes a value, plus a few bytes of framing per
+# vector). gRPC's default receive limit (4 MiB) held 2048 vectors of only 512 dimensions. The
+# service's server and every channel of the edge use GRPC_MESSAGE_OPTIONS; a request whose
+# answer would still not fit (a model with more dimensions) is refused before any work
+# (:func:`embedding_answer_problem`). Requests are far smaller: the edge's body limit bounds
+# them, and a prompt is bounded by the model's context.
+
+MAX_EMBEDDING_DIMENSIONS = 8192  # the widest vectors served at 2048 inputs (llama-70B-sized models)
+_VECTOR_FRAMING_BYTES = 16  # an Embedding's tag and lengths, generously
+_MESSAGE_FRAMING_BYTES = 4096  # the rest of an EmbedResponse (prompt_tokens, model name)
+
+
+def embedding_answer_bytes(inputs: int, dimensions: int) -> int:
+    """An upper bound of the bytes of the EmbedResponse of ``inputs`` vectors of ``dimensions``."""
+    return inputs * (4 * dimensions + _VECTOR_FRAMING_BYTES) + _MESSAGE_FRAMING_BYTES
+
+
+MAX_MESSAGE_BYTES = embedding_answer_bytes(MAX_EMBEDDING_INPUTS, MAX_EMBEDDING_DIMENSIONS)  # 64.0 MiB + framing
+# Channel/server options for every gRPC channel of the edge and the service's server.
+GRPC_MESSAGE_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+)
+
+
+def embedding_answer_problem(inputs: int, dimensions: int) -> Optional[str]:
+    """Why the answer to ``inputs`` vectors of ``dimensions`` cannot be sent, else None."""
+    size = embedding_answer_bytes(inputs, dimensions)
+    if size <= MAX_MESSAGE_BYTES:
+        return None
+    most = max(1, (MAX_MESSAGE_BYTES - _MESSAGE_FRAMING_BYTES) // (4 * dimensions + _VECTOR_FRAMING_BYTES))
+    return (f"Invalid 'input': {inputs} vectors of {dimensions} dimensions would be a {size}-byte answer, more than "
+            f"the {MAX_MESSAGE_BYTES} bytes one answer may have; send at most {most} inputs per request.")
+
 
 # --- structured outputs and tool calling -----------------------------------------------------
 #

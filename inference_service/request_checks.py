@@ -77,8 +77,9 @@ def check_tool_fields(request: pb.GenerateRequest) -> None:
     grammar compiles is the engine's to say. Protobuf already refused invalid UTF-8.
     """
     kind = request.constraint.WhichOneof("kind")
-    if kind in ("json_schema", "regex", "lark"):
-        _bounded(getattr(request.constraint, kind), limits.MAX_SCHEMA_CHARS, "response_format")
+    if kind in ("json_schema", "regex", "lark", "gbnf"):
+        _bounded(getattr(request.constraint, kind), limits.MAX_SCHEMA_CHARS,
+                 request.constraint.param[:limits.MAX_PARAM_CHARS] or "response_format")
     if len(request.tools) > limits.MAX_TOOLS:
         raise InvalidRequest(f"tools takes at most {limits.MAX_TOOLS} tools, got {len(request.tools)}", "tools")
     for i, tool in enumerate(request.tools):

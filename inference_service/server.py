@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from inference_service import convert
+from inference_service import convert, limits
 from inference_service.call_log import GenerateLog, GenerateObserver, GenerateTiming, for_log, request_id_of
 from inference_service.engine.loading import LoadingEngine
 from inference_service.engine.types import InferenceEngine
@@ -209,7 +209,7 @@ def create_server(
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=[("grpc.so_reuseport", 0), *KEEPALIVE_SERVER_OPTIONS],
+        options=[("grpc.so_reuseport", 0), *KEEPALIVE_SERVER_OPTIONS, *limits.GRPC_MESSAGE_OPTIONS],
         maximum_concurrent_rpcs=max_workers,
         interceptors=[RejectUndecodableRequests()],
     )

@@ -50,6 +50,9 @@ ENVIRONMENT_ONLY = (
     ("EDGE_ROUTING", "prefix-affinity", "how calls are spread over replicas: prefix-affinity, least-loaded or "
                                         "round-robin"),
     ("EDGE_API_KEYS", "none", "comma-separated keys; when set, /v1/* needs `Authorization: Bearer KEY`"),
+    ("EDGE_CORS_ORIGINS", "none (loopback origins only)", "origins besides loopback ones whose pages may call the "
+                                                          "edge from a browser: comma-separated, `*` matches any "
+                                                          "characters"),
     ("EDGE_WORKER_TIMEOUT", "30", "seconds: gunicorn's hung-worker detector, not a request limit (a gthread worker "
                                   "heartbeats while its threads stream)"),
     ("EDGE_CHAT_STREAM", "reference", "reference (the chunks of the server this replaces) or openai (role only in the "

@@ -15,6 +15,8 @@ Settings (argument, else environment variable, else default):
 * ``request_timeout`` ``EDGE_REQUEST_TIMEOUT``   600 s (the gRPC deadline of a generation)
 * ``first_token_timeout`` ``EDGE_FIRST_TOKEN_TIMEOUT`` none (0); seconds a generation waits for
   its replica's first answer before it is moved to another replica
+* ``cors_origins``    ``EDGE_CORS_ORIGINS``      none besides loopback origins, which are always
+  allowed (comma-separated origin patterns, ``*`` for any; rest_edge.cors)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Iterable, Optional
 import falcon
 
 from inference_service.settings import SettingError, from_environment
-from rest_edge import errors, requests, responses, routing
+from rest_edge import cors, errors, requests, responses, routing
 from rest_edge.apis import anthropic_messages, ollama, openai_responses
 from rest_edge.apis.generation import AdapterGenerationResource, PromptTokensResource
 from rest_edge.auth import ApiKeyAuth
@@ -186,6 +188,7 @@ def create_app(
     max_body_bytes: Optional[int] = None,
     api_keys: Optional[Iterable[str]] = None,
     request_timeout: Optional[float] = None,
+    cors_origins: Optional[Iterable[str]] = None,
     first_token_timeout: Optional[float] = None,
     chat_stream: Optional[str] = None,
     metrics: bool = True,
@@ -205,7 +208,8 @@ def create_app(
         log.info("REST edge: inference service at %s (routing %s)", target, policy)
     _install_log_filter()
 
-    middleware: list = [RequestIdMiddleware()]
+    # CORS first: its response hook then sees every answer, an auth failure's included.
+    middleware: list = [cors.CorsMiddleware(cors.CorsPolicy(cors.resolve_origins(cors_origins))), RequestIdMiddleware()]
     if app_metrics is not None:
         middleware.append(MetricsMiddleware(app_metrics))
     if keys:

@@ -15,7 +15,8 @@ _GUARDED = ("/v1", "/api")
 
 
 class ApiKeyAuth:
-    """Falcon middleware; /health and /metrics stay open (probes and scrapers)."""
+    """Falcon middleware; /health and /metrics stay open (probes and scrapers), and so does
+    ``OPTIONS`` (a browser's CORS preflight never carries a key; it runs nothing)."""
 
     def __init__(self, keys: Iterable[str]):
         self._keys = [k.encode("utf-8") for k in keys if k]
@@ -29,7 +30,7 @@ class ApiKeyAuth:
         return found
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not self._keys or not any(req.path == p or req.path.startswith(p + "/") for p in _GUARDED):
+        if not self._keys or req.method == "OPTIONS" or not any(req.path == p or req.path.startswith(p + "/") for p in _GUARDED):
             return
         header = req.get_header("Authorization") or ""
         scheme, _, token = header.strip().partition(" ")

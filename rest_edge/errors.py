@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -139,14 +140,43 @@ def _metadata_value(metadata: Optional[Sequence[Any]], key: str) -> Optional[str
     return None
 
 
+# gRPC's own message-size refusal ("Received message larger than max (4730897 vs. 4194304)",
+# on either side): the request or its answer exceeds a channel's limit. Not "busy": a retry
+# would fail the same way.
+_MESSAGE_TOO_LARGE = re.compile(r"(Received|Sent) message larger than max \((\d+) vs\. (\d+)\)")
+# Details that come from gRPC's library rather than the service (whose messages are ours).
+_GRPC_WORDING = re.compile(r"grpc|Stream removed|Socket closed|CLIENT:|SERVER:|RST_STREAM|HTTP/2|"
+                           r"Concurrent RPC limit|Deadline Exceeded|Received message larger", re.IGNORECASE)
+_BUSY = "The inference service is busy; retry later."
+_REFUSED = "The inference service refused the request."
+
+
+def _too_large(details: str) -> Optional[RequestError]:
+    match = _MESSAGE_TOO_LARGE.search(details)
+    if match is None:
+        return None
+    log.error("inference RPC failed: message too large: %s", details)
+    size, limit = int(match.group(2)), int(match.group(3))
+    return RequestError(413, f"The request is too large to serve: it needs a {size}-byte message between the "
+                             f"edge and the inference service, whose limit is {limit} bytes. Send less per "
+                             "request (fewer or shorter inputs).", code="request_too_large")
+
+
 def from_grpc(
     code: Optional[grpc.StatusCode],
     details: Optional[str],
     trailing_metadata: Optional[Sequence[Any]] = None,
 ) -> RequestError:
-    """The RequestError for a failed RPC: status, type, code, param per the table."""
+    """The RequestError for a failed RPC: status, type, code, param per the table.
+
+    No wording of gRPC's own reaches the client: a message-size refusal is a 413 naming the
+    limit, any other detail that gRPC's library wrote (not the service) becomes our message.
+    """
     if code is None:
         code = grpc.StatusCode.UNKNOWN
+    too_large = _too_large(details or "")
+    if too_large is not None:
+        return too_large
     mapping = GRPC_TO_HTTP.get(code) or GRPC_TO_HTTP[grpc.StatusCode.UNKNOWN]
     status = mapping.http_status
     param = _metadata_value(trailing_metadata, PARAM_METADATA_KEY) or _DEFAULT_PARAM.get(code)
@@ -156,9 +186,12 @@ def from_grpc(
         else:
             log.error("inference RPC failed: %s: %s", code.name, details)
         message = mapping.generic_message
+    elif not details or _GRPC_WORDING.search(details):
+        log.warning("inference RPC failed with gRPC's own details: %s: %s", code.name, details)
+        message = _BUSY if code is grpc.StatusCode.RESOURCE_EXHAUSTED else _REFUSED
     else:
         # The service bounds its messages; a peer that does not is cut here.
-        message = clip_utf8(details, MAX_DETAILS_BYTES) if details else code.name.replace("_", " ").lower()
+        message = clip_utf8(details, MAX_DETAILS_BYTES)
     headers = {}
     if status == 429:
         headers["Retry-After"] = _metadata_value(trailing_metadata, RETRY_AFTER_METADATA_KEY) or DEFAULT_RETRY_AFTER

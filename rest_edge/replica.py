@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from inference_service import limits
 from inference_service.v1 import inference_pb2 as pb
 from inference_service.v1 import inference_pb2_grpc as pb_grpc
 
@@ -57,6 +58,8 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Every size the API allows: 2,048 embeddings of the widest model (limits.MAX_MESSAGE_BYTES).
+    *limits.GRPC_MESSAGE_OPTIONS,
 )
 
 # Replica states.

@@ -45,6 +45,7 @@ from rest_edge.apis.fields import (  # noqa: F401  (parse_json_body and the boun
     type_error as _type_error,
     unsupported as _unsupported,
 )
+from rest_edge import field_tables
 from rest_edge.apis import tools as apis_tools
 from rest_edge.errors import invalid
 
@@ -96,10 +97,6 @@ _NOT_IMPLEMENTED: dict[str, tuple[object, str]] = {
     "add_generation_prompt": (True, "the assistant's turn is always opened"),
     "continue_final_message": (False, "continuing the final message is not supported"),
     "chat_template": (None, "the model's own chat template is always used"),
-    "guided_json": (None, "guided decoding is not supported"),
-    "guided_regex": (None, "guided decoding is not supported"),
-    "guided_choice": (None, "guided decoding is not supported"),
-    "guided_grammar": (None, "guided decoding is not supported"),
     "modalities": (["text"], "only text output is supported"),
     "audio": (None, "audio output is not supported"),
     "prediction": (None, "predicted outputs are not supported"),
@@ -290,7 +287,8 @@ def completion_request(body: dict, request_id: str = "") -> ParsedRequest:
         req.logprobs = True
         req.top_logprobs = logprobs
     stream, include_usage = _common(body, req)
-    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs is not None)
+    _other_fields(body, req, field_tables.COMPLETIONS, chat=False)
+    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs is not None or req.logprobs)
 
 
 # --- /v1/chat/completions -----------------------------------------------------------------
@@ -440,7 +438,7 @@ def _constraint(body: dict) -> Optional[pb.Constraint]:
     if kind == "text":
         return None
     if kind == "json_object":
-        return pb.Constraint(json_object=True)
+        return field_tables.json_object_schema(fmt) or pb.Constraint(json_object=True)
     if kind == "json_schema":
         spec = _object_at(fmt, "json_schema", "response_format.json_schema")
         _function_name(spec.get("name"), "response_format.json_schema.name")
@@ -585,7 +583,8 @@ def chat_request(body: dict, request_id: str = "") -> ParsedRequest:
         req.logprobs = True
         req.top_logprobs = top_logprobs or 0
     stream, include_usage = _common(body, req)
-    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs,
+    _other_fields(body, req, field_tables.CHAT, chat=True)
+    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs or req.logprobs,
                          render_options={"reasoning_field": _reasoning_fields(body, req)})
 
 
@@ -624,6 +623,13 @@ def _reasoning_fields(body: dict, req: pb.GenerateRequest) -> str:
                       f"got {limits.quote(reasoning_format)}.", param="reasoning_format", code="invalid_value")
     return REASONING_FORMATS[reasoning_format]
 
+
+def _other_fields(body: dict, req: pb.GenerateRequest, table: dict, *, chat: bool) -> None:
+    """The route's field table (rest_edge.field_tables): unknown fields, OpenAI's inert ones,
+    llama.cpp's and vLLM's."""
+    field_tables.check_known(body, table)
+    field_tables.check_inert(body)
+    field_tables.apply_generation_fields(body, req, chat=chat)
 
 
 # --- /v1/embeddings -----------------------------------------------------------------------
@@ -713,6 +719,8 @@ def embedding_request(body: dict, request_id: str = "") -> ParsedEmbedding:
     """
     model = _required_str(body, "model", limits.MAX_MODEL_CHARS)
     inputs = _embedding_inputs(body)
+    field_tables.check_known(body, field_tables.EMBEDDINGS)
+    field_tables.check_inert(body)
     encoding_format = body.get("encoding_format")
     if encoding_format is None:
         encoding_format = "float"

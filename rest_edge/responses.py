@@ -133,7 +133,8 @@ def chat_logprobs(entries: Iterable[pb.TokenLogprob]) -> dict:
                 ],
             }
             for lp in entries
-        ]
+        ],
+        "refusal": None,  # OpenAI's schema has it beside content (nullable); these models never refuse apart
     }
 
 

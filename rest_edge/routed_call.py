@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional, Protocol
 
 import grpc
 
+from inference_service.limits import RETRY_AFTER_METADATA_KEY
 from inference_service.v1 import inference_pb2 as pb
 
 from rest_edge import errors
@@ -76,6 +77,10 @@ class Attempt:
         if not self._released:
             self._released = True
             self.router.release(self.replica, self.model)
+
+
+def _says_retry_after(err: grpc.RpcError) -> bool:
+    return any(key == RETRY_AFTER_METADATA_KEY for key, _ in (rpc_attr(err, "trailing_metadata") or ()))
 
 
 class _RoutedCall:
@@ -193,8 +198,8 @@ class _RoutedCall:
         elif code in VANISHED or code is grpc.StatusCode.CANCELLED:  # a CANCELLED we did not ask for
             reason = "unavailable"
             self._router.suspect(replica, f"{code.name}: {rpc_attr(err, 'details')}")
-        elif code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-            reason = "full"
+        elif code is grpc.StatusCode.RESOURCE_EXHAUSTED and _says_retry_after(err):
+            reason = "full"  # a full queue; a message over the size limit would be refused anywhere
             self._router.refused(replica, self._model)
         else:
             return False

@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from inference_service import limits
 from inference_service.engine.chat_template import FALLBACK_TEMPLATES, ChatTemplate
 from inference_service.engine.cpu_budget import shared_budget
 from inference_service.engine.engine_choice import GGUFIdentity, choose_engine, llama_cpp_available
@@ -352,9 +353,13 @@ class Engine(InferenceEngine):
               cancelled: threading.Event | None = None) -> EmbeddingResult:
         """One unit-length vector per input (text, or token ids), pooled as the model says."""
         model = self.model(model_name)
-        embedder, tokenizer = model.embedder()
         if not inputs:
             raise InvalidRequest("input must not be empty", "input")
+        if model.can_embed:  # else embedder() says why not
+            too_big = limits.embedding_answer_problem(len(inputs), model.identity.embedding_length)
+            if too_big is not None:
+                raise InvalidRequest(too_big, "input")
+        embedder, tokenizer = model.embedder()
         sequences: list[list[int]] = []
         for i, item in enumerate(inputs):
             param = f"input[{i}]" if len(inputs) > 1 else "input"
@@ -378,7 +383,10 @@ class Engine(InferenceEngine):
                     f"This model's maximum context length is {model.context_length} tokens. However, {param} "
                     f"has {len(ids)} tokens. Please reduce the length of the input.", param=param)
             sequences.append(ids)
-        vectors = embedder.embed(sequences, cancelled)
+        # The budget of each moment (adaptive: fewer threads while other processes take our
+        # cores; a spinning thread pool on a taken core made 256 embeddings 25x slower).
+        budget = shared_budget(model.config.threads, model.config.thread_policy)
+        vectors = embedder.embed(sequences, cancelled, threads=budget.threads)
         return EmbeddingResult(
             vectors=tuple(tuple(vector.tolist()) for vector in vectors),
             prompt_tokens=sum(map(len, sequences)),
@@ -548,7 +556,7 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
         generated_ids.append(token_id)
         counters.add("tokens_generated")
         pending_ids.append(token_id)
-        if sampling.logprobs:
+        if sampling.logprobs and calls is None:  # logprobs cover content only, never calls
             pending_logprobs.append(_token_logprob(tokenizer, sampled))
         if calls is not None:  # inside tool calls: whole calls go out, never their markup
             call_ids.append(token_id)
@@ -569,6 +577,8 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
                 if after_marker is None:
                     finish_reason = "stop"
                     break
+                # The marker's tokens are no content: only tokens that begin before it keep logprobs.
+                del pending_logprobs[_tokens_starting_within(tokenizer, pending_ids, len(text.encode("utf-8"))):]
                 # The model opened a tool call: the text so far is the content; the call's
                 # grammar constrains the rest, starting from what followed the marker.
                 guide = model.grammar.get().guide(plan.grammar_after_marker)
@@ -617,6 +627,17 @@ def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGe
         finish_reason=finish_reason,
         usage=Usage(prompt_tokens=len(prompt), completion_tokens=generated, cached_prompt_tokens=reused),
     )
+
+
+def _tokens_starting_within(tokenizer: TextTokenizer, token_ids: Sequence[int], n_bytes: int) -> int:
+    """How many of ``token_ids`` (whose text follows what was already sent) begin within the
+    first ``n_bytes`` bytes of their text."""
+    offset = 0
+    for k, token_id in enumerate(token_ids):
+        if offset >= n_bytes:
+            return k
+        offset += len(tokenizer.token_bytes(token_id))
+    return len(token_ids)
 
 
 def _text_after_marker(generated: str, stops: Sequence[str]) -> str | None:

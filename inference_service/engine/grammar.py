@@ -104,11 +104,24 @@ def constraint_grammar(constraint: Constraint) -> str:
     if constraint.kind == "json_object":
         return LLMatcher.grammar_from_json_schema(_ANY_JSON_OBJECT, defaults=JSON_LAYOUT)
     if constraint.kind == "json_schema":
-        return LLMatcher.grammar_from_json_schema(_json_object(constraint.source, "response_format"),
+        return LLMatcher.grammar_from_json_schema(_json_object(constraint.source, constraint.param),
                                                   defaults=JSON_LAYOUT)
     if constraint.kind == "regex":
         return LLMatcher.grammar_from_regex(constraint.source)
+    if constraint.kind == "gbnf":
+        return LLMatcher.grammar_from_lark(_gbnf_as_lark(constraint.source, constraint.param))
     return LLMatcher.grammar_from_lark(constraint.source)
+
+
+def _gbnf_as_lark(text: str, param: str) -> str:
+    """llama.cpp's GBNF as llguidance's Lark (llguidance's own converter)."""
+    from llguidance.gbnf_to_lark import gbnf_to_lark
+
+    try:
+        return gbnf_to_lark(text)
+    except Exception as exc:  # noqa: BLE001 - the converter raises plain exceptions on bad GBNF
+        reason = clip_utf8(str(exc).strip() or type(exc).__name__, _MAX_REASON_BYTES)
+        raise InvalidRequest(f"{param} is not a valid GBNF grammar: {reason}", param) from None
 
 
 def _json_object(text: str, param: str) -> str:

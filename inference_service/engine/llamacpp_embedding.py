@@ -14,32 +14,38 @@ for them the embedder asks for ``mean`` (the average of the token states, llama-
 and most servers' choice) and ``pooling_fallback`` says so. ``rank`` (rerankers: a relevance
 score, not a vector) is refused.
 
-Batching. Several sequences go into one ``llama_decode``, each under its own sequence id,
-while they fit ``max_batch_tokens`` and ``max_sequences``; the memory is cleared before each
-batch. llama.cpp pools per micro-batch, so:
+Batching. One sequence per ``llama_decode``, the memory cleared before each: a vector must
+not depend on what else was in its request or in the requests beside it (clients dedupe and
+cache by vector). Packing several sequences into one decode, each under its own sequence id in
+one KV cache, changes the order in which llama.cpp sums a sequence's attention and its pooled
+mean (both run over every cell of the batch, a sequence's values landing in other SIMD lanes
+at another offset): four copies of one text in one batch came out bit-identical but for one,
+off by 1e-3 (and others by 3e-8). Alone, a sequence is computed the same way whatever surrounds
+it: identical text, identical vector, in any position, under any load. The cost (weights read
+once per sequence instead of once per batch) was 1.4x on 256 short texts of the default model.
+
+llama.cpp pools per micro-batch, so:
 
 * causal models (decoders: every generation model) decode in micro-batches of
-  ``max_batch_tokens``; a sequence longer than that is decoded alone, in chunks that continue
-  its positions and cache, and its chunks' pooled states are combined (``mean``: averaged,
-  weighted by their token counts, which is the mean over the whole sequence; ``last``: the last
-  chunk's; ``cls``: the first's). Memory stays that of ``max_batch_tokens`` per step (llama.cpp
-  computes the vocabulary logits of every token of an embedding batch, 4 bytes x vocabulary x
-  tokens: 96 MiB for 512 tokens of a 49k vocabulary) plus the KV cache of ``context_length``.
+  ``max_batch_tokens``; a sequence longer than that is decoded in chunks that continue its
+  positions and cache, and its chunks' pooled states are combined (``mean``: averaged, weighted
+  by their token counts, which is the mean over the whole sequence; ``last``: the last chunk's;
+  ``cls``: the first's). A sequence is always chunked the same way (the micro-batch is fixed),
+  so chunking leaves it deterministic too. Memory stays that of ``max_batch_tokens`` per step
+  (llama.cpp computes the vocabulary logits of every token of an embedding batch, 4 bytes x
+  vocabulary x tokens: 96 MiB for 512 tokens of a 49k vocabulary) plus the KV cache of
+  ``context_length``.
 * non-causal models (BERT-like embedders, whose every token sees every other) need a whole
   sequence in one micro-batch: their micro-batch is ``context_length``.
 
-Batching and numbers. A vector should not depend on what else was in its batch. With
-llama.cpp's CPU flash attention it does: on the default model, a sequence packed with five
-others came out at cosine 0.9994 (max abs difference 0.008) of itself embedded alone, and a
-sequence decoded in chunks of 16 tokens differed from itself decoded whole by 0.002. Without
-flash attention, chunked and whole agree to 6e-8, and the same packing gives identical vectors
-but for one, at cosine 0.99999 (max difference 0.001; presumably a matrix-product kernel chosen
-by batch size). So causal models run without flash attention. Their micro-batch is small
-(``max_batch_tokens``), so the attention matrix llama.cpp then materializes stays modest:
-micro-batch x cached tokens x heads x 4 bytes (9 MiB for 512 tokens on the default model, 72 MiB
-for the last chunk of a 4096-token input; measured resident memory after such an input: 484 MB
-against 444 MB with flash attention, the model's 152 MB included). Whole-sequence models keep
-llama.cpp's default (flash attention where supported): their micro-batch is the whole context.
+Numbers. With llama.cpp's CPU flash attention a sequence decoded in chunks of 16 tokens
+differed from itself decoded whole by 0.002; without it, by 6e-8. So causal models run
+without flash attention. Their micro-batch is small (``max_batch_tokens``), so the attention
+matrix llama.cpp then materializes stays modest: micro-batch x cached tokens x heads x 4 bytes
+(9 MiB for 512 tokens on the default model, 72 MiB for the last chunk of a 4096-token input;
+measured resident memory after such an input: 484 MB against 444 MB with flash attention, the
+model's 152 MB included). Whole-sequence models keep llama.cpp's default (flash attention where
+supported): their micro-batch is the whole context.
 
 Encoder-only models (``llama_model_has_encoder`` and not ``llama_model_has_decoder``, e.g.
 T5's encoder) run ``llama_encode``; every other model runs ``llama_decode`` (BERT-like models,
@@ -59,7 +65,7 @@ import ctypes
 import logging
 import threading
 import weakref
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -87,21 +93,18 @@ def _free_native(llama, state: dict) -> None:
 class LlamaCppEmbedder:
     """One embedding context over a loaded ``llama_model`` (see the module's docstring).
 
-    ``context_length`` is the longest sequence it embeds (and the KV cache a batch shares);
-    ``threads`` the compute threads; ``max_batch_tokens`` the most tokens one decode takes
-    (several short sequences share it); ``max_sequences`` the most sequences one decode takes
-    (rounded down to a power of two; ``max_batch_tokens`` of a causal model is then rounded down
-    to a multiple of it, see ``__init__``).
+    ``context_length`` is the longest sequence it embeds (and its KV cache); ``threads`` the
+    compute threads; ``max_batch_tokens`` the most tokens one decode of a causal model takes
+    (a longer sequence is decoded in chunks of that many).
 
     Attributes: ``dimensions`` (the vectors' length), ``pooling`` ("mean", "cls" or "last"),
     ``pooling_fallback`` (True when the model declared no pooling and "mean" was chosen),
     ``causal``, ``uses_encoder``, ``flash_attention``, ``context_length``, ``vocab_size``.
     """
 
-    def __init__(self, model, *, context_length: int, threads: int, max_batch_tokens: int = 512,
-                 max_sequences: int = 8):
-        if context_length < 1 or threads < 1 or max_batch_tokens < 1 or max_sequences < 1:
-            raise ValueError("context_length, threads, max_batch_tokens and max_sequences must be positive")
+    def __init__(self, model, *, context_length: int, threads: int, max_batch_tokens: int = 512):
+        if context_length < 1 or threads < 1 or max_batch_tokens < 1:
+            raise ValueError("context_length, threads and max_batch_tokens must be positive")
         llamacpp_runtime.initialize()
         llama = llamacpp_runtime.llama_cpp_module()
         self._llama = llama
@@ -116,6 +119,8 @@ class LlamaCppEmbedder:
             raise InvalidRequest("encoder-decoder models (T5) cannot compute embeddings here", "model")
         self.uses_encoder = bool(has_encoder and not has_decoder)
 
+        self._threads = threads
+        self._threads_now: Optional[Callable[[], int]] = None
         declared, self.causal = self._probe(threads)
         if declared == _RANK:
             raise InvalidRequest("this model is a reranker (pooling 'rank'): it scores pairs and has no "
@@ -123,20 +128,14 @@ class LlamaCppEmbedder:
         self.pooling_fallback = declared not in POOLING_NAMES
         pooling = _MEAN if self.pooling_fallback else declared
         self.pooling = POOLING_NAMES[pooling]
-        # llama.cpp reserves its graphs for a micro-batch rounded up to a multiple of n_seq_max
-        # while the outputs stay unrounded, and with mean pooling that mismatch aborts the process
-        # (GGML_ASSERT in build_pooling). So n_seq_max is a power of two (it then divides the
-        # context, which llama.cpp pads to a multiple of 256) and the micro-batch a multiple of it.
-        self._n_seq = _power_of_two_at_most(min(max_sequences, llama.llama_max_parallel_sequences(), 256))
         if self.uses_encoder or not self.causal:  # a whole sequence in one micro-batch
-            self._ubatch = -(-context_length // self._n_seq) * self._n_seq
+            self._ubatch = context_length
             self.flash_attention = True  # llama.cpp's choice: the attention matrix grows with context²
         else:  # chunks of max_batch_tokens
-            self._ubatch = max(self._n_seq, min(max_batch_tokens, context_length) // self._n_seq * self._n_seq)
-            self.flash_attention = False  # see the module's docstring: batching then leaves vectors alone
-        self._budget = min(self._ubatch, max_batch_tokens)  # tokens of several sequences packed together
+            self._ubatch = min(max_batch_tokens, context_length)
+            self.flash_attention = False  # see the module's docstring: chunks then leave vectors alone
 
-        params = self._params(context_length, self._ubatch, self._n_seq, pooling, threads)
+        params = self._params(context_length, self._ubatch, pooling, threads)
         if not self.flash_attention:
             params.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._state: dict = {}
@@ -150,20 +149,19 @@ class LlamaCppEmbedder:
         self._ctx, self._batch = ctx, self._state["batch"]
         if llama.llama_pooling_type(ctx) != pooling:  # never seen; a mismatch would be silent otherwise
             raise RuntimeError(f"llama.cpp pools with type {llama.llama_pooling_type(ctx)}, not {pooling}")
-        log.info("embedding context: %d dimensions, pooling %s%s, %s, context %d, micro-batch %d, %d sequences",
+        log.info("embedding context: %d dimensions, pooling %s%s, %s, context %d, micro-batch %d",
                  self.dimensions, self.pooling, " (the model declares none)" if self.pooling_fallback else "",
                  "encoder" if self.uses_encoder else ("causal" if self.causal else "non-causal"),
-                 context_length, self._ubatch, self._n_seq)
+                 context_length, self._ubatch)
 
     # --- construction -----------------------------------------------------------------------
 
-    def _params(self, n_ctx: int, n_ubatch: int, n_seq: int, pooling: int, threads: int):
+    def _params(self, n_ctx: int, n_ubatch: int, pooling: int, threads: int):
         params = self._llama.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_ubatch
         params.n_ubatch = n_ubatch
-        params.n_seq_max = n_seq
-        params.kv_unified = True  # one cache of n_ctx cells shared by the batch's sequences
+        params.n_seq_max = 1
         params.embeddings = True
         params.pooling_type = pooling
         params.n_threads = threads
@@ -174,7 +172,7 @@ class LlamaCppEmbedder:
         """The pooling the GGUF declares (as llama.cpp resolves it) and whether attention is causal."""
         llama = self._llama
         ctx = llama.llama_init_from_model(
-            self._model, self._params(_PROBE_CONTEXT, _PROBE_CONTEXT, 1, _UNSPECIFIED, threads))
+            self._model, self._params(_PROBE_CONTEXT, _PROBE_CONTEXT, _UNSPECIFIED, threads))
         if not ctx:
             raise RuntimeError("llama.cpp could not create an embedding context")
         try:
@@ -188,28 +186,28 @@ class LlamaCppEmbedder:
         """Compute threads for the next decodes (an adaptive thread policy may call this)."""
         with self._lock:
             if self._state.get("ctx") is not None:
+                self._threads = threads
                 self._llama.llama_set_n_threads(self._ctx, threads, threads)
 
-    def embed(self, sequences: Sequence[Sequence[int]],
-              cancelled: Optional[threading.Event] = None) -> list[np.ndarray]:
+    def embed(self, sequences: Sequence[Sequence[int]], cancelled: Optional[threading.Event] = None,
+              threads: Optional[Callable[[], int]] = None) -> list[np.ndarray]:
         """One unit-length float32 vector per sequence, in order.
 
         Raises ContextLengthExceeded (param "input") for a sequence longer than the context,
         InvalidRequest for an empty sequence or a token id outside the vocabulary, Cancelled
-        once ``cancelled`` is set (checked before each decode).
+        once ``cancelled`` is set (checked before each decode). ``threads``, when given, says
+        the compute threads before each decode (an adaptive policy's count: a request of
+        2,048 inputs outlives any one estimate); vectors do not depend on it.
         """
         checked = [self._check(i, seq) for i, seq in enumerate(sequences)]
         with self._lock:
             if self._state.get("ctx") is None:
                 raise RuntimeError("the embedder is closed")
-            out: list[Optional[np.ndarray]] = [None] * len(checked)
+            self._threads_now = threads
             try:
-                for group in self._batches(checked):
-                    for index, vector in self._embed_batch(group, checked, cancelled):
-                        out[index] = vector
+                return [self._embed_one(tokens, cancelled) for tokens in checked]
             finally:
                 self._clear()
-            return out  # type: ignore[return-value]
 
     def _check(self, i: int, seq: Sequence[int]) -> list[int]:
         tokens = [int(t) for t in seq]
@@ -226,32 +224,15 @@ class LlamaCppEmbedder:
                                  "input")
         return tokens
 
-    def _batches(self, sequences: list[list[int]]) -> list[list[int]]:
-        """Indexes of the sequences of each batch, in order: packed while they fit the budget;
-        a sequence longer than the budget has a batch of its own."""
-        batches: list[list[int]] = []
-        current: list[int] = []
-        used = 0
-        for index, tokens in enumerate(sequences):
-            n = len(tokens)
-            if current and (used + n > self._budget or len(current) >= self._n_seq):
-                batches.append(current)
-                current, used = [], 0
-            current.append(index)
-            used += n
-        if current:
-            batches.append(current)
-        return batches
-
-    def _embed_batch(self, group: list[int], sequences: list[list[int]],
-                     cancelled: Optional[threading.Event]) -> list[tuple[int, np.ndarray]]:
+    def _embed_one(self, tokens: list[int], cancelled: Optional[threading.Event]) -> np.ndarray:
+        """One sequence, alone in a cleared context (see "Batching" in the module's docstring)."""
         self._clear()
-        if len(group) == 1 and len(sequences[group[0]]) > self._ubatch:
-            return [(group[0], self._embed_long(sequences[group[0]], cancelled))]
+        if len(tokens) > self._ubatch:
+            return self._embed_long(tokens, cancelled)
         self._check_cancelled(cancelled)
-        self._fill([(seq_id, sequences[index], 0) for seq_id, index in enumerate(group)])
+        self._fill(tokens, 0)
         self._run()
-        return [(index, _unit(self._pooled(seq_id))) for seq_id, index in enumerate(group)]
+        return _unit(self._pooled())
 
     def _embed_long(self, tokens: list[int], cancelled: Optional[threading.Event]) -> np.ndarray:
         """A causal model's sequence longer than a micro-batch: chunks at continuing positions."""
@@ -261,9 +242,9 @@ class LlamaCppEmbedder:
         for start in range(0, len(tokens), self._ubatch):
             self._check_cancelled(cancelled)
             chunk = tokens[start:start + self._ubatch]
-            self._fill([(0, chunk, start)])
+            self._fill(chunk, start)
             self._run()
-            pooled = self._pooled(0)
+            pooled = self._pooled()
             if first is None:
                 first = pooled
             total += pooled.astype(np.float64) * len(chunk)
@@ -271,31 +252,33 @@ class LlamaCppEmbedder:
             return _unit(total / len(tokens))
         return _unit(first if self.pooling == "cls" else pooled)
 
-    def _fill(self, parts: list[tuple[int, list[int], int]]) -> None:
-        """Puts (sequence id, tokens, first position) parts into the batch; every token is an output."""
+    def _fill(self, tokens: list[int], position: int) -> None:
+        """Puts ``tokens`` (sequence 0, from ``position`` on) into the batch; every token is an output."""
         batch = self._batch
-        i = 0
-        for seq_id, tokens, position in parts:
-            for offset, token in enumerate(tokens):
-                batch.token[i] = token
-                batch.pos[i] = position + offset
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = seq_id
-                batch.logits[i] = 1
-                i += 1
-        batch.n_tokens = i
+        for offset, token in enumerate(tokens):
+            batch.token[offset] = token
+            batch.pos[offset] = position + offset
+            batch.n_seq_id[offset] = 1
+            batch.seq_id[offset][0] = 0
+            batch.logits[offset] = 1
+        batch.n_tokens = len(tokens)
 
     def _run(self) -> None:
+        if self._threads_now is not None:
+            n = max(1, int(self._threads_now()))
+            if n != self._threads:
+                self._threads = n
+                self._llama.llama_set_n_threads(self._ctx, n, n)
         run = self._llama.llama_encode if self.uses_encoder else self._llama.llama_decode
         code = run(self._ctx, self._batch)
         if code != 0:
             raise RuntimeError(f"llama.cpp failed to {'encode' if self.uses_encoder else 'decode'} an embedding "
                                f"batch of {self._batch.n_tokens} tokens (code {code})")
 
-    def _pooled(self, seq_id: int) -> np.ndarray:
-        pointer = self._llama.llama_get_embeddings_seq(self._ctx, seq_id)
+    def _pooled(self) -> np.ndarray:
+        pointer = self._llama.llama_get_embeddings_seq(self._ctx, 0)
         if not pointer:
-            raise RuntimeError(f"llama.cpp gave no pooled embedding for sequence {seq_id}")
+            raise RuntimeError("llama.cpp gave no pooled embedding")
         values = ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float))
         return np.ctypeslib.as_array(values, shape=(self.dimensions,)).astype(np.float32, copy=True)
 
@@ -321,10 +304,6 @@ class LlamaCppEmbedder:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _power_of_two_at_most(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:

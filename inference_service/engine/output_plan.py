@@ -49,7 +49,7 @@ def plan_output(request: GenerationRequest, grammar_tokenizer) -> OutputPlan:
     tokenizer: GrammarTokenizer = grammar_tokenizer()
     if request.constraint is not None:
         grammar = constraint_grammar(request.constraint)
-        tokenizer.check(grammar, "response_format")
+        tokenizer.check(grammar, request.constraint.param)
         return OutputPlan(grammar=grammar)
 
     check_tools(request.tools, request.tool_choice, request.tool_choice_name)

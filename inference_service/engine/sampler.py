@@ -5,7 +5,12 @@ generated tokens used by the penalties.  Pipeline per token::
 
     copy -> logit_bias -> repetition_penalty -> frequency/presence penalties
          -> (logprobs, from these processed logits)
-         -> greedy argmax  |  temperature -> top_k -> top_p -> min_p -> draw
+         -> greedy argmax  |  temperature -> top_k -> typical_p -> top_p -> min_p -> draw
+
+The repetition penalty covers every prompt and generated token, or with ``penalty_last_n``
+only the last that many (llama.cpp's window; 0 turns it off). ``typical_p`` keeps the tokens
+whose surprise is closest to the distribution's entropy until their mass exceeds it, as
+llama.cpp's typical sampler does (here on the temperature-scaled candidates).
 
 Greedy is temperature 0 or top_p 0 (keep only the most likely token, as llama.cpp's top_p keeps
 at least one). Parameters come validated (``inference_service.engine.validation`` applies the
@@ -73,6 +78,7 @@ class Sampler:
         self._top_k = params.top_k if 0 < params.top_k < vocab_size else 0
         self._top_p = params.top_p if params.top_p < 1.0 else 1.0
         self._min_p = params.min_p
+        self._typical_p = params.typical_p
         self._want_logprobs = params.logprobs or params.top_logprobs > 0
         self._n_top = min(params.top_logprobs, vocab_size)
 
@@ -95,6 +101,8 @@ class Sampler:
         self._seen_ids = np.empty(vocab_size, dtype=np.int32)
         self._n_seen_ids = 0
         prompt = np.asarray(prompt_token_ids, dtype=np.int64).reshape(-1)
+        # Every token in order, for a windowed repetition penalty (penalty_last_n > 0).
+        self._history: list[int] = [int(t) for t in prompt] if params.penalty_last_n > 0 else []
         if prompt.size:
             if prompt.min() < 0 or prompt.max() >= vocab_size:
                 raise ValueError("prompt token id out of range for the vocabulary")
@@ -115,6 +123,8 @@ class Sampler:
             self._generated_ids[self._n_generated_ids] = token_id
             self._n_generated_ids += 1
         self._counts[token_id] += 1
+        if self._params.penalty_last_n > 0:
+            self._history.append(token_id)
         if not self._seen[token_id]:
             self._seen[token_id] = True
             self._seen_ids[self._n_seen_ids] = token_id
@@ -148,8 +158,11 @@ class Sampler:
         if self._bias_ids is not None:
             x[self._bias_ids] += self._bias_values  # dict keys: no duplicate ids
 
-        if params.repetition_penalty != 1.0 and self._n_seen_ids:
-            ids = self._seen_ids[: self._n_seen_ids]
+        if params.repetition_penalty != 1.0 and self._n_seen_ids and params.penalty_last_n != 0:
+            if params.penalty_last_n > 0:
+                ids = np.unique(np.asarray(self._history[-params.penalty_last_n:], dtype=np.int64))
+            else:
+                ids = self._seen_ids[: self._n_seen_ids]
             values = x[ids]
             penalty = _F32(params.repetition_penalty)
             x[ids] = np.where(values > 0, values / penalty, values * penalty)
@@ -166,7 +179,7 @@ class Sampler:
         if self._inv_temperature != 1.0:
             x = x * _F32(self._inv_temperature)  # not in place: logprobs read x afterwards
 
-        if not self._top_k and self._top_p >= 1.0:
+        if not self._top_k and self._top_p >= 1.0 and self._typical_p >= 1.0:
             return self._draw_full_vocab(x)
 
         ids: Optional[np.ndarray] = None  # None: candidates are the whole vocabulary
@@ -178,6 +191,8 @@ class Sampler:
             return None
         probs = np.exp(z - z.max())
 
+        if self._typical_p < 1.0:
+            ids, probs = self._typical(ids, probs)
         if self._top_p < 1.0:
             ids, probs = self._nucleus(ids, probs)
         if self._min_p > 0.0:
@@ -216,6 +231,19 @@ class Sampler:
             return None
         return block * _BLOCK + index
 
+    def _typical(self, ids: Optional[np.ndarray], probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Locally typical candidates: by |surprise - entropy|, until their mass exceeds typical_p."""
+        p = probs.astype(_F64) / probs.sum(dtype=_F64)
+        with np.errstate(divide="ignore"):
+            surprise = -np.log(p)
+        present = p > 0
+        entropy = float(np.sum(p[present] * surprise[present]))
+        order = np.argsort(np.abs(surprise - entropy), kind="stable")
+        cumulative = np.cumsum(p[order])
+        keep = min(int(np.searchsorted(cumulative, self._typical_p, side="right")) + 1, len(order))
+        order = order[:keep]
+        return (order if ids is None else ids[order]), probs[order]
+
     def _nucleus(
         self, ids: Optional[np.ndarray], probs: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -251,6 +279,7 @@ def _assert_valid(params: SamplingParams, vocab_size: int) -> None:
         value = getattr(params, name)
         assert value in bounds, f"{name} must be {bounds.describe()}, got {value}"
     assert params.top_k >= 0, f"top_k must be >= 0, got {params.top_k}"
+    assert params.penalty_last_n >= -1, f"penalty_last_n must be >= -1, got {params.penalty_last_n}"
     assert 0 <= params.top_logprobs <= MAX_TOP_LOGPROBS, f"top_logprobs out of range: {params.top_logprobs}"
     for token_id, bias in params.logit_bias.items():
         assert 0 <= token_id < vocab_size, f"logit_bias token id {token_id} out of range"

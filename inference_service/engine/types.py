@@ -41,11 +41,13 @@ class Constraint:
     """What every generated token must keep valid (grammar-constrained decoding).
 
     ``kind``: "json_object" (any JSON object), "json_schema" (``source`` is the schema as
-    JSON text), "regex" or "lark" (llguidance's Lark dialect) with ``source`` the pattern.
+    JSON text), "regex", "lark" (llguidance's Lark dialect) or "gbnf" (llama.cpp's grammar
+    format) with ``source`` the pattern.
     """
 
-    kind: Literal["json_object", "json_schema", "regex", "lark"]
+    kind: Literal["json_object", "json_schema", "regex", "lark", "gbnf"]
     source: str = ""
+    param: str = "response_format"  # the request field errors about it name
 
 
 ToolChoiceMode = Literal["none", "auto", "required", "function"]
@@ -58,6 +60,8 @@ class SamplingParams:
     top_k: int = 0  # 0 means no limit
     min_p: float = 0.0
     repetition_penalty: float = 1.0  # 1.0 means off; applies to prompt and generated tokens
+    penalty_last_n: int = -1  # the repetition penalty's window: the last n tokens; -1 all, 0 off
+    typical_p: float = 1.0  # locally typical sampling; 1.0 means off
     frequency_penalty: float = 0.0  # OpenAI semantics, over generated tokens
     presence_penalty: float = 0.0  # OpenAI semantics, over generated tokens
     seed: Optional[int] = None

@@ -71,6 +71,9 @@ def validate_request(request: GenerationRequest, vocab_size: int) -> None:
         value = getattr(sampling, name)
         if value not in bounds:
             raise InvalidRequest(f"{name} must be {bounds.describe()}, got {value}", name)
+    low, high = limits.PENALTY_LAST_N_RANGE
+    if not low <= sampling.penalty_last_n <= high:
+        raise InvalidRequest(f"penalty_last_n must be >= -1, got {sampling.penalty_last_n}", "penalty_last_n")
     if sampling.top_k < 0:
         raise InvalidRequest(f"top_k must be >= 0, got {sampling.top_k}", "top_k")
     if not 0 <= sampling.top_logprobs <= MAX_TOP_LOGPROBS:

@@ -116,8 +116,12 @@ def test_the_most_inputs_allowed():
     assert len(result.json["data"]) == limits.MAX_EMBEDDING_INPUTS
 
 
-def test_user_and_unknown_fields_are_ignored():
-    result, fake = post({"model": "embedder", "input": "hi", "user": "someone", "whatever": {"x": 1}})
+def test_user_is_accepted_and_unknown_fields_are_refused():
+    result, _ = post({"model": "embedder", "input": "hi", "whatever": {"x": 1}})
+    assert result.status_code == 400 and result.json["error"]["param"] == "whatever"
+    result, _ = post({"model": "embedder", "input": "hi", "user": ["someone"]})
+    assert result.status_code == 400 and result.json["error"]["param"] == "user"
+    result, fake = post({"model": "embedder", "input": "hi", "user": "someone"})
     assert result.status_code == 200
     assert list(fake.embed_requests[0].inputs) == [text("hi")]
 

@@ -78,4 +78,34 @@ def test_queue_full_has_retry_after():
 
 def test_missing_code_or_details():
     assert errors.from_grpc(None, None).status == 500
-    assert errors.from_grpc(grpc.StatusCode.INVALID_ARGUMENT, "").message == "invalid argument"
+    assert errors.from_grpc(grpc.StatusCode.INVALID_ARGUMENT, "").message == "The inference service refused the request."
+
+
+# What gRPC's library itself says when a message exceeds a channel's limit (the edge's, when the
+# answer is too big; the service's, when the request is), as issue 21 saw it reach a user as 429.
+TOO_LARGE = "Stream removed (CLIENT: Received message larger than max (4730897 vs. 4194304))"
+
+
+@pytest.mark.parametrize("details", [TOO_LARGE, "Received message larger than max (70000000 vs. 67145728)",
+                                     "Sent message larger than max (5 vs. 4)"])
+def test_a_message_size_refusal_is_a_413_naming_the_limit_never_a_429(details):
+    err = errors.from_grpc(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+    assert err.status == 413 and err.code == "request_too_large" and not err.headers
+    size, limit = [int(n) for n in details.replace("(", " ").replace(")", " ").split() if n.isdigit()]
+    assert f"{size}-byte" in err.message and f"limit is {limit} bytes" in err.message
+    assert "gRPC" not in err.message and "CLIENT" not in err.message and "Stream" not in err.message
+
+
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c is not grpc.StatusCode.OK], ids=lambda c: c.name)
+@pytest.mark.parametrize("details", ["Concurrent RPC limit exceeded!", "Stream removed", "Socket closed",
+                                     "grpc_status: 8", "RST_STREAM with error code 2", "Deadline Exceeded"])
+def test_no_grpc_wording_reaches_a_user(code, details):
+    err = errors.from_grpc(code, details)
+    assert details not in err.message
+    assert "grpc" not in err.message.lower()
+
+
+def test_grpc_busy_is_429_with_our_message():
+    err = errors.from_grpc(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
+    assert (err.status, err.message, err.headers) == (429, "The inference service is busy; retry later.",
+                                                       {"Retry-After": "1"})

@@ -198,9 +198,13 @@ def test_developer_role_is_system_and_assistant_null_content_is_empty():
     assert [(m.role, m.content) for m in req.messages] == [("system", "rules"), ("user", "q"), ("assistant", "")]
 
 
-def test_unknown_fields_are_ignored():
-    parsed = chat(user="me", metadata={"a": 1}, store=False, parallel_tool_calls=False, whatever=[1, 2])
+def test_unknown_fields_are_a_400_naming_them():
+    """Issue 21: every field is in the route's table (rest_edge.fields) or refused, as OpenAI's own API."""
+    parsed = chat(user="me", metadata={"a": "1"}, store=False, parallel_tool_calls=False)
     assert parsed.request.model == "smollm2:135m"
+    for fn in (chat, comp):
+        err = rejected(fn, whatever=[1, 2])
+        assert (err.param, err.code) == ("whatever", "unknown_parameter")
 
 
 def test_stream_and_include_usage():
@@ -239,7 +243,11 @@ def test_completion_logprobs_is_the_number_of_alternatives():
     ({"stop_token_ids": [2]}, "stop_token_ids"),
     ({"include_stop_str_in_output": True}, "include_stop_str_in_output"),
     ({"use_beam_search": True}, "use_beam_search"),
-    ({"guided_json": {"type": "object"}}, "guided_json"),
+    ({"guided_decoding_backend": "outlines"}, "guided_decoding_backend"),
+    ({"mirostat": 2}, "mirostat"),
+    ({"dry_multiplier": 0.8}, "dry_multiplier"),
+    ({"xtc_probability": 0.5}, "xtc_probability"),
+    ({"samplers": ["top_k"]}, "samplers"),
     ({"chat_template": "{{ x }}"}, "chat_template"),
     ({"add_generation_prompt": False}, "add_generation_prompt"),
     ({"modalities": ["text", "audio"]}, "modalities"),

@@ -65,7 +65,8 @@ def test_chat_logprobs_shape():
         "token": "你", "logprob": -0.1, "bytes": [228, 189, 160],
         "top_logprobs": [{"token": "你", "logprob": -0.1, "bytes": [228, 189, 160]},
                          {"token": "您", "logprob": -9999.0, "bytes": list("您".encode())}],
-    }]}
+    }], "refusal": None}
+    assert list(out) == ["content", "refusal"]  # OpenAI's ChatCompletion logprobs: refusal nullable, required
     assert list(out["content"][0]) == ["token", "logprob", "bytes", "top_logprobs"]
 
 

@@ -594,7 +594,8 @@ def test_openai_client_parse_gives_the_pydantic_model(oai, stack):
 
 def test_openai_client_json_object_reaches_the_engine(oai):
     reply = oai.chat.completions.create(model="echo-tools", messages=[USER], response_format={"type": "json_object"})
-    assert json.loads(reply.choices[0].message.content)["constraint"] == {"kind": "json_object", "source": ""}
+    assert json.loads(reply.choices[0].message.content)["constraint"] == {"kind": "json_object", "source": "",
+                                                                          "param": "response_format"}
 
 
 def test_openai_client_bad_tool_is_a_400_naming_it(oai):

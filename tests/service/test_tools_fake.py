@@ -76,9 +76,11 @@ def test_absent_fields_are_the_defaults(harness):
 
 
 @pytest.mark.parametrize("constraint, expected", [
-    (pb.Constraint(json_object=True), {"kind": "json_object", "source": ""}),
-    (pb.Constraint(regex="[0-9]+"), {"kind": "regex", "source": "[0-9]+"}),
-    (pb.Constraint(lark='start: "a"'), {"kind": "lark", "source": 'start: "a"'}),
+    (pb.Constraint(json_object=True), {"kind": "json_object", "source": "", "param": "response_format"}),
+    (pb.Constraint(regex="[0-9]+"), {"kind": "regex", "source": "[0-9]+", "param": "response_format"}),
+    (pb.Constraint(lark='start: "a"'), {"kind": "lark", "source": 'start: "a"', "param": "response_format"}),
+    (pb.Constraint(gbnf='root ::= "a"', param="grammar"), {"kind": "gbnf", "source": 'root ::= "a"',
+                                                            "param": "grammar"}),
 ])
 def test_each_constraint_kind_reaches_the_engine(harness, constraint, expected):
     (response,) = generate(harness, "echo-tools", constraint=constraint)

@@ -79,6 +79,7 @@ def request_from_proto(message: pb.GenerateRequest) -> GenerationRequest:
         tool_choice_name=message.tool_choice.function_name if tool_choice == "function" else "",
         parallel_tool_calls=_optional(message, "parallel_tool_calls", True),
         thinking=_optional(message, "thinking", None),
+        n=message.n or 1,
     )
 
 
@@ -137,6 +138,7 @@ def chunk_to_proto(chunk: GenerationChunk, model: str) -> pb.GenerateResponse:
         finish_reason=_FINISH_REASONS[chunk.finish_reason],
         model=model,
         reasoning=chunk.reasoning,
+        index=chunk.index,
     )
     if chunk.logprobs:
         response.logprobs.extend(_logprob_to_proto(lp) for lp in chunk.logprobs)

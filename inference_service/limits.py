@@ -107,6 +107,7 @@ MAX_STOP_CHARS = 256  # each ``stop`` string: a stream holds back up to that muc
 # --- counts -----------------------------------------------------------------------------------
 
 MAX_STOP_STRINGS = 4  # ``stop``: a string or a list of at most this many
+MAX_CHOICES = 16  # ``n``: answers to one prompt (each takes a slot of its own)
 MAX_TOP_LOGPROBS = 20  # ``top_logprobs`` (chat) / ``logprobs`` (completions)
 
 # --- embeddings (/v1/embeddings, ``Embed``) ------------------------------------------------

@@ -40,7 +40,7 @@ _SAMPLING = {
     "logit_bias": (OPENAI, "honoured"),
     "stream": (OPENAI, "honoured (server-sent events)"),
     "stream_options": (OPENAI, "honoured: include_usage; include_obfuscation type-checked, no obfuscation is sent"),
-    "n": (OPENAI, "1 only"),
+    "n": (OPENAI, "honoured: 1 to 16 answers, each in a slot of its own (the prompt evaluated once on llama.cpp)"),
     "user": (OPENAI, "type-checked (a string), not used: it only labels the caller"),
     "top_k": (LLAMACPP + ", " + VLLM, "honoured (0 or -1: no limit)"),
     "min_p": (LLAMACPP + ", " + VLLM, "honoured"),

@@ -62,9 +62,16 @@ class ParsedRequest:
     include_usage: bool = False
     logprobs: bool = False  # answer with a ``logprobs`` key
     render_options: dict = field(default_factory=dict)  # the renderer's own options (chat: reasoning_field)
+    choices: int = 1  # ``n``: answers to the prompt
 
 
 # --- unsupported fields -------------------------------------------------------------------
+
+def _choices(body: dict) -> int:
+    """``n``: how many answers (each in a slot of its own), 1 to ``MAX_CHOICES``."""
+    n = _opt_int(body, "n", 1, limits.MAX_CHOICES)
+    return 1 if n is None else n
+
 
 def _check_only_one(body: dict, name: str, why: str) -> None:
     """A count field (``n``, ``best_of``) that may be absent or 1, and nothing else."""
@@ -110,7 +117,6 @@ def check_unsupported(body: dict) -> None:
         value = body.get(name)
         if value is not None and value != neutral:
             raise _unsupported(name, f"Unsupported parameter: '{name}': {why}.")
-    _check_only_one(body, "n", "only 1 choice per request is supported")
     # OpenAI's deprecated function calling: its successor, tools, is served (chat).
     if body.get("functions"):
         raise _unsupported("functions", "Unsupported parameter: 'functions' is deprecated and not supported; "
@@ -288,7 +294,9 @@ def completion_request(body: dict, request_id: str = "") -> ParsedRequest:
         req.top_logprobs = logprobs
     stream, include_usage = _common(body, req)
     _other_fields(body, req, field_tables.COMPLETIONS, chat=False)
-    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs is not None or req.logprobs)
+    req.n = _choices(body)
+    return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs is not None or req.logprobs,
+                         choices=req.n)
 
 
 # --- /v1/chat/completions -----------------------------------------------------------------
@@ -584,8 +592,9 @@ def chat_request(body: dict, request_id: str = "") -> ParsedRequest:
         req.top_logprobs = top_logprobs or 0
     stream, include_usage = _common(body, req)
     _other_fields(body, req, field_tables.CHAT, chat=True)
+    req.n = _choices(body)
     return ParsedRequest(req, model, stream, include_usage, logprobs=logprobs or req.logprobs,
-                         render_options={"reasoning_field": _reasoning_fields(body, req)})
+                         render_options={"reasoning_field": _reasoning_fields(body, req)}, choices=req.n)
 
 
 # Where a chat answer's thinking goes, by llama.cpp's ``reasoning_format``.

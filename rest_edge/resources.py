@@ -130,9 +130,14 @@ class GenerationResource:
         rid = new_id(self._renderer.id_prefix)
         parsed = self._parse(requests.parse_json_body(read_body(req, self._max_body_bytes)), request_id_of(req, rid))
         call = self._client.generate(parsed.request, timeout=self._request_timeout)
-        render = self._renderer(rid, parsed.model, logprobs=parsed.logprobs, include_usage=parsed.include_usage,
-                                **parsed.render_options)
-        events = responses.events(call)
+        if parsed.choices == 1:
+            render = self._renderer(rid, parsed.model, logprobs=parsed.logprobs, include_usage=parsed.include_usage,
+                                    **parsed.render_options)
+        else:
+            render = responses.ChoicesRenderer(
+                lambda: self._renderer(rid, parsed.model, logprobs=parsed.logprobs, **parsed.render_options),
+                parsed.choices, include_usage=parsed.include_usage)
+        events = responses.events(call, choices=parsed.choices)
         # A client that leaves before the response is complete cancels the call (the blocked
         # next() then raises a 499 RequestError), whether or not anything was written yet.
         departures = self._metrics.client_departures.labels(req.uri_template or "unmatched") if self._metrics else None

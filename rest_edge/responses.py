@@ -39,6 +39,7 @@ class Text:
 
     text: str
     logprobs: tuple = ()
+    index: int = 0  # the answer it belongs to (n > 1)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Reasoning:
 
     text: str
     logprobs: tuple = ()  # always empty: the tokens of thinking report with the next text or the finish
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class ToolCalls:
 
     calls: tuple
     logprobs: tuple = ()  # always empty: the tokens of calls report with the next text or the finish
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,9 +67,20 @@ class Finish:
     finish_reason: str
     usage: dict
     logprobs: tuple = ()
+    index: int = 0
 
 
-Event = Union[Reasoning, Text, ToolCalls, Finish]
+@dataclass(frozen=True)
+class ChoiceFinish:
+    """The end of one of n > 1 answers that is not the last to end (the last one is a Finish)."""
+
+    finish_reason: str
+    usage: dict
+    logprobs: tuple = ()
+    index: int = 0
+
+
+Event = Union[Reasoning, Text, ToolCalls, ChoiceFinish, Finish]
 
 _FINISH_REASONS = {
     pb.FINISH_REASON_STOP: "stop",
@@ -83,26 +97,34 @@ def usage(u: pb.Usage) -> dict:
     return wire.usage_object(u.prompt_tokens, u.completion_tokens, cached_tokens=u.cached_prompt_tokens)
 
 
-def events(messages: Iterable[pb.GenerateResponse]) -> Iterator[Event]:
+def events(messages: Iterable[pb.GenerateResponse], choices: int = 1) -> Iterator[Event]:
     """A GenerateResponse stream as events: ``Reasoning`` for each non-empty reasoning, ``Text``
     for each non-empty text, ``ToolCalls`` for each message with calls, then one ``Finish``.
 
     A message's text comes before its calls; a last message that carries text or calls gives
-    them first. A stream that ends without a last message is an error of the service.
+    them first. A stream that ends without a last message is an error of the service. With
+    ``choices`` n > 1 the answers' events interleave, each with its ``index``; each answer but
+    the last to end ends with a ``ChoiceFinish``, the last with the ``Finish``.
     """
-    pending: list = []
+    pending: dict[int, list] = {}
+    ended = 0
     for msg in messages:
-        pending.extend(msg.logprobs)
+        i = msg.index
+        waiting = pending.setdefault(i, [])
+        waiting.extend(msg.logprobs)
         if msg.reasoning:
-            yield Reasoning(msg.reasoning)
+            yield Reasoning(msg.reasoning, index=i)
         if msg.text:
-            yield Text(msg.text, tuple(pending))
-            pending = []
+            yield Text(msg.text, tuple(waiting), index=i)
+            waiting.clear()
         if msg.tool_calls:
-            yield ToolCalls(tuple(msg.tool_calls))
+            yield ToolCalls(tuple(msg.tool_calls), index=i)
         if msg.finish_reason != pb.FINISH_REASON_UNSPECIFIED or msg.HasField("usage"):
-            yield Finish(finish_reason(msg.finish_reason), usage(msg.usage), tuple(pending))
-            return
+            ended += 1
+            end = Finish if ended >= choices else ChoiceFinish
+            yield end(finish_reason(msg.finish_reason), usage(msg.usage), tuple(waiting), index=i)
+            if end is Finish:
+                return
     raise RequestError(500, "The inference service ended the generation without finishing it.")
 
 
@@ -385,3 +407,53 @@ class StrictChatRenderer(ChatRenderer):
     """/v1/chat/completions streamed in OpenAI's own shapes (``EDGE_CHAT_STREAM=openai``)."""
 
     strict_stream = True
+
+
+class ChoicesRenderer:
+    """The n > 1 answers of one request (``n``): one renderer per answer (``make()``, all with
+    the same id, none with its own usage chunk), their chunks' ``index`` set to the answer's,
+    and one usage for the request: the prompt once, the completions summed (OpenAI's way)."""
+
+    def __init__(self, make: Callable[[], Renderer], choices: int, include_usage: bool = False):
+        self._answers = [make() for _ in range(choices)]
+        self.id = self._answers[0].id
+        self._include_usage = include_usage
+        self._usages: dict[int, dict] = {}
+
+    def chunks(self, event: Event) -> list[dict]:
+        answer = self._answers[event.index]
+        if isinstance(event, (ChoiceFinish, Finish)):
+            self._usages[event.index] = event.usage
+            out = answer.chunks(Finish(event.finish_reason, event.usage, event.logprobs))
+        else:
+            out = answer.chunks(event)
+        out = [_with_index(chunk, event.index) for chunk in out]
+        if isinstance(event, Finish) and self._include_usage:
+            out.append(answer._usage_chunk(answer._created(), self._usage()))
+        return out
+
+    def body(self, events: Iterable[Event]) -> dict:
+        per_answer: dict[int, list] = {i: [] for i in range(len(self._answers))}
+        for event in events:
+            if isinstance(event, (ChoiceFinish, Finish)):
+                self._usages[event.index] = event.usage
+                per_answer[event.index].append(Finish(event.finish_reason, event.usage, event.logprobs))
+            else:
+                per_answer[event.index].append(event)
+        bodies = [answer.body(per_answer[i]) for i, answer in enumerate(self._answers)]
+        whole = bodies[0]
+        whole["choices"] = [dict(body["choices"][0], index=i) for i, body in enumerate(bodies)]
+        whole["usage"] = self._usage()
+        return whole
+
+    def _usage(self) -> dict:
+        first = self._usages.get(0) or next(iter(self._usages.values()))
+        completion = sum(u["completion_tokens"] for u in self._usages.values())
+        cached = first.get("prompt_tokens_details", {}).get("cached_tokens")
+        return wire.usage_object(first["prompt_tokens"], completion, cached_tokens=cached)
+
+
+def _with_index(chunk: dict, index: int) -> dict:
+    for choice in chunk.get("choices", ()):
+        choice["index"] = index
+    return chunk

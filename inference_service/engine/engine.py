@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -55,6 +56,7 @@ from inference_service.errors import (
     ContextLengthExceeded,
     DeadlineExceeded,
     InvalidRequest,
+    QueueFull,
 )
 from inference_service.models.registry import ModelFile
 
@@ -190,9 +192,9 @@ class LoadedModel:
             self.vocab_size = contexts[0].vocab_size
         # No text longer than this fits the context, whatever its tokens: refused untokenized.
         self.max_prompt_chars = self.context_length * self.tokenizer.longest_token_bytes
-        shared_prefix = None
-        if self._decoder is not None and self._decoder.shares_prefixes:
-            shared_prefix = self._decoder.longest_cached_prefix
+        # llama.cpp: a prompt prefix one sequence holds is copied into another, not evaluated.
+        self.shares_prefixes = self._decoder is not None and self._decoder.shares_prefixes
+        shared_prefix = self._decoder.longest_cached_prefix if self.shares_prefixes else None
         self.scheduler = SlotScheduler(contexts, max_waiting=config.max_waiting, shared_prefix=shared_prefix)
         self.created = int(model_file.source_path.stat().st_mtime)
 
@@ -457,21 +459,28 @@ class Engine(InferenceEngine):
         """
         prepared = self.prepare(request)
         model = self._models[request.model]
-        ticket = model.scheduler.enqueue(prepared.prompt_ids)  # QueueFull raised here, synchronously
-        self.counters.add("generations_started")
+        tickets: list[Ticket] = []
+        try:  # QueueFull raised here, synchronously, for all n answers or none
+            for _ in range(request.n):
+                tickets.append(model.scheduler.enqueue(prepared.prompt_ids))
+        except QueueFull:
+            for ticket in tickets:
+                model.scheduler.withdraw(ticket)
+            raise
+        self.counters.add("generations_started", len(tickets))
         cancelled = cancelled or threading.Event()
 
         def stop() -> None:
             cancelled.set()
             model.scheduler.wake()
 
+        if len(tickets) == 1:
+            produce = lambda: _generate_in_slot(model, prepared, tickets[0], cancelled, deadline, self.counters)  # noqa: E731
+        else:
+            produce = lambda: _generate_choices(model, prepared, tickets, cancelled, deadline, self.counters)  # noqa: E731
         # Started here, not at the first next(): a consumer that never iterates must not
         # leave its ticket blocking the queue.
-        return run_on_thread(
-            lambda: _generate_in_slot(model, prepared, ticket, cancelled, deadline, self.counters),
-            name=f"generate-{request.request_id or ticket.number}",
-            on_close=stop,
-        )
+        return run_on_thread(produce, name=f"generate-{request.request_id or tickets[0].number}", on_close=stop)
 
     def warm_up(self) -> None:
         """Runs one short generation per model so the first real request is not the slow one."""
@@ -480,6 +489,67 @@ class Engine(InferenceEngine):
                                         sampling=SamplingParams(temperature=0.0))
             for _ in self.generate(request):
                 pass
+
+
+_CHOICE_DONE = object()
+
+
+def _generate_choices(model: LoadedModel, prepared: PreparedGeneration, tickets: Sequence[Ticket], cancelled,
+                      deadline, counters: EngineCounters) -> Iterator[GenerationChunk]:
+    """The request's n answers, each in its own slot (its own thread), chunks tagged with their
+    index as they come. With prefix sharing (llama.cpp) the others start once the first has
+    evaluated the prompt, so they copy its cells instead of evaluating it again; otherwise all
+    start at once. An error in one stops all; places never leased are given back."""
+    out: queue.SimpleQueue = queue.SimpleQueue()
+    started: set[int] = set()
+
+    def answer(i: int) -> None:
+        try:
+            for chunk in _generate_in_slot(model, _choice(prepared, i), tickets[i], cancelled, deadline, counters):
+                out.put(replace(chunk, index=i))
+        except BaseException as error:  # noqa: BLE001 - raised in the consumer
+            out.put(error)
+        finally:
+            out.put((_CHOICE_DONE, i))
+
+    def start(i: int) -> None:
+        started.add(i)
+        threading.Thread(target=answer, args=(i,), name=f"choice-{i}-{tickets[i].number}", daemon=True).start()
+
+    staggered = model.shares_prefixes
+    start(0)
+    if not staggered:
+        for i in range(1, len(tickets)):
+            start(i)
+    running = len(started)
+    try:
+        while running:
+            item = out.get()
+            if isinstance(item, tuple) and item[0] is _CHOICE_DONE:
+                running -= 1
+                item = None
+            elif isinstance(item, BaseException):
+                raise item
+            if staggered and len(started) < len(tickets):  # the first answer has its prompt in the cache
+                for i in range(len(started), len(tickets)):
+                    start(i)
+                    running += 1
+            if item is not None:
+                yield item
+    finally:
+        cancelled.set()  # whatever ended us ends the others; finished ones ignore it
+        model.scheduler.wake()
+        for i in range(len(tickets)):
+            if i not in started:
+                model.scheduler.withdraw(tickets[i])
+
+
+def _choice(prepared: PreparedGeneration, index: int) -> PreparedGeneration:
+    """The index-th answer: the same prompt, its own seed (seed + index) when one is set."""
+    if index == 0 or prepared.request.sampling.seed is None:
+        return prepared
+    sampling = replace(prepared.request.sampling, seed=prepared.request.sampling.seed + index)
+    return replace(prepared, request=replace(prepared.request, sampling=sampling))
 
 
 def _generate_in_slot(model: LoadedModel, prepared: PreparedGeneration, ticket: Ticket, cancelled,

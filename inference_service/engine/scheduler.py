@@ -181,6 +181,11 @@ class SlotScheduler(Generic[SlotT]):
                     timeout = min(timeout, remaining)
                 self._lock.wait(timeout)
 
+    def withdraw(self, ticket: Ticket) -> None:
+        """Gives up a place that will never be leased (the request ended before its turn)."""
+        with self._lock:
+            self._remove(ticket)
+
     def wake(self) -> None:
         """Wakes waiters so a cancellation is seen at once rather than at the next poll."""
         with self._lock:

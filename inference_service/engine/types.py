@@ -88,6 +88,7 @@ class GenerationRequest:
     tool_choice_name: str = ""  # the function forced when tool_choice == "function"
     parallel_tool_calls: bool = True  # may one answer hold several calls
     thinking: Optional[bool] = None  # False: ask a thinking template not to think; None: its default
+    n: int = 1  # answers to the prompt, each in its own slot (chunks tell them apart by index)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class GenerationChunk:
     usage: Optional[Usage] = None
     tool_calls: tuple[ToolCall, ...] = ()  # calls completed in this piece (never as text)
     reasoning: str = ""  # text inside the template's thinking block (never in ``text``)
+    index: int = 0  # which of the request's n answers this piece belongs to
 
 
 @dataclass(frozen=True)

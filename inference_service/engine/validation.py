@@ -50,6 +50,8 @@ def validate_request(request: GenerationRequest, vocab_size: int) -> None:
         raise InvalidRequest("set either prompt or messages, not both", "prompt")
     if request.prompt is None and not request.messages:
         raise InvalidRequest("one of prompt or messages is required", "messages")
+    if not 1 <= request.n <= limits.MAX_CHOICES:
+        raise InvalidRequest(f"n must be between 1 and {limits.MAX_CHOICES}, got {request.n}", "n")
     if request.max_tokens is not None and request.max_tokens < 1:
         raise InvalidRequest(f"max_tokens must be at least 1, got {request.max_tokens}", "max_tokens")
     if request.prompt is not None:

@@ -57,14 +57,26 @@ def test_bad_temperature_openai_client(oai):
     assert info.value.param == "temperature"
 
 
-def test_n_2_is_rejected_by_name(oai):
+def test_n_above_the_limit_is_rejected_by_name(oai):
     with pytest.raises(openai.BadRequestError) as info:
-        oai.chat.completions.create(model=MODEL, messages=MESSAGES, n=2, max_tokens=4)
+        oai.chat.completions.create(model=MODEL, messages=MESSAGES, n=17, max_tokens=4)
     assert info.value.param == "n"
     assert "'n'" in info.value.message or " n " in info.value.message
     with pytest.raises(openai.BadRequestError) as info:
-        oai.completions.create(model=MODEL, prompt="Hi", n=2, max_tokens=4)
+        oai.completions.create(model=MODEL, prompt="Hi", n=17, max_tokens=4)
     assert info.value.param == "n"
+
+
+def test_n_answers_through_the_real_stack(oai):
+    """Two answers to one prompt, whole and streamed; usage counts the prompt once."""
+    answer = oai.chat.completions.create(model=MODEL, messages=MESSAGES, n=2, max_tokens=4, temperature=0.9, seed=3)
+    assert [c.index for c in answer.choices] == [0, 1]
+    assert all(c.message.content for c in answer.choices)
+    assert answer.usage.completion_tokens == 8 or answer.usage.completion_tokens <= 8
+    seen = set()
+    for chunk in oai.completions.create(model=MODEL, prompt="Once upon a time", n=3, max_tokens=4, stream=True):
+        seen.update(c.index for c in chunk.choices)
+    assert seen == {0, 1, 2}
 
 
 LONG_PROMPT = "hello " * 5000  # beyond the service's context (4096 tokens by default)

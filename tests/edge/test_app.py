@@ -291,7 +291,7 @@ def test_unexpected_exception_in_responder_is_a_generic_500():
 # --- validation through HTTP ----------------------------------------------------------------
 
 @pytest.mark.parametrize("path, body, param", [
-    (CHAT, {"model": "m", "messages": MESSAGES, "n": 2}, "n"),
+    (CHAT, {"model": "m", "messages": MESSAGES, "n": 17}, "n"),
     (CHAT, {"model": "m", "messages": MESSAGES, "tools": [{"type": "function"}]}, "tools[0].function"),
     (CHAT, {"model": "m", "messages": MESSAGES, "response_format": {"type": "json"}}, "response_format.type"),
     (COMP, {"model": "m", "prompt": "x", "response_format": {"type": "json_object"}}, "response_format"),

@@ -85,7 +85,7 @@ def test_openai_client_rejects_unsupported(edge):
     base, _ = edge
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}], n=2)
+        client.chat.completions.create(model="ok", messages=[{"role": "user", "content": "hi"}], n=17)
     assert info.value.param == "n"
 
 

@@ -140,7 +140,7 @@ def send_traffic(base: str) -> None:
         resp = httpx.post(f"{base}{CHAT}", json={"model": "ok", "messages": MESSAGES}, timeout=10)
         assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == "Hello!"
     for _ in range(N_BAD_EDGE):  # refused by the edge itself
-        assert httpx.post(f"{base}{CHAT}", json={"model": "ok", "messages": MESSAGES, "n": 2},
+        assert httpx.post(f"{base}{CHAT}", json={"model": "ok", "messages": MESSAGES, "n": 17},
                           timeout=10).status_code == 400
     for _ in range(N_BAD_GRPC):  # INVALID_ARGUMENT from the service
         assert httpx.post(f"{base}{CHAT}", json={"model": "bad", "messages": MESSAGES},

@@ -233,7 +233,7 @@ def test_completion_logprobs_is_the_number_of_alternatives():
 # --- rejections --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fields, param", [
-    ({"n": 2}, "n"),
+    ({"n": 17}, "n"),
     ({"n": 0}, "n"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"function_call": {"name": "f"}}, "function_call"),

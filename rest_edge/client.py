@@ -209,14 +209,16 @@ class InferenceClient:
             self._changed.wait(left)
 
     def acquire(self, model: str, key: Optional[bytes], exclude: set[str], request_id: str,
-                retry: bool = False) -> Optional[Attempt]:
+                retry: bool = False, takes_slot: bool = True) -> Optional[Attempt]:
         """A place on the replica the policy picks, among the serving ones not in ``exclude``
         that serve ``model`` (those whose models are not known yet after those known to): the
         first in the policy's order with room counting every client's calls, else the first with
         room by this worker's own count (the service decides). When no serving replica lists the
         model, any serving replica is asked, so that the service itself answers for the name (a
         404, or a 400 for a name that is no valid name; see ``RoutedCall``). None on a retry when
-        there is none; else RequestError: 503 when no replica serves, 429 when all are full."""
+        there is none; else RequestError: 503 when no replica serves, 429 when all are full.
+        A call that ``takes_slot`` False (an embedding: the service computes it beside the slots)
+        is neither held back by the slots' capacity nor counted against it."""
         with self._lock:
             if not retry:
                 self._wait_started_locked(STARTUP_WAIT)
@@ -233,8 +235,11 @@ class InferenceClient:
                 ordered = self.policy.order(candidates, key)
                 if listed:  # those known to serve it before those not known yet
                     ordered = sorted(ordered, key=lambda c: c.replica.serves(model) is None)
-                chosen = (next((c for c in ordered if c.replica.estimated_room(model, now)), None)
-                          or next((c for c in ordered if c.replica.local_room(model)), None))
+                if not takes_slot:
+                    chosen = ordered[0]
+                else:
+                    chosen = (next((c for c in ordered if c.replica.estimated_room(model, now)), None)
+                              or next((c for c in ordered if c.replica.local_room(model)), None))
                 reason = "all_full"
             if chosen is None:
                 if retry:
@@ -243,7 +248,8 @@ class InferenceClient:
             else:
                 replica = chosen.replica
                 replica.in_flight += 1
-                replica.in_flight_by_model[model] = replica.in_flight_by_model.get(model, 0) + 1
+                if takes_slot:
+                    replica.in_flight_by_model[model] = replica.in_flight_by_model.get(model, 0) + 1
                 routed = (self.policy.describe(chosen, candidates, key)
                           if log.isEnabledFor(logging.DEBUG) else None)
         if chosen is None:
@@ -261,7 +267,7 @@ class InferenceClient:
         if self._metrics is not None:
             self._metrics.replica_requests.labels(replica.address).inc()
             self._metrics.replica_in_flight.labels(replica.address).inc()
-        return Attempt(self, replica, model, listed=listed)
+        return Attempt(self, replica, model, listed=listed, takes_slot=takes_slot)
 
     def served_models(self) -> list[str]:
         """The names of the models the serving replicas list (sorted)."""
@@ -269,11 +275,13 @@ class InferenceClient:
             now = time.monotonic()
             return sorted({m.name for r in self._replicas.values() if r.eligible(now) for m in (r.models or ())})
 
-    def release(self, replica: Replica, model: str) -> None:
+    def release(self, replica: Replica, model: str, takes_slot: bool = True) -> None:
         with self._lock:
             replica.in_flight -= 1
             left = replica.in_flight_by_model.get(model, 0) - 1
-            if left > 0:
+            if not takes_slot:
+                pass
+            elif left > 0:
                 replica.in_flight_by_model[model] = left
             else:
                 replica.in_flight_by_model.pop(model, None)

@@ -49,9 +49,9 @@ class Router(Protocol):
     first_response_timeout: Optional[float]
 
     def acquire(self, model: str, key: Optional[bytes], exclude: set[str], request_id: str,
-                retry: bool = False) -> Optional["Attempt"]: ...
+                retry: bool = False, takes_slot: bool = True) -> Optional["Attempt"]: ...
 
-    def release(self, replica: Replica, model: str) -> None: ...
+    def release(self, replica: Replica, model: str, takes_slot: bool = True) -> None: ...
 
     def suspect(self, replica: Replica, why: str) -> None: ...
 
@@ -66,17 +66,18 @@ class Attempt:
     """One try of a call on one replica: it holds a place in that replica's in-flight count
     until ``release()``."""
 
-    def __init__(self, router: Router, replica: Replica, model: str, listed: bool = True):
+    def __init__(self, router: Router, replica: Replica, model: str, listed: bool = True, takes_slot: bool = True):
         self.router = router
         self.replica = replica
         self.model = model
         self.listed = listed  # the replica was chosen because it lists the model
+        self.takes_slot = takes_slot
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self.router.release(self.replica, self.model)
+            self.router.release(self.replica, self.model, self.takes_slot)
 
 
 def _says_retry_after(err: grpc.RpcError) -> bool:
@@ -86,6 +87,8 @@ def _says_retry_after(err: grpc.RpcError) -> bool:
 class _RoutedCall:
     """Shared by Generate and Embed: picks a replica, starts the RPC there, and decides
     whether a failure before the first response is tried again elsewhere."""
+
+    takes_slot = True  # a generation holds a slot (or a queue place) of its replica
 
     def __init__(self, router: Router, request: Any, model: str, key: Optional[bytes],
                  timeout: Optional[float]):
@@ -121,7 +124,8 @@ class _RoutedCall:
         RequestError when there is none (503), none serves the model (404) or all are full
         (429); on a retry, False."""
         retry = bool(self._tried)
-        attempt = self._router.acquire(self._model, self._key, self._tried, self.request_id, retry=retry)
+        attempt = self._router.acquire(self._model, self._key, self._tried, self.request_id, retry=retry,
+                                       takes_slot=self.takes_slot)
         if attempt is None:
             return False
         self._tried.add(attempt.replica.address)
@@ -283,7 +287,9 @@ class EmbedCall(_RoutedCall):
     """An in-flight Embed RPC: ``result()`` waits for the answer, ``cancel()`` stops it.
 
     The first-response timeout does not apply: an embedding's one answer comes when all of it
-    is computed."""
+    is computed. It takes no slot: the service computes embeddings beside the generations."""
+
+    takes_slot = False
 
     def _arm_watchdog(self, rpc: Any) -> None:
         pass

@@ -460,3 +460,24 @@ def test_watch_backoff_constants_keep_a_restart_quick():
     # A restarted replica is noticed within about a second of its listening again.
     assert replica_module.WATCH_BACKOFF_MAX <= 1.0
     assert dict(replica_module.CHANNEL_OPTIONS)["grpc.max_reconnect_backoff_ms"] <= 2000
+
+
+def test_embeddings_neither_wait_for_slots_nor_take_them(servers, make_client):
+    """A replica whose slot and queue place are held by generations still takes embeddings
+    (the service computes them beside the slots), and they do not count against its capacity."""
+    a = servers[0]
+    a.servicer.mode = "hold"
+    client, _ = make_client(a.address)
+    assert eventually(lambda: capacity_known(client))
+    held = [client.generate(request(f"{i}"), timeout=10) for i in range(2)]  # slots 1 + max_waiting 1
+    for call in held:
+        assert next(call).text == "A"
+    with pytest.raises(RequestError) as info:
+        client.generate(request("third"), timeout=10)
+    assert info.value.status == 429
+    calls = [client.embed(pb.EmbedRequest(model=MODEL), timeout=10) for _ in range(4)]
+    assert [c.result().model for c in calls] == ["A"] * 4
+    assert client._replicas[a.address].in_flight_by_model == {MODEL: 2}
+    a.servicer.release.set()
+    for call in held:
+        list(call)

@@ -23,6 +23,7 @@ from inference_service import limits
 from inference_service.limits import quote
 from inference_service.v1 import inference_pb2 as pb
 
+from rest_edge.apis import fields
 from rest_edge.errors import RequestError, invalid
 
 OPENAI, LLAMACPP, VLLM, OURS = "OpenAI", "llama.cpp", "vLLM", "this server"
@@ -298,14 +299,7 @@ def _schema_text(value: Any, param: str) -> str:
         except ValueError:
             raise invalid(f"Invalid '{param}': not valid JSON text of a JSON schema.", param=param,
                           code="invalid_value") from None
-    if not isinstance(value, dict):
-        raise _type_error(param, "an object (a JSON schema)", value)
-    try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (ValueError, RecursionError):
-        raise invalid(f"Invalid '{param}': the schema cannot be written as JSON.", param=param,
-                      code="invalid_value") from None
-    return _bounded(text, param)
+    return fields.schema_text(value, param)  # the same reader as response_format's schemas
 
 
 def _bounded(text: str, param: str) -> str:

@@ -141,7 +141,7 @@ REFUSED: dict[str, tuple[Any, str]] = {
     "return_progress": (False, "progress is not returned"),
     # vLLM's
     "guided_decoding_backend": (None, "the grammar engine is always llguidance"),
-    "guided_whitespace_pattern": (None, "JSON whitespace is bounded by the server"),
+    "guided_whitespace_pattern": (None, "JSON is laid out as json.dumps lays it out"),
     "structural_tag": (None, "structural tags are not supported"),
     "bad_words": (None, "bad words are not supported; use logit_bias"),
     "allowed_token_ids": (None, "allowed token ids are not supported; use logit_bias"),

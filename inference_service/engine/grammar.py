@@ -21,9 +21,10 @@ from inference_service.limits import clip_utf8
 
 _MAX_REASON_BYTES = 300  # of llguidance's own error message, quoted in ours
 _ANY_JSON_OBJECT = '{"type": "object"}'
-# JSON may be laid out as the model likes, but whitespace runs are bounded (as llama.cpp's
-# JSON grammar bounds them): at temperature 1 an unbounded run can eat all of max_tokens.
-JSON_LAYOUT = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{1,20}"}
+# JSON comes in one layout, json.dumps's (``{"a": 1, "b": [2, 3]}``): no token goes to
+# whitespace, so a sampled run of spaces cannot eat max_tokens, and the separators and keys are
+# forced runs the guide can append without sampling.
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 class _VocabularyBytes:

@@ -20,6 +20,7 @@ import re
 import secrets
 from typing import Sequence
 
+from inference_service.engine.grammar import JSON_LAYOUT
 from inference_service.engine.types import ChatMessage, Tool, ToolCall
 from inference_service.errors import InvalidRequest
 from inference_service.limits import quote
@@ -89,7 +90,7 @@ def call_grammar(tools: Sequence[Tool], only: str = "", parallel: bool = True, o
     ]
     schema = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
     # One layout, the one the preamble shows (json.dumps's): no whitespace to wander in.
-    schema = {**schema, "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
+    schema = {**schema, "x-guidance": JSON_LAYOUT}
     first = f"{'' if opened else _lark_string(CALL_OPEN) + ' '}call {_lark_string(CALL_CLOSE)}"
     more = f' ("\\n" {_lark_string(CALL_OPEN)} call {_lark_string(CALL_CLOSE)})*' if parallel else ""
     return f"start: {first}{more}\ncall: %json {json.dumps(schema)}\n"

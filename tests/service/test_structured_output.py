@@ -115,6 +115,21 @@ def test_any_json_object(each_engine):
     assert completed
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_json_comes_in_json_dumps_layout(each_engine, seed):
+    # No token goes to whitespace: what the model writes is what json.dumps would write.
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                               "tags": {"type": "array", "items": {"type": "integer"}}},
+              "required": ["name", "tags"], "additionalProperties": False}
+    text, _, finish, _ = outcome(each_engine, chat("Describe a cat.", max_tokens=MAX_TOKENS,
+                                                   sampling=SamplingParams(temperature=1.0, seed=seed),
+                                                   constraint=Constraint("json_schema", json.dumps(schema))))
+    if finish == "stop":
+        assert text == json.dumps(json.loads(text), ensure_ascii=False)
+    else:  # cut by max_tokens: a raw newline in JSON text can only be layout
+        assert "\n" not in text
+
+
 def test_regex_and_lark(each_engine):
     text, _, finish, _ = outcome(each_engine, chat("Is water wet?", max_tokens=40, sampling=HOT,
                                                    constraint=Constraint("regex", r"(yes|no)\. [a-z ]{3,20}\.")))

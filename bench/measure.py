@@ -41,6 +41,7 @@ class Stream:
     content_frames: int = 0               # pieces that carried text (HTTP) or token ids
     prompt_tokens: Optional[int] = None
     text: str = ""
+    finish_reason: Optional[str] = None   # HTTP streams: the last one a choice gave
     error: Optional[str] = None
 
     @property
@@ -137,6 +138,16 @@ def concurrent(one: Callable[[int], Stream], n: int, timeout_s: float = 600.0) -
     for t in threads:
         t.join(max(0.1, deadline - time.monotonic()))
     return [r or Stream(t_call=0.0, error="did not finish in time") for r in results]
+
+
+def streamed_tokens(streams: Iterable[Stream]) -> int:
+    """Every completion token the streams carried, failed ones' included (they cost CPU too)."""
+    return sum(s.completion_tokens for s in streams)
+
+
+def per_1k_tokens(seconds: Optional[float], tokens: int) -> Optional[float]:
+    """``seconds`` per 1,000 tokens; None without tokens to divide by."""
+    return None if seconds is None or tokens <= 0 else 1000.0 * seconds / tokens
 
 
 def aggregate_tps(streams: Sequence[Stream]) -> Optional[float]:

@@ -96,3 +96,60 @@ def chat_history(history_tokens: int, nonce: str, turns: int = 4, seed: int = 7)
                      + filler_text(rng, sizes[2 * t]) + " Please remember it."})
         msgs.append({"role": "assistant", "content": f"Noted ({t + 1}). " + filler_text(rng, sizes[2 * t + 1])})
     return msgs
+
+
+# ---------------------------------------------------------------- the edit workload
+# Plain prose of about 250 SmolLM2 tokens; the answer is a copy of it with one word changed,
+# so most of the answer is already in the prompt (what prompt-lookup drafts exploit).
+EDIT_PARAGRAPH = (
+    "Every morning the baker on Mill Street opened her shutters before the church bell rang six. "
+    "She had learned the trade from her uncle, who believed that good bread needed patience more "
+    "than skill, and she still followed his habits. The dough was mixed the night before and left "
+    "to rise slowly in a cool corner of the kitchen, covered with a linen cloth. When the oven was "
+    "hot she shaped the loaves by hand, scored the tops with a small blade and slid them onto the "
+    "stone floor of the oven with a long wooden paddle. While they baked she swept the shop, "
+    "filled the baskets by the window and wrote the prices on a slate. The first customers were "
+    "always the same: the postman on his way to the station, two nurses finishing their night "
+    "shift, and an old teacher who bought one small loaf and talked about the weather. By eight "
+    "o'clock the shelves were full and the street smelled of warm crust. In the afternoon, when "
+    "the shop was quiet, she sat by the window with a cup of tea and planned the next day's bread. "
+    "On Sundays the shop stayed closed, and she walked along the river to visit her uncle, who "
+    "still asked about every loaf she had sold that week and how the new oven was behaving."
+)
+EDIT_FROM, EDIT_TO = "bread", "cake"
+
+
+def edit_messages() -> list[dict]:
+    """The edit request. No nonce: every repeat and every system gets the same prompt (and,
+    greedy, the same answer); its decode rate does not depend on a cached prompt."""
+    return [{"role": "user", "content": f"Repeat the following text exactly, but replace the word "
+                                        f"\"{EDIT_FROM}\" with \"{EDIT_TO}\".\n\n{EDIT_PARAGRAPH}"}]
+
+
+def edit_expected() -> str:
+    """The answer a perfect copy would give."""
+    return EDIT_PARAGRAPH.replace(EDIT_FROM, EDIT_TO)
+
+
+# ---------------------------------------------------------------- the JSON workload
+PET_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "species": {"enum": ["dog", "cat", "rabbit", "parrot", "tortoise"]},
+        "age": {"type": "integer", "minimum": 0, "maximum": 30},
+        "colour": {"type": "string", "maxLength": 16},
+        "favourite_toys": {"type": "array", "items": {"type": "string", "maxLength": 16}, "maxItems": 3},
+    },
+    "required": ["name", "species", "age", "colour", "favourite_toys"],
+    "additionalProperties": False,
+}
+
+
+def json_messages() -> list[dict]:
+    return [{"role": "user", "content": "Invent a pet for a children's story and describe it as JSON: "
+                                        "its name, species, age, colour and up to three favourite toys."}]
+
+
+def json_response_format() -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "pet", "schema": PET_SCHEMA, "strict": True}}

@@ -88,6 +88,7 @@ def chat_stream(base_url: str, model: str, messages: list[dict], max_tokens: int
             client.close()
     s.t_end = time.perf_counter()
     s.text = "".join(pieces)
+    s.finish_reason = finish
     s.completion_tokens = usage_tokens if usage_tokens is not None else s.content_frames
     if s.error is None:
         if not done:

@@ -8,6 +8,7 @@ does). Over HTTP (edge, peer) the same ids go in ``logit_bias`` with string keys
 
 from __future__ import annotations
 
+import difflib
 import random
 
 MODEL = "smollm2:135m"
@@ -129,6 +130,12 @@ def edit_messages() -> list[dict]:
 def edit_expected() -> str:
     """The answer a perfect copy would give."""
     return EDIT_PARAGRAPH.replace(EDIT_FROM, EDIT_TO)
+
+
+def edit_fidelity(answer: str) -> float:
+    """How close an answer is to the perfect copy, 0..1 (difflib's ratio): the workload is an
+    edit only as far as the model does copy."""
+    return difflib.SequenceMatcher(None, answer.strip(), edit_expected(), autojunk=False).ratio()
 
 
 # ---------------------------------------------------------------- the JSON workload

@@ -16,7 +16,7 @@ help:
 	@echo "make bench   benchmark in-process / gRPC / edge / llama-cpp-python (our harness + NVIDIA aiperf), table + bench/results/bench.png"
 	@echo "make soak    16 hostile clients for 2 minutes: failures, RSS/Pss_Anon against the memory bound, idle CPU after"
 	@echo "make bench-contention   decode tok/s quiet vs one busy process beside: ours adaptive/fixed, llama-server -t 2/-t 1"
-	@echo "make bench-engines      our ctransformers and llama.cpp engines (via the edge) beside llama-server -np 2/4: table + bench/results/engines.png"
+	@echo "make bench-engines      our ctransformers and llama.cpp engines (via the edge) beside llama-server -np 2/4: tok/s, TTFT, CPU per token, edit and JSON workloads; table + bench/results/engines.png"
 	@echo "make bench-structured   decode tok/s with and without grammar constraints (JSON schema, tool calls), both engines"
 	@echo "make bench-cluster      next-turn chat TTFT through one edge over 3 replicas: prefix-affinity vs least-loaded vs round-robin"
 	@echo "make bench-chat         2/4/8 conversations taking turns and at once: next-turn TTFT and cached share, both engines vs llama-server"
@@ -93,7 +93,7 @@ bench-contention: setup model
 	bash bench/install_peer.sh llama-server
 	$(PY) bench/contention.py
 
-# Our two engines through the edge beside llama-server -np 2/4 (built as above), ~5 min.
+# Our two engines through the edge beside llama-server -np 2/4 (built as above), ~6 min.
 bench-engines: setup model
 	bash bench/install_peer.sh llama-server
 	$(PY) bench/engines.py

@@ -68,6 +68,7 @@ class EngineCollector(Collector):
             CounterMetricFamily("inference_generations_started", "Generations started."),
             CounterMetricFamily("inference_prompt_tokens_evaluated", "Prompt tokens evaluated (reused prefixes not counted)."),
             CounterMetricFamily("inference_tokens_generated", "Tokens generated."),
+            CounterMetricFamily("inference_draft_tokens", "Speculative draft tokens, by outcome.", labels=["outcome"]),
             GaugeMetricFamily("inference_slots", "Sequences a model serves at once.", labels=["model"]),
             GaugeMetricFamily("inference_slots_busy", "Slots generating now.", labels=["model"]),
             GaugeMetricFamily("inference_queue_waiting", "Requests waiting for a slot.", labels=["model"]),
@@ -93,6 +94,11 @@ class EngineCollector(Collector):
                                   "Prompt tokens evaluated (reused prefixes not counted).",
                                   value=status.prompt_tokens_evaluated)
         yield CounterMetricFamily("inference_tokens_generated", "Tokens generated.", value=status.tokens_generated)
+        drafts = CounterMetricFamily("inference_draft_tokens", "Speculative draft tokens, by outcome.",
+                                     labels=["outcome"])
+        drafts.add_metric(["accepted"], status.draft_tokens_accepted)
+        drafts.add_metric(["rejected"], status.draft_tokens_proposed - status.draft_tokens_accepted)
+        yield drafts
         per_model = {
             "inference_slots": ("Sequences a model serves at once.", lambda m: m.slots),
             "inference_slots_busy": ("Slots generating now.", lambda m: m.busy_slots),

@@ -13,15 +13,14 @@ import logging
 import os
 import queue
 import threading
-import time
 from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
-import numpy as np
 
 from inference_service import limits
 from inference_service.engine.chat_template import FALLBACK_TEMPLATES, ChatTemplate
 from inference_service.engine.cpu_budget import shared_budget
+from inference_service.engine.decode_loop import SPECULATION_MODES, run_in_slot
 from inference_service.engine.engine_choice import GGUFIdentity, choose_engine, llama_cpp_available
 from inference_service.engine.grammar import LazyGrammarTokenizer
 from inference_service.engine.handoff import run_on_thread
@@ -30,11 +29,9 @@ from inference_service.engine.model_context import ModelContext
 from inference_service.engine.output_plan import NO_PLAN, OutputPlan, plan_output
 from inference_service.engine.prompt import PromptEncoder
 from inference_service.engine.reasoning import ReasoningSplitter, prompt_opens_thinking, template_thinks
-from inference_service.engine.sampler import Sampler
 from inference_service.engine.scheduler import SlotScheduler, Ticket
-from inference_service.engine.text_stream import TextStreamer
 from inference_service.engine.tokenizer import TextTokenizer
-from inference_service.engine.tool_calls import CALL_OPEN, CallCollector, history_as_text, tool_specs, with_preamble
+from inference_service.engine.tool_calls import history_as_text, tool_specs, with_preamble
 from inference_service.engine.types import (
     ChatMessage,
     EmbeddingInput,
@@ -46,9 +43,6 @@ from inference_service.engine.types import (
     ModelDescription,
     ModelStatus,
     SamplingParams,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
 )
 from inference_service.engine.validation import unknown_model, validate_request
 from inference_service.errors import (
@@ -92,10 +86,14 @@ class EngineConfig:
     # llama.cpp: "unified" (faster batches, results may vary with concurrent load) or
     # "per-slot" (results independent of what else runs); see llamacpp_batch.
     kv_layout: str = "unified"
+    # llama.cpp: "ngram" speculative decoding (prompt lookup, see decode_loop) or "off".
+    speculative: str = "ngram"
 
     def __post_init__(self):
         if self.thread_policy not in ("adaptive", "fixed"):
             raise ValueError(f"thread_policy must be 'adaptive' or 'fixed', not {self.thread_policy!r}")
+        if self.speculative not in SPECULATION_MODES:
+            raise ValueError(f"speculative must be one of {', '.join(SPECULATION_MODES)}, not {self.speculative!r}")
 
 
 @dataclass(frozen=True)
@@ -302,6 +300,7 @@ class EngineCounters:
         self._totals = dict(
             generations_started=0, generations_finished=0, generations_cancelled=0,
             generations_failed=0, prompt_tokens_evaluated=0, tokens_generated=0,
+            draft_tokens_proposed=0, draft_tokens_accepted=0,
         )
 
     def add(self, name: str, amount: int = 1) -> None:
@@ -558,7 +557,7 @@ def _generate_in_slot(model: LoadedModel, prepared: PreparedGeneration, ticket: 
     try:
         with model.scheduler.lease(ticket, cancelled=cancelled, deadline=deadline) as context:
             try:
-                for chunk in _run_in_slot(model, context, prepared, cancelled, counters):
+                for chunk in run_in_slot(model, context, prepared, cancelled, counters, model.config.speculative):
                     if chunk.finish_reason is None:
                         yield chunk
                     else:
@@ -576,159 +575,3 @@ def _generate_in_slot(model: LoadedModel, prepared: PreparedGeneration, ticket: 
     # this one ends must find the slot released, not still held.
     if final is not None:
         yield final
-
-
-def _run_in_slot(model: LoadedModel, context: ModelContext, prepared: PreparedGeneration, cancelled,
-                 counters: EngineCounters) -> Iterator[GenerationChunk]:
-    request = prepared.request
-    plan = prepared.plan
-    prompt = prepared.prompt_ids
-    started = time.monotonic()
-    reused = context.reuse_prefix(prompt)
-    context.evaluate(prompt[reused:], cancelled=cancelled, threads=model.threads_per_slot,
-                     on_evaluated=lambda n: counters.add("prompt_tokens_evaluated", n))
-    prompt_seconds = time.monotonic() - started
-
-    tokenizer = model.tokenizer
-    sampling = request.sampling
-    sampler = Sampler(sampling, model.vocab_size, prompt)
-    splitter = model.reasoning_splitter(prepared)
-    # auto tool choice: the call marker ends the text like a stop string, then calls follow.
-    marker_stop = (CALL_OPEN,) if plan.tool_mode == "auto" else ()
-    streamer = TextStreamer(tokenizer.token_bytes, request.stop + marker_stop)
-    guide = model.grammar.get().guide(plan.grammar) if plan.grammar else None
-    calls = CallCollector(plan.tools) if plan.tool_mode == "forced" else None
-    call_ids: list[int] = []  # tokens of the call region (never streamed as text)
-    generated_ids: list[int] = []
-    end_of_turn = model.end_of_turn_ids
-    generated = 0
-    pending_ids: list[int] = []
-    pending_logprobs: list[TokenLogprob] = []
-    finish_reason = None
-    text = ""
-    banned_end_of_turn = np.fromiter(end_of_turn, dtype=np.intp)
-    while True:
-        logits = context.logits()
-        if request.ignore_eos or generated < request.min_tokens:
-            logits[banned_end_of_turn] = -np.inf  # the view is ours until the next evaluation
-        if guide is not None:
-            guide.mask(logits)
-        sampled = sampler.sample(logits)
-        token_id = sampled.token_id
-        if token_id in end_of_turn:
-            finish_reason = "stop"
-            text = streamer.flush() if calls is None else ""
-            break
-        if guide is not None:
-            guide.accept(token_id)
-        sampler.accept(token_id)
-        generated += 1
-        generated_ids.append(token_id)
-        counters.add("tokens_generated")
-        pending_ids.append(token_id)
-        if sampling.logprobs and calls is None:  # logprobs cover content only, never calls
-            pending_logprobs.append(_token_logprob(tokenizer, sampled))
-        if calls is not None:  # inside tool calls: whole calls go out, never their markup
-            call_ids.append(token_id)
-            completed = calls.update(tokenizer.decode(call_ids))
-            if completed:
-                yield GenerationChunk(text="", token_ids=tuple(pending_ids), logprobs=tuple(pending_logprobs),
-                                      tool_calls=tuple(completed))
-                pending_ids.clear()
-                pending_logprobs.clear()
-            if calls.repeated or (guide is not None and guide.complete):
-                finish_reason = "stop"  # tool_calls below: the calls so far
-                break
-        else:
-            step = streamer.push(token_id, stops_armed=generated > request.min_tokens)
-            text = step.text
-            if step.stopped:
-                after_marker = _text_after_marker(tokenizer.decode(generated_ids), request.stop) if marker_stop else None
-                if after_marker is None:
-                    finish_reason = "stop"
-                    break
-                # The marker's tokens are no content: only tokens that begin before it keep logprobs.
-                del pending_logprobs[_tokens_starting_within(tokenizer, pending_ids, len(text.encode("utf-8"))):]
-                # The model opened a tool call: the text so far is the content; the call's
-                # grammar constrains the rest, starting from what followed the marker.
-                guide = model.grammar.get().guide(plan.grammar_after_marker)
-                if not guide.accept_text_tokens(tokenizer.encode_text(after_marker)):
-                    finish_reason = "stop"  # not a call after all: the text ends at the marker
-                    break
-                calls = CallCollector(plan.tools, prefix=CALL_OPEN + after_marker)
-            elif guide is not None and guide.complete:
-                finish_reason = "stop"
-                text += streamer.flush()
-                break
-        if generated >= prepared.max_tokens:
-            finish_reason = "length"
-            if calls is None:
-                text += streamer.flush()
-            break
-        if text:
-            reasoning, text = splitter.push(text) if splitter is not None else ("", text)
-            if text or reasoning:
-                yield GenerationChunk(text=text, token_ids=tuple(pending_ids), logprobs=tuple(pending_logprobs),
-                                      reasoning=reasoning)
-                pending_ids.clear()
-                pending_logprobs.clear()
-            text = ""
-        if cancelled.is_set():
-            raise Cancelled("cancelled during generation")
-        context.evaluate((token_id,), threads=model.threads_per_slot)
-
-    if calls is not None and calls.calls and finish_reason == "stop":
-        finish_reason = "tool_calls"
-    log.debug(
-        "request %s: %d prompt tokens (%d cached) in %.3fs, %d generated in %.3fs, finish %s",
-        request.request_id, len(prompt), reused, prompt_seconds, generated,
-        time.monotonic() - started - prompt_seconds, finish_reason,
-    )
-    reasoning = ""
-    if splitter is not None:
-        reasoning, text = splitter.push(text)
-        held_reasoning, held_text = splitter.flush()
-        reasoning, text = reasoning + held_reasoning, text + held_text
-    yield GenerationChunk(
-        text=text,
-        reasoning=reasoning,
-        token_ids=tuple(pending_ids),
-        logprobs=tuple(pending_logprobs),
-        finish_reason=finish_reason,
-        usage=Usage(prompt_tokens=len(prompt), completion_tokens=generated, cached_prompt_tokens=reused),
-    )
-
-
-def _tokens_starting_within(tokenizer: TextTokenizer, token_ids: Sequence[int], n_bytes: int) -> int:
-    """How many of ``token_ids`` (whose text follows what was already sent) begin within the
-    first ``n_bytes`` bytes of their text."""
-    offset = 0
-    for k, token_id in enumerate(token_ids):
-        if offset >= n_bytes:
-            return k
-        offset += len(tokenizer.token_bytes(token_id))
-    return len(token_ids)
-
-
-def _text_after_marker(generated: str, stops: Sequence[str]) -> str | None:
-    """What the model wrote after the tool-call marker, or None when one of the request's own
-    stop strings came first (then the marker was never reached as a call)."""
-    at = generated.find(CALL_OPEN)
-    if at < 0:
-        return None
-    if any(0 <= generated.find(s) < at for s in stops if s):
-        return None
-    return generated[at + len(CALL_OPEN):]
-
-
-def _token_logprob(tokenizer: TextTokenizer, sampled) -> TokenLogprob:
-    return TokenLogprob(
-        token_id=sampled.token_id,
-        token=tokenizer.token_text(sampled.token_id),
-        logprob=sampled.logprob,
-        token_bytes=tokenizer.token_bytes(sampled.token_id),
-        top_logprobs=tuple(
-            TopLogprob(token_id=i, token=tokenizer.token_text(i), logprob=lp, token_bytes=tokenizer.token_bytes(i))
-            for i, lp in sampled.top_logprobs
-        ),
-    )

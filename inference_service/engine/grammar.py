@@ -88,6 +88,11 @@ class Guide:
             # Only a token the mask allowed is ever sampled: an error here is ours.
             raise RuntimeError(f"the grammar refused token {token_id}: {self._matcher.get_error()}")
 
+    def forced_tokens(self) -> list[int]:
+        """The tokens of the only continuation the grammar allows from here (may be none):
+        they need no sampling (jump-forward)."""
+        return self._matcher.compute_ff_tokens()
+
     def accept_text_tokens(self, token_ids: list[int]) -> bool:
         """Feeds tokens the model produced before the grammar started (see tool calls)."""
         return self._matcher.try_consume_tokens(token_ids) == len(token_ids)

@@ -59,10 +59,11 @@ KV_LAYOUTS = ("unified", "per-slot")
 class _Submission:
     sequence: "BatchedSequence"
     tokens: Sequence[int]
+    rows: int = 1  # the last ``rows`` tokens get logits (more than one: a speculative draft)
     done_count: int = 0  # tokens already in the KV cache
     in_flight: bool = False  # part of the batch being decoded now
     withdrawn: bool = False
-    logits: np.ndarray | None = None
+    logits: list[np.ndarray] = field(default_factory=list)  # one row per scored token, in order
     error: BaseException | None = None
     finished: bool = False
     enqueued: float = field(default_factory=time.monotonic)
@@ -111,7 +112,9 @@ class BatchedDecoder:
         if not self._context:
             raise ModelLoadError(f"llama.cpp could not create a context of {params.n_ctx} tokens for {model.path}")
         self._memory = llama.llama_get_memory(self._context)
-        self.shares_prefixes = kv_layout == "unified" and _can_copy_partial_sequences(llama, model)
+        # Partial sequences (a prefix copied, a draft's tail dropped) work only for plain attention.
+        self.cuts_sequences = _can_copy_partial_sequences(llama, model)
+        self.shares_prefixes = kv_layout == "unified" and self.cuts_sequences
         self.prefixes_copied = 0  # tokens copied between sequences instead of evaluated (tests, logs)
         self.vocab_size = model.vocab_size
         self._batch = llama.llama_batch_init(max_batch_tokens, 0, 1)
@@ -129,8 +132,8 @@ class BatchedDecoder:
 
     # --- called from generation threads ---------------------------------------------------
 
-    def submit(self, sequence: "BatchedSequence", tokens: Sequence[int]) -> _Submission:
-        submission = _Submission(sequence, tokens)
+    def submit(self, sequence: "BatchedSequence", tokens: Sequence[int], rows: int = 1) -> _Submission:
+        submission = _Submission(sequence, tokens, rows=rows)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the llama.cpp decoder is closed")
@@ -139,7 +142,7 @@ class BatchedDecoder:
             self._lock.notify_all()
         return submission
 
-    def wait(self, submission: _Submission, cancelled: threading.Event | None) -> np.ndarray:
+    def wait(self, submission: _Submission, cancelled: threading.Event | None) -> list[np.ndarray]:
         with self._lock:
             while not submission.finished:
                 if cancelled is not None and cancelled.is_set() and not submission.withdrawn:
@@ -152,13 +155,19 @@ class BatchedDecoder:
                 self._lock.wait(_POLL_SECONDS)
             if submission.error is not None:
                 raise submission.error
-            assert submission.logits is not None
+            assert len(submission.logits) == submission.rows
             return submission.logits
 
     def _drop(self, submission: _Submission) -> None:
         if submission in self._queue:
             self._queue.remove(submission)
         self._lock.notify_all()
+
+    def others_decoding(self, sequence: "BatchedSequence") -> bool:
+        """Whether any other sequence is generating (then a draft would slow its steps)."""
+        with self._lock:
+            return any(s != sequence.seq_id for s in self._awaited) or any(
+                q.sequence is not sequence for q in self._queue)
 
     def detach(self, sequence: "BatchedSequence") -> None:
         """The sequence's generation ended: the decoder stops waiting for its next token."""
@@ -244,7 +253,7 @@ class BatchedDecoder:
                         break
                     self._lock.wait(left)
                 plan = self._plan()
-                for submission, _, _ in plan:
+                for submission, _ in plan:
                     submission.in_flight = True
             with self._compute:
                 error = self._decode(plan)
@@ -252,8 +261,8 @@ class BatchedDecoder:
                 self._finish(plan, error)
                 self._lock.notify_all()
 
-    def _plan(self) -> list[tuple[_Submission, int, bool]]:
-        """(submission, tokens to take now, wants logits) for this step, in batch order.
+    def _plan(self) -> list[tuple[_Submission, int]]:
+        """(submission, tokens to take now) for this step, in batch order.
 
         Single tokens (streams decoding) first, then prompt chunks oldest first; a chunk ends
         on the submission's last token or on the step's budget.
@@ -262,36 +271,41 @@ class BatchedDecoder:
         decoding = [s for s in live if s.remaining == 1]
         prompts = [s for s in live if s.remaining > 1]
         budget = self.max_batch_tokens
-        plan: list[tuple[_Submission, int, bool]] = []
+        plan: list[tuple[_Submission, int]] = []
         for submission in decoding:
             if budget == 0:
                 break
-            plan.append((submission, 1, True))
+            plan.append((submission, 1))
             budget -= 1
         chunk_cap = self.prefill_chunk if decoding else budget
         for submission in prompts:
             if budget == 0:
                 break
             take = min(submission.remaining, budget, max(1, chunk_cap))
-            plan.append((submission, take, take == submission.remaining))
+            plan.append((submission, take))
             budget -= take
             if decoding:
                 chunk_cap = 0  # while streams decode, one prompt chunk per step
                 break
         return plan
 
-    def _decode(self, plan: list[tuple[_Submission, int, bool]]) -> BaseException | None:
+    def _decode(self, plan: list[tuple[_Submission, int]]) -> BaseException | None:
         llama, batch = self._llama, self._batch
         n = 0
-        for submission, take, wants_logits in plan:
+        scored: list[tuple[_Submission, int]] = []  # (submission, batch row) of each logits row
+        for submission, take in plan:
             sequence = submission.sequence
             start = len(sequence.cached_tokens)
+            first_scored = len(submission.tokens) - submission.rows
             for k in range(take):
-                batch.token[n] = submission.tokens[submission.done_count + k]
+                index = submission.done_count + k
+                batch.token[n] = submission.tokens[index]
                 batch.pos[n] = start + k
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = sequence.seq_id
-                batch.logits[n] = 1 if (wants_logits and k == take - 1) else 0
+                batch.logits[n] = index >= first_scored
+                if index >= first_scored:
+                    scored.append((submission, n))
                 n += 1
         batch.n_tokens = n
         threads = max(1, self._threads())
@@ -303,16 +317,13 @@ class BatchedDecoder:
         self.batched_sequences += len(plan)
         if result != 0:
             return RuntimeError(f"llama_decode failed ({result})")
-        row = 0
-        for submission, take, wants_logits in plan:
-            row += take
-            if wants_logits:
-                pointer = llama.llama_get_logits_ith(self._context, row - 1)
-                submission.logits = np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy()
+        for submission, row in scored:
+            pointer = llama.llama_get_logits_ith(self._context, row)
+            submission.logits.append(np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy())
         return None
 
-    def _finish(self, plan: list[tuple[_Submission, int, bool]], error: BaseException | None) -> None:
-        for submission, take, wants_logits in plan:
+    def _finish(self, plan: list[tuple[_Submission, int]], error: BaseException | None) -> None:
+        for submission, take in plan:
             submission.in_flight = False
             sequence = submission.sequence
             if error is not None:
@@ -358,6 +369,7 @@ class BatchedSequence:
         self.context_length = decoder.context_length
         self.vocab_size = decoder.vocab_size
         self.cached_tokens: list[int] = []
+        self.scores_many = decoder.cuts_sequences
         self._logits: np.ndarray | None = None
 
     @property
@@ -390,14 +402,25 @@ class BatchedSequence:
         before = len(self.cached_tokens)
         submission = self._decoder.submit(self, list(tokens))
         try:
-            self._logits = self._decoder.wait(submission, cancelled)
+            self._logits = self._decoder.wait(submission, cancelled)[-1]
         finally:
             if on_evaluated is not None:
                 on_evaluated(len(self.cached_tokens) - before)
 
+    def evaluate_rows(self, tokens: Sequence[int], rows: int, *, cancelled: threading.Event | None = None) -> list[np.ndarray]:
+        """Evaluates ``tokens`` and returns the logits after each of the last ``rows`` (a
+        speculative draft's verification); ``truncate`` then drops what was not accepted."""
+        submission = self._decoder.submit(self, list(tokens), rows=rows)
+        scored = self._decoder.wait(submission, cancelled)
+        self._logits = scored[-1]
+        return scored
+
     def logits(self) -> np.ndarray:
         assert self._logits is not None, "evaluate() first"
         return self._logits
+
+    def others_decoding(self) -> bool:
+        return self._decoder.others_decoding(self)
 
     def detach(self) -> None:
         self._decoder.detach(self)

@@ -70,6 +70,7 @@ class ModelContext:
         self.exact_reuse = exact_reuse
         self.vocab_size = self._llm.vocab_size
         self.cached_tokens: list[int] = []
+        self.scores_many = False  # ctransformers keeps the logits of the last position only
         # Leading cached tokens evaluated as whole aligned prompt blocks (reproducible to reuse).
         self.canonical_length = 0
 
@@ -137,6 +138,12 @@ class ModelContext:
 
     def detach(self) -> None:
         """The generation using this slot ended (nothing to do: no shared decoder to tell)."""
+
+    def others_decoding(self) -> bool:
+        return False  # a context of its own: nothing else decodes in it
+
+    def evaluate_rows(self, tokens: Sequence[int], rows: int, *, cancelled=None) -> list[np.ndarray]:
+        raise NotImplementedError("ctransformers returns the logits of the last position only")
 
     def logits(self) -> np.ndarray:
         """The last evaluated position's logits: a zero-copy view, valid until the next evaluation."""

@@ -190,6 +190,9 @@ class EngineStatus:
     generations_failed: int = 0
     prompt_tokens_evaluated: int = 0
     tokens_generated: int = 0
+    # Speculative decoding (llama.cpp engine): draft tokens verified, and those the model kept.
+    draft_tokens_proposed: int = 0
+    draft_tokens_accepted: int = 0
 
 
 class InferenceEngine(Protocol):

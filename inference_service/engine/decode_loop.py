@@ -94,6 +94,10 @@ class NgramDrafter:
         self.accepted = 0
         self.extend(history)
 
+    @property
+    def length(self) -> int:
+        return len(self._history)
+
     def extend(self, tokens: Sequence[int]) -> None:
         history, index = self._history, self._last_end
         for token in tokens:
@@ -327,7 +331,7 @@ def run_in_slot(model: "LoadedModel", context: Slot, prepared: "PreparedGenerati
             raise Cancelled("cancelled during generation")
         draft = []
         if drafter is not None:
-            drafter.extend(feed if not accepted else steps.generated_ids[-len(feed) - accepted:])
+            drafter.extend(steps.generated_ids[drafter.length - len(prompt):])  # what came since
             if len(feed) == 1 and not context.others_decoding():
                 draft = drafter.draft(min(steps.max_tokens - steps.generated - 1,
                                           context.context_length - len(context.cached_tokens) - 2))

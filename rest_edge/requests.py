@@ -30,9 +30,11 @@ from rest_edge.apis.fields import (  # noqa: F401  (parse_json_body and the boun
     call_id as _call_id,
     checked_text as _text,
     function_name as _function_name,
+    joined_text,
     json_type as _json_type,
     missing as _missing,
     object_at as _object_at,
+    objects_in,
     opt_bool as _opt_bool,
     opt_bool_at as _opt_bool_at,
     opt_int as _opt_int,
@@ -302,28 +304,18 @@ def completion_request(body: dict, request_id: str = "") -> ParsedRequest:
 # --- /v1/chat/completions -----------------------------------------------------------------
 
 def _content(value: Any, param: str) -> str:
-    if isinstance(value, str):
-        return _text(value, param)
-    if isinstance(value, list):
-        texts = []
-        for j, part in enumerate(value):
-            part_param = f"{param}[{j}]"
-            if not isinstance(part, dict):
-                raise _type_error(part_param, "a content part object", part)
-            kind = part.get("type")
-            if kind != "text":
-                raise invalid(
-                    f"Unsupported content part type {quote(kind)} in '{part_param}': only 'text' parts are supported.",
-                    param=param,
-                    code="unsupported_parameter",
-                )
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise _type_error(f"{part_param}.text", "a string", text)
-            texts.append(_text(text, f"{part_param}.text"))
-        # Parts are concatenated as they are, like text-generation-inference does.
-        return "".join(texts)
-    raise _type_error(param, "a string or an array of content parts", value)
+    return joined_text(value, param, lambda part, part_param: _text_part(part, part_param, param))
+
+
+def _text_part(part: dict, param: str, content_param: str) -> str:
+    kind = part.get("type")
+    if kind != "text":
+        raise invalid(f"Unsupported content part type {quote(kind)} in '{param}': only 'text' parts are supported.",
+                      param=content_param, code="unsupported_parameter")
+    text = part.get("text")
+    if not isinstance(text, str):
+        raise _type_error(f"{param}.text", "a string", text)
+    return _text(text, f"{param}.text")
 
 
 def _messages(body: dict) -> list[pb.ChatMessage]:
@@ -335,10 +327,7 @@ def _messages(body: dict) -> list[pb.ChatMessage]:
     if not value:
         raise invalid("Invalid 'messages': expected a non-empty array.", param="messages", code="invalid_value")
     out = []
-    for i, msg in enumerate(value):
-        param = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise _type_error(param, "an object", msg)
+    for param, msg in objects_in(value, "messages"):
         role = msg.get("role")
         if not isinstance(role, str):
             if role is None:
@@ -399,10 +388,7 @@ def _tool_calls(value: Any, param: str) -> list[pb.ToolCall]:
     if not isinstance(value, list):
         raise _type_error(param, "an array", value)
     calls = []
-    for j, call in enumerate(value):
-        call_param = f"{param}[{j}]"
-        if not isinstance(call, dict):
-            raise _type_error(call_param, "an object", call)
+    for call_param, call in objects_in(value, param):
         call_id = call.get("id")
         if call_id is None:
             raise _missing(f"{call_param}.id")
@@ -468,20 +454,9 @@ def _tools(body: dict) -> list[pb.Tool]:
     ``parameters`` absent is a function without arguments; ``strict`` is checked, and the
     arguments of a call are always valid for ``parameters`` (the engine constrains them).
     """
-    value = body.get("tools")
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _type_error("tools", "an array", value)
-    if len(value) > limits.MAX_TOOLS:
-        raise invalid(f"Invalid 'tools': expected an array with maximum length {limits.MAX_TOOLS}, but got an "
-                      f"array with length {len(value)} instead.", param="tools", code="array_above_max_length")
     tools: list[pb.Tool] = []
     first: dict[str, int] = {}
-    for i, tool in enumerate(value):
-        param = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise _type_error(param, "an object", tool)
+    for i, (param, tool) in enumerate(apis_tools.tool_objects(body)):
         _check_function_type(tool, param)
         function = _object_at(tool, "function", f"{param}.function")
         name = _function_name(function.get("name"), f"{param}.function.name")

@@ -86,20 +86,15 @@ def error_shape(err: RequestError) -> tuple[int, dict]:
 
 def _text_blocks(value: Any, param: str) -> str:
     """A string, or ``text`` blocks joined (``system``, a tool result's content)."""
-    if isinstance(value, str):
-        return checked_text(value, param)
-    if not isinstance(value, list):
-        raise type_error(param, "a string or an array of text blocks", value)
-    texts = []
-    for j, block in enumerate(value):
-        block_param = f"{param}[{j}]"
-        if not isinstance(block, dict):
-            raise type_error(block_param, "an object", block)
-        if block.get("type") != "text":
-            raise unsupported(f"{block_param}.type", f"Unsupported block type {quote(block.get('type'))} in "
-                                                     f"'{block_param}': only text blocks are supported here.")
-        texts.append(_block_text(block, block_param))
-    return "".join(texts)
+    return fields.joined_text(value, param, _text_block, expected="a string or an array of text blocks",
+                              part="an object")
+
+
+def _text_block(block: dict, param: str) -> str:
+    if block.get("type") != "text":
+        raise unsupported(f"{param}.type", f"Unsupported block type {quote(block.get('type'))} in "
+                                           f"'{param}': only text blocks are supported here.")
+    return _block_text(block, param)
 
 
 def _block_text(block: dict, param: str) -> str:
@@ -200,10 +195,7 @@ def _messages(body: dict) -> list[pb.ChatMessage]:
 def _tools(body: dict) -> list[pb.Tool]:
     taken: dict[str, str] = {}
     out = []
-    for i, tool in enumerate(tools.tool_list(body.get("tools"), "tools")):
-        param = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise type_error(param, "an object", tool)
+    for param, tool in tools.tool_objects(body):
         kind = tool.get("type")
         if kind not in (None, "custom"):
             continue  # a server or built-in tool (web_search_20250305, bash_20250124, ...): skipped

@@ -10,7 +10,7 @@ whose API has another error shape renders the same ``RequestError`` its own way.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from inference_service import limits
 from inference_service.limits import RANGES, quote
@@ -80,6 +80,27 @@ def type_error(param: str, expected: str, value: Any) -> RequestError:
         param=param,
         code="invalid_type",
     )
+
+
+def objects_in(items: Iterable[Any], param: str, expected: str = "an object") -> Iterator[tuple[str, dict]]:
+    """The items of the array at ``param``, each with its own path (``param[i]``); an item that
+    is not an object is refused as not ``expected``."""
+    for i, item in enumerate(items):
+        item_param = f"{param}[{i}]"
+        if not isinstance(item, dict):
+            raise type_error(item_param, expected, item)
+        yield item_param, item
+
+
+def joined_text(value: Any, param: str, part_text: Callable[[dict, str], str], *,
+                expected: str = "a string or an array of content parts", part: str = "a content part object") -> str:
+    """A string, or the texts of an array of parts (``part_text(part, its path)``) joined as
+    they are, as text-generation-inference does."""
+    if isinstance(value, str):
+        return checked_text(value, param)
+    if not isinstance(value, list):
+        raise type_error(param, expected, value)
+    return "".join(part_text(item, item_param) for item_param, item in objects_in(value, param, part))
 
 
 def range_error(param: str, constraint: str, value: Any) -> RequestError:

@@ -373,10 +373,7 @@ class _Conversation:
         if not isinstance(value, list):
             raise type_error(param, "an array", value)
         calls = []
-        for j, call in enumerate(value):
-            call_param = f"{param}[{j}]"
-            if not isinstance(call, dict):
-                raise type_error(call_param, "an object", call)
+        for j, (call_param, call) in enumerate(fields.objects_in(value, param)):
             function = fields.object_at(call, "function", f"{call_param}.function")
             name = fields.function_name(function.get("name"), f"{call_param}.function.name")
             arguments = _call_arguments(function.get("arguments"), f"{call_param}.function.arguments")
@@ -405,10 +402,7 @@ class _Conversation:
 def _tools(body: dict) -> list[pb.Tool]:
     taken: dict[str, str] = {}
     out = []
-    for i, tool in enumerate(tools.tool_list(body.get("tools"), "tools")):
-        param = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise type_error(param, "an object", tool)
+    for param, tool in tools.tool_objects(body):
         kind = tool.get("type")
         if kind not in (None, "function"):
             raise invalid(f"Unsupported value for '{param}.type': {quote(kind)}; only 'function' is supported.",

@@ -91,25 +91,19 @@ def _check_stateless(body: dict) -> None:
 
 
 def _content(value: Any, param: str) -> str:
-    if isinstance(value, str):
-        return checked_text(value, param)
-    if not isinstance(value, list):
-        raise type_error(param, "a string or an array of content parts", value)
-    texts = []
-    for j, part in enumerate(value):
-        part_param = f"{param}[{j}]"
-        if not isinstance(part, dict):
-            raise type_error(part_param, "a content part object", part)
-        kind = part.get("type")
-        key = "refusal" if kind == "refusal" else "text"
-        if kind not in _TEXT_PARTS and kind != "refusal":
-            raise unsupported(f"{part_param}.type", f"Unsupported content part type {quote(kind)} in "
-                                                    f"'{part_param}': only text parts are supported.")
-        text = part.get(key)
-        if not isinstance(text, str):
-            raise type_error(f"{part_param}.{key}", "a string", text)
-        texts.append(checked_text(text, f"{part_param}.{key}"))
-    return "".join(texts)
+    return fields.joined_text(value, param, _content_part)
+
+
+def _content_part(part: dict, param: str) -> str:
+    kind = part.get("type")
+    key = "refusal" if kind == "refusal" else "text"
+    if kind not in _TEXT_PARTS and kind != "refusal":
+        raise unsupported(f"{param}.type", f"Unsupported content part type {quote(kind)} in "
+                                           f"'{param}': only text parts are supported.")
+    text = part.get(key)
+    if not isinstance(text, str):
+        raise type_error(f"{param}.{key}", "a string", text)
+    return checked_text(text, f"{param}.{key}")
 
 
 class _History:
@@ -175,10 +169,7 @@ def _input(body: dict) -> list[pb.ChatMessage]:
         return history.messages
     if not isinstance(value, list):
         raise type_error("input", "a string or an array of input items", value)
-    for i, item in enumerate(value):
-        param = f"input[{i}]"
-        if not isinstance(item, dict):
-            raise type_error(param, "an object", item)
+    for param, item in fields.objects_in(value, "input"):
         kind = item.get("type", "message")
         if kind == "message":
             history.message(item, param)
@@ -207,10 +198,7 @@ def _tools(body: dict) -> tuple[list[pb.Tool], list[dict]]:
     """Function tools, as protobuf and as the response echoes them; other tool types are skipped."""
     taken: dict[str, str] = {}
     functions, echo, skipped = [], [], set()
-    for i, tool in enumerate(tools.tool_list(body.get("tools"), "tools")):
-        param = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise type_error(param, "an object", tool)
+    for param, tool in tools.tool_objects(body):
         kind = tool.get("type")
         if kind is None:
             raise missing(f"{param}.type")

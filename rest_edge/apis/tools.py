@@ -8,13 +8,13 @@ JSON paths. :func:`restrict` serves "allowed tools" (a subset the model may call
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from inference_service import limits
 from inference_service.limits import quote
 from inference_service.v1 import inference_pb2 as pb
 
-from rest_edge.apis.fields import NO_PARAMETERS, checked_text, function_name, schema_text, type_error
+from rest_edge.apis.fields import NO_PARAMETERS, checked_text, function_name, objects_in, schema_text, type_error
 from rest_edge.errors import invalid
 
 MODES = {"none": pb.ToolChoice.MODE_NONE, "auto": pb.ToolChoice.MODE_AUTO, "required": pb.ToolChoice.MODE_REQUIRED}
@@ -30,6 +30,11 @@ def tool_list(value: Any, param: str) -> list:
         raise invalid(f"Invalid '{param}': expected an array with maximum length {limits.MAX_TOOLS}, but got an "
                       f"array with length {len(value)} instead.", param=param, code="array_above_max_length")
     return value
+
+
+def tool_objects(body: dict) -> Iterator[tuple[str, dict]]:
+    """The request's ``tools`` (:func:`tool_list`), each an object, with its path (``tools[i]``)."""
+    return objects_in(tool_list(body.get("tools"), "tools"), "tools")
 
 
 def function_tool(obj: dict, param: str, *, name_key: str = "name", schema_key: str = "parameters",
@@ -84,10 +89,7 @@ def allowed_tool_names(value: Any, param: str, tools: Sequence[pb.Tool], *, nest
     if not value:
         raise invalid(f"Invalid '{param}': expected a non-empty array.", param=param, code="invalid_value")
     names = []
-    for i, item in enumerate(value):
-        item_param = f"{param}[{i}]"
-        if not isinstance(item, dict):
-            raise type_error(item_param, "an object", item)
+    for item_param, item in objects_in(value, param):
         kind = item.get("type")
         if kind not in (None, "function"):
             raise invalid(f"Unsupported value for '{item_param}.type': {quote(kind)}; only function tools can be "

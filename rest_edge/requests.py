@@ -44,6 +44,7 @@ from rest_edge.apis.fields import (  # noqa: F401  (parse_json_body and the boun
     range_error as _range_error,
     required_str as _required_str,
     schema_text as _schema_text,
+    text_at,
     type_error as _type_error,
     unsupported as _unsupported,
 )
@@ -312,10 +313,7 @@ def _text_part(part: dict, param: str, content_param: str) -> str:
     if kind != "text":
         raise invalid(f"Unsupported content part type {quote(kind)} in '{param}': only 'text' parts are supported.",
                       param=content_param, code="unsupported_parameter")
-    text = part.get("text")
-    if not isinstance(text, str):
-        raise _type_error(f"{param}.text", "a string", text)
-    return _text(text, f"{param}.text")
+    return text_at(part, "text", param)
 
 
 def _messages(body: dict) -> list[pb.ChatMessage]:
@@ -474,9 +472,6 @@ def _tools(body: dict) -> list[pb.Tool]:
     return tools
 
 
-_TOOL_CHOICE_MODES = {"none": pb.ToolChoice.MODE_NONE, "auto": pb.ToolChoice.MODE_AUTO,
-                      "required": pb.ToolChoice.MODE_REQUIRED}
-
 
 def _tool_choice(body: dict, tools: list[pb.Tool]) -> Optional[pb.ToolChoice]:
     """``tool_choice``: "none", "auto", "required" or ``{"type": "function", "function": {"name"}}``
@@ -488,10 +483,10 @@ def _tool_choice(body: dict, tools: list[pb.Tool]) -> Optional[pb.ToolChoice]:
         raise invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
                       param="tool_choice", code="invalid_value")
     if isinstance(value, str):
-        if value not in _TOOL_CHOICE_MODES:
+        if value not in apis_tools.MODES:
             raise invalid(f"Invalid value for 'tool_choice': {quote(value)}. Supported values are: 'none', 'auto', "
                           "'required' or an object naming a function.", param="tool_choice", code="invalid_value")
-        return pb.ToolChoice(mode=_TOOL_CHOICE_MODES[value])
+        return pb.ToolChoice(mode=apis_tools.MODES[value])
     if not isinstance(value, dict):
         raise _type_error("tool_choice", "a string or an object", value)
     _check_function_type(value, "tool_choice")
@@ -515,14 +510,9 @@ def _allowed_tools(value: dict, tools: list[pb.Tool]) -> tuple[pb.ToolChoice, li
         raise invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
                       param="tool_choice", code="invalid_value")
     spec = _object_at(value, "allowed_tools", "tool_choice.allowed_tools")
-    mode = spec.get("mode")
-    if mode is None:
-        raise _missing("tool_choice.allowed_tools.mode")
-    if mode not in ("auto", "required"):
-        raise invalid(f"Invalid value for 'tool_choice.allowed_tools.mode': {quote(mode)}. Supported values are: "
-                      "'auto' and 'required'.", param="tool_choice.allowed_tools.mode", code="invalid_value")
+    mode = apis_tools.allowed_tools_mode(spec, "tool_choice.allowed_tools")
     names = apis_tools.allowed_tool_names(spec.get("tools"), "tool_choice.allowed_tools.tools", tools, nested=True)
-    return pb.ToolChoice(mode=_TOOL_CHOICE_MODES[mode]), apis_tools.restrict(tools, names)
+    return pb.ToolChoice(mode=mode), apis_tools.restrict(tools, names)
 
 
 def _tool_fields(body: dict, req: pb.GenerateRequest) -> None:

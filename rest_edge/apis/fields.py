@@ -176,6 +176,14 @@ def opt_str_at(obj: dict, key: str, param: str, max_chars: Optional[int] = None)
     return checked_text(value, param, max_chars)
 
 
+def text_at(obj: dict, key: str, param: str) -> str:
+    """The string at ``key`` of the object at ``param`` (required), checked as text."""
+    text = obj.get(key)
+    if not isinstance(text, str):
+        raise type_error(f"{param}.{key}", "a string", text)
+    return checked_text(text, f"{param}.{key}")
+
+
 def opt_bool_at(obj: dict, key: str, param: str) -> Optional[bool]:
     value = obj.get(key)
     if value is not None and not isinstance(value, bool):

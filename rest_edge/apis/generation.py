@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Protocol
+from typing import Any, Callable, ClassVar, Iterable, Optional, Protocol
 
 import falcon
 
@@ -46,6 +46,17 @@ class Adapter(Protocol):
     def parse(self, body: dict, request_id: str) -> Parsed: ...
 
     def rendering(self, parsed: Parsed, response_id: str) -> Rendering: ...
+
+
+class ModuleAdapter:
+    """The adapter of an API module: its ``parse`` and its rendering class (``rendering_of``);
+    the API writes its ids with an underscore (``msg_…``, ``resp_…``)."""
+
+    id_prefix: ClassVar[str]
+    rendering_of: ClassVar[Callable[[Parsed, str], Rendering]]
+
+    def rendering(self, parsed: Parsed, response_id: str) -> Rendering:
+        return self.rendering_of(parsed, response_id.replace(f"{self.id_prefix}-", f"{self.id_prefix}_", 1))
 
 
 class AdapterGenerationResource(CallingResource):

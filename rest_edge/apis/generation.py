@@ -18,8 +18,8 @@ import falcon
 from inference_service.v1 import inference_pb2 as pb
 
 from rest_edge import responses
-from rest_edge.apis.sse import StreamRendering, event_stream
 from rest_edge.resources import CallingResource, Client, json_response, new_id, request_id_of
+from rest_edge.streaming import StreamRendering, rendered_stream
 
 
 @dataclass
@@ -75,7 +75,7 @@ class AdapterGenerationResource(CallingResource):
         call = self._client.generate(parsed.request, timeout=self._request_timeout)
         rendering = self._adapter.rendering(parsed, rid)
         self._answer(req, resp, call, responses.events(call), stream=parsed.stream, body=rendering.body,
-                     stream_of=functools.partial(event_stream, rendering),
+                     stream_of=functools.partial(rendered_stream, rendering),
                      content_type=getattr(self._adapter, "stream_content_type", "text/event-stream"))
 
 

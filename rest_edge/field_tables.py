@@ -190,12 +190,7 @@ def _unsupported(param: str, why: str) -> RequestError:
 def _string(value: Any, param: str, max_chars: Optional[int] = None) -> str:
     if not isinstance(value, str):
         raise _type_error(param, "a string", value)
-    if max_chars is not None and len(value) > max_chars:
-        raise invalid(limits.too_long_message(param, value, max_chars), param=param, code="string_above_max_length")
-    index = limits.lone_surrogate(value)
-    if index is not None:
-        raise invalid(limits.surrogate_message(param, value, index), param=param, code="invalid_value")
-    return value
+    return fields.checked_text(value, param, max_chars)
 
 
 def _enum(body: dict, name: str, values: tuple[str, ...]) -> None:

@@ -30,9 +30,11 @@ from rest_edge.apis.fields import (  # noqa: F401  (parse_json_body and the boun
     call_id as _call_id,
     checked_text as _text,
     function_name as _function_name,
+    joined_text,
     json_type as _json_type,
     missing as _missing,
     object_at as _object_at,
+    objects_in,
     opt_bool as _opt_bool,
     opt_bool_at as _opt_bool_at,
     opt_int as _opt_int,
@@ -42,6 +44,7 @@ from rest_edge.apis.fields import (  # noqa: F401  (parse_json_body and the boun
     range_error as _range_error,
     required_str as _required_str,
     schema_text as _schema_text,
+    text_at,
     type_error as _type_error,
     unsupported as _unsupported,
 )
@@ -302,28 +305,15 @@ def completion_request(body: dict, request_id: str = "") -> ParsedRequest:
 # --- /v1/chat/completions -----------------------------------------------------------------
 
 def _content(value: Any, param: str) -> str:
-    if isinstance(value, str):
-        return _text(value, param)
-    if isinstance(value, list):
-        texts = []
-        for j, part in enumerate(value):
-            part_param = f"{param}[{j}]"
-            if not isinstance(part, dict):
-                raise _type_error(part_param, "a content part object", part)
-            kind = part.get("type")
-            if kind != "text":
-                raise invalid(
-                    f"Unsupported content part type {quote(kind)} in '{part_param}': only 'text' parts are supported.",
-                    param=param,
-                    code="unsupported_parameter",
-                )
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise _type_error(f"{part_param}.text", "a string", text)
-            texts.append(_text(text, f"{part_param}.text"))
-        # Parts are concatenated as they are, like text-generation-inference does.
-        return "".join(texts)
-    raise _type_error(param, "a string or an array of content parts", value)
+    return joined_text(value, param, lambda part, part_param: _text_part(part, part_param, param))
+
+
+def _text_part(part: dict, param: str, content_param: str) -> str:
+    kind = part.get("type")
+    if kind != "text":
+        raise invalid(f"Unsupported content part type {quote(kind)} in '{param}': only 'text' parts are supported.",
+                      param=content_param, code="unsupported_parameter")
+    return text_at(part, "text", param)
 
 
 def _messages(body: dict) -> list[pb.ChatMessage]:
@@ -335,10 +325,7 @@ def _messages(body: dict) -> list[pb.ChatMessage]:
     if not value:
         raise invalid("Invalid 'messages': expected a non-empty array.", param="messages", code="invalid_value")
     out = []
-    for i, msg in enumerate(value):
-        param = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise _type_error(param, "an object", msg)
+    for param, msg in objects_in(value, "messages"):
         role = msg.get("role")
         if not isinstance(role, str):
             if role is None:
@@ -399,10 +386,7 @@ def _tool_calls(value: Any, param: str) -> list[pb.ToolCall]:
     if not isinstance(value, list):
         raise _type_error(param, "an array", value)
     calls = []
-    for j, call in enumerate(value):
-        call_param = f"{param}[{j}]"
-        if not isinstance(call, dict):
-            raise _type_error(call_param, "an object", call)
+    for call_param, call in objects_in(value, param):
         call_id = call.get("id")
         if call_id is None:
             raise _missing(f"{call_param}.id")
@@ -468,20 +452,9 @@ def _tools(body: dict) -> list[pb.Tool]:
     ``parameters`` absent is a function without arguments; ``strict`` is checked, and the
     arguments of a call are always valid for ``parameters`` (the engine constrains them).
     """
-    value = body.get("tools")
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _type_error("tools", "an array", value)
-    if len(value) > limits.MAX_TOOLS:
-        raise invalid(f"Invalid 'tools': expected an array with maximum length {limits.MAX_TOOLS}, but got an "
-                      f"array with length {len(value)} instead.", param="tools", code="array_above_max_length")
     tools: list[pb.Tool] = []
     first: dict[str, int] = {}
-    for i, tool in enumerate(value):
-        param = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise _type_error(param, "an object", tool)
+    for i, (param, tool) in enumerate(apis_tools.tool_objects(body)):
         _check_function_type(tool, param)
         function = _object_at(tool, "function", f"{param}.function")
         name = _function_name(function.get("name"), f"{param}.function.name")
@@ -499,9 +472,6 @@ def _tools(body: dict) -> list[pb.Tool]:
     return tools
 
 
-_TOOL_CHOICE_MODES = {"none": pb.ToolChoice.MODE_NONE, "auto": pb.ToolChoice.MODE_AUTO,
-                      "required": pb.ToolChoice.MODE_REQUIRED}
-
 
 def _tool_choice(body: dict, tools: list[pb.Tool]) -> Optional[pb.ToolChoice]:
     """``tool_choice``: "none", "auto", "required" or ``{"type": "function", "function": {"name"}}``
@@ -513,10 +483,10 @@ def _tool_choice(body: dict, tools: list[pb.Tool]) -> Optional[pb.ToolChoice]:
         raise invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
                       param="tool_choice", code="invalid_value")
     if isinstance(value, str):
-        if value not in _TOOL_CHOICE_MODES:
+        if value not in apis_tools.MODES:
             raise invalid(f"Invalid value for 'tool_choice': {quote(value)}. Supported values are: 'none', 'auto', "
                           "'required' or an object naming a function.", param="tool_choice", code="invalid_value")
-        return pb.ToolChoice(mode=_TOOL_CHOICE_MODES[value])
+        return pb.ToolChoice(mode=apis_tools.MODES[value])
     if not isinstance(value, dict):
         raise _type_error("tool_choice", "a string or an object", value)
     _check_function_type(value, "tool_choice")
@@ -540,14 +510,9 @@ def _allowed_tools(value: dict, tools: list[pb.Tool]) -> tuple[pb.ToolChoice, li
         raise invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
                       param="tool_choice", code="invalid_value")
     spec = _object_at(value, "allowed_tools", "tool_choice.allowed_tools")
-    mode = spec.get("mode")
-    if mode is None:
-        raise _missing("tool_choice.allowed_tools.mode")
-    if mode not in ("auto", "required"):
-        raise invalid(f"Invalid value for 'tool_choice.allowed_tools.mode': {quote(mode)}. Supported values are: "
-                      "'auto' and 'required'.", param="tool_choice.allowed_tools.mode", code="invalid_value")
+    mode = apis_tools.allowed_tools_mode(spec, "tool_choice.allowed_tools")
     names = apis_tools.allowed_tool_names(spec.get("tools"), "tool_choice.allowed_tools.tools", tools, nested=True)
-    return pb.ToolChoice(mode=_TOOL_CHOICE_MODES[mode]), apis_tools.restrict(tools, names)
+    return pb.ToolChoice(mode=mode), apis_tools.restrict(tools, names)
 
 
 def _tool_fields(body: dict, req: pb.GenerateRequest) -> None:

@@ -8,12 +8,13 @@ its failures are :class:`RequestError`. Tests inject a fake.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
 import random
 import threading
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional, Protocol, TypeVar
 
 import falcon
 
@@ -21,10 +22,13 @@ from inference_service.limits import quote
 from inference_service.v1 import inference_pb2 as pb
 
 from rest_edge import disconnect, requests, responses, streaming, wire
+from rest_edge.apis.fields import parse_json_body
 from rest_edge.errors import RequestError
 from rest_edge.metrics import Metrics
 
 log = logging.getLogger("rest_edge")
+
+T = TypeVar("T")
 
 
 class Client(Protocol):
@@ -100,63 +104,62 @@ def read_body(req: falcon.Request, limit: int) -> bytes:
     return data
 
 
-def _json(resp: falcon.Response, obj: Any, status: int = 200) -> None:
+def json_response(resp: falcon.Response, obj: Any, status: int = 200) -> None:
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
     resp.data = wire.dumps(obj).encode("utf-8")
 
 
-class GenerationResource:
-    """POST /v1/completions or /v1/chat/completions, stream true or false: parse, call, render."""
+def watched_call(req: falcon.Request, call: Any, metrics: Optional[Metrics]) -> streaming.ClientWatch:
+    """Watches the client of ``req``: when it leaves, ``call`` is cancelled (and counted)."""
+    departures = metrics.client_departures.labels(req.uri_template or "unmatched") if metrics else None
 
-    def __init__(
-        self,
-        client: Client,
-        parse: Callable[[dict, str], requests.ParsedRequest],
-        renderer: type[responses.Renderer],
-        *,
-        max_body_bytes: int,
-        request_timeout: Optional[float],
-        metrics: Optional[Metrics] = None,
-    ):
+    def on_gone() -> None:
+        if call.cancel() and departures is not None:
+            departures.inc()
+
+    return disconnect.watch_client(req.env, on_gone)
+
+
+StreamOf = Callable[..., streaming.CancellingStream]
+"""``(first, rest, call, *, watch, on_error)`` -> the response iterable of a stream."""
+
+
+class CallingResource:
+    """A route that calls the service: its body limit, the call's deadline, and the metrics of
+    departed clients and failed streams. A client that leaves before its answer is complete
+    cancels the call (the blocked ``next()`` then raises a 499 RequestError), whether or not
+    anything was written yet."""
+
+    def __init__(self, client: Client, *, max_body_bytes: int, request_timeout: Optional[float] = None,
+                 metrics: Optional[Metrics] = None):
         self._client = client
-        self._parse = parse
-        self._renderer = renderer
         self._max_body_bytes = max_body_bytes
         self._request_timeout = request_timeout
         self._metrics = metrics
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        rid = new_id(self._renderer.id_prefix)
-        parsed = self._parse(requests.parse_json_body(read_body(req, self._max_body_bytes)), request_id_of(req, rid))
-        call = self._client.generate(parsed.request, timeout=self._request_timeout)
-        if parsed.choices == 1:
-            render = self._renderer(rid, parsed.model, logprobs=parsed.logprobs, include_usage=parsed.include_usage,
-                                    **parsed.render_options)
-        else:
-            render = responses.ChoicesRenderer(
-                lambda: self._renderer(rid, parsed.model, logprobs=parsed.logprobs, **parsed.render_options),
-                parsed.choices, include_usage=parsed.include_usage)
-        events = responses.events(call, choices=parsed.choices)
-        # A client that leaves before the response is complete cancels the call (the blocked
-        # next() then raises a 499 RequestError), whether or not anything was written yet.
-        departures = self._metrics.client_departures.labels(req.uri_template or "unmatched") if self._metrics else None
+    def _json_body(self, req: falcon.Request) -> dict:
+        return parse_json_body(read_body(req, self._max_body_bytes))
 
-        def on_gone() -> None:
-            if call.cancel() and departures is not None:
-                departures.inc()
-
-        watch = disconnect.watch_client(req.env, on_gone)
-
-        if not parsed.stream:
-            try:
-                body = render.body(events)
-            finally:
-                watch.close()
+    def _watched(self, req: falcon.Request, call: Any, work: Callable[[], T], *, cancel: bool = True) -> T:
+        """``work()`` while the client is watched; then the call is cancelled (``cancel``), a
+        no-op once it ended."""
+        watch = watched_call(req, call, self._metrics)
+        try:
+            return work()
+        finally:
+            watch.close()
+            if cancel:
                 call.cancel()
-            _json(resp, body)
-            return
 
+    def _answer(self, req: falcon.Request, resp: falcon.Response, call: Any, events: Iterator[responses.Event], *,
+                stream: bool, body: Callable[[Iterator[responses.Event]], dict], stream_of: StreamOf,
+                content_type: str = "text/event-stream") -> None:
+        """Answers a generation: its whole ``body``, or (``stream``) the stream ``stream_of`` makes."""
+        if not stream:
+            json_response(resp, self._watched(req, call, lambda: body(events)))
+            return
+        watch = watched_call(req, call, self._metrics)
         # The status line goes out before the body iterator runs: take the first event here,
         # so that everything knowable before the first token gets its real HTTP status.
         try:
@@ -165,12 +168,10 @@ class GenerationResource:
             watch.close()
             call.cancel()
             raise
-        resp.content_type = "text/event-stream"
+        resp.content_type = content_type
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
-        resp.stream = streaming.sse_stream(
-            render, first, events, call, watch=watch, on_error=self._count_stream_error(req.uri_template)
-        )
+        resp.stream = stream_of(first, events, call, watch=watch, on_error=self._count_stream_error(req.uri_template))
 
     def _count_stream_error(self, route: Optional[str]) -> Optional[Callable[[RequestError], None]]:
         if self._metrics is None:
@@ -179,7 +180,31 @@ class GenerationResource:
         return lambda err: counter.labels(route or "unmatched", str(err.status)).inc()
 
 
-class EmbeddingsResource:
+class GenerationResource(CallingResource):
+    """POST /v1/completions or /v1/chat/completions, stream true or false: parse, call, render."""
+
+    def __init__(self, client: Client, parse: Callable[[dict, str], requests.ParsedRequest],
+                 renderer: type[responses.Renderer], **settings: Any):
+        super().__init__(client, **settings)
+        self._parse = parse
+        self._renderer = renderer
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        rid = new_id(self._renderer.id_prefix)
+        parsed = self._parse(self._json_body(req), request_id_of(req, rid))
+        call = self._client.generate(parsed.request, timeout=self._request_timeout)
+        if parsed.choices == 1:
+            render = self._renderer(rid, parsed.model, logprobs=parsed.logprobs, include_usage=parsed.include_usage,
+                                    **parsed.render_options)
+        else:
+            render = responses.ChoicesRenderer(
+                lambda: self._renderer(rid, parsed.model, logprobs=parsed.logprobs, **parsed.render_options),
+                parsed.choices, include_usage=parsed.include_usage)
+        self._answer(req, resp, call, responses.events(call, choices=parsed.choices), stream=parsed.stream,
+                     body=render.body, stream_of=functools.partial(streaming.sse_stream, render))
+
+
+class EmbeddingsResource(CallingResource):
     """POST /v1/embeddings: parse, check ``dimensions``, call Embed, render.
 
     ``dimensions`` is honoured only as what it always is here: the model's own full length
@@ -188,31 +213,13 @@ class EmbeddingsResource:
     A client that leaves while its inputs are embedded cancels the call.
     """
 
-    def __init__(self, client: Client, *, max_body_bytes: int, request_timeout: Optional[float],
-                 metrics: Optional[Metrics] = None):
-        self._client = client
-        self._max_body_bytes = max_body_bytes
-        self._request_timeout = request_timeout
-        self._metrics = metrics
-
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        parsed = requests.embedding_request(requests.parse_json_body(read_body(req, self._max_body_bytes)),
-                                            request_id_of(req, new_id("embd")))
+        parsed = requests.embedding_request(self._json_body(req), request_id_of(req, new_id("embd")))
         if parsed.dimensions is not None:
             self._check_dimensions(parsed.model, parsed.dimensions)
         call = self._client.embed(parsed.request, timeout=self._request_timeout)
-        departures = self._metrics.client_departures.labels(req.uri_template or "unmatched") if self._metrics else None
-
-        def on_gone() -> None:
-            if call.cancel() and departures is not None:
-                departures.inc()
-
-        watch = disconnect.watch_client(req.env, on_gone)
-        try:
-            result = call.result()
-        finally:
-            watch.close()
-        _json(resp, responses.embedding_body(result, parsed.model, parsed.encoding_format))
+        result = self._watched(req, call, call.result, cancel=False)
+        json_response(resp, responses.embedding_body(result, parsed.model, parsed.encoding_format))
 
     def _check_dimensions(self, model: str, dimensions: int) -> None:
         info = next((m for m in self._client.list_models() if m.name == model), None)
@@ -241,7 +248,7 @@ class ModelsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         models = [responses.model_object(m) for m in self._client.list_models()]
-        _json(resp, wire.model_list(models))
+        json_response(resp, wire.model_list(models))
 
 
 class ModelResource:
@@ -253,7 +260,7 @@ class ModelResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
         for info in self._client.list_models():
             if info.name == model:
-                _json(resp, responses.model_object(info))
+                json_response(resp, responses.model_object(info))
                 return
         raise _model_not_found(model)
 
@@ -273,6 +280,6 @@ class HealthResource:
             ok = False
         resp.set_header("Cache-Control", "no-store")
         if ok:
-            _json(resp, {"status": "ok"})
+            json_response(resp, {"status": "ok"})
         else:
-            _json(resp, {"status": "unavailable"}, status=503)
+            json_response(resp, {"status": "unavailable"}, status=503)

@@ -61,23 +61,27 @@ class ToolCalls:
 
 
 @dataclass(frozen=True)
-class Finish:
-    """The end of a generation; ``logprobs`` are those of tokens that produced no text."""
+class AnswerEnd:
+    """The end of one answer; ``logprobs`` are those of tokens that produced no text."""
 
     finish_reason: str
     usage: dict
     logprobs: tuple = ()
     index: int = 0
+
+    def as_finish(self) -> "Finish":
+        """This end as the end of a generation of one answer (each of n renderers sees one)."""
+        return Finish(self.finish_reason, self.usage, self.logprobs)
 
 
 @dataclass(frozen=True)
-class ChoiceFinish:
-    """The end of one of n > 1 answers that is not the last to end (the last one is a Finish)."""
+class Finish(AnswerEnd):
+    """The end of a generation (with n > 1 answers: of the last answer to end)."""
 
-    finish_reason: str
-    usage: dict
-    logprobs: tuple = ()
-    index: int = 0
+
+@dataclass(frozen=True)
+class ChoiceFinish(AnswerEnd):
+    """The end of one of n > 1 answers that is not the last to end (the last one is a Finish)."""
 
 
 Event = Union[Reasoning, Text, ToolCalls, ChoiceFinish, Finish]
@@ -217,6 +221,10 @@ class Renderer(ABC):
     """
 
     id_prefix: ClassVar[str]
+    # The route's wire builders: of a text chunk (id, created, model, text, finish_reason,
+    # logprobs) and of the usage chunk (id, created, model, usage).
+    _chunk_shape: ClassVar[Callable[..., dict]]
+    _usage_shape: ClassVar[Callable[..., dict]]
 
     def __init__(
         self,
@@ -248,8 +256,12 @@ class Renderer(ABC):
             lp = self._logprobs(event.logprobs) if event.logprobs else None
         out = [self._chunk(self._created(), "", event.finish_reason, lp)]
         if self.include_usage:
-            out.append(self._usage_chunk(self._created(), event.usage))
+            out.append(self.usage_chunk(event.usage))
         return out
+
+    def usage_chunk(self, usage: dict) -> dict:
+        """The ``stream_options.include_usage`` chunk that reports ``usage``."""
+        return self._usage_shape(self.id, self._created(), self.model, usage)
 
     def body(self, events: Iterable[Event]) -> dict:
         """The whole (non-stream) response body of a generation (``events()`` ends with a Finish)."""
@@ -279,11 +291,8 @@ class Renderer(ABC):
     @abstractmethod
     def _logprobs(self, entries: tuple) -> dict: ...
 
-    @abstractmethod
-    def _chunk(self, created: int, text: str, finish_reason: Optional[str], logprobs: Any) -> dict: ...
-
-    @abstractmethod
-    def _usage_chunk(self, created: int, usage: dict) -> dict: ...
+    def _chunk(self, created: int, text: str, finish_reason: Optional[str], logprobs: Any) -> dict:
+        return self._chunk_shape(self.id, created, self.model, text, finish_reason, logprobs)
 
     @abstractmethod
     def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any,
@@ -302,6 +311,8 @@ class CompletionRenderer(Renderer):
     """POST /v1/completions: ``text`` choices; ``text_offset`` of logprobs runs on across chunks."""
 
     id_prefix = "cmpl"
+    _chunk_shape = staticmethod(wire.completion_chunk)
+    _usage_shape = staticmethod(wire.completion_usage_chunk)
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -310,12 +321,6 @@ class CompletionRenderer(Renderer):
     def _logprobs(self, entries: tuple) -> dict:
         lp, self._offset = completion_logprobs(entries, self._offset)
         return lp
-
-    def _chunk(self, created: int, text: str, finish_reason: Optional[str], logprobs: Any) -> dict:
-        return wire.completion_chunk(self.id, created, self.model, text, finish_reason, logprobs)
-
-    def _usage_chunk(self, created: int, usage: dict) -> dict:
-        return wire.completion_usage_chunk(self.id, created, self.model, usage)
 
     def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any,
                   tool_calls: tuple = (), reasoning: str = "") -> dict:
@@ -331,6 +336,8 @@ class ChatRenderer(Renderer):
     """
 
     id_prefix = "chatcmpl"
+    _chunk_shape = staticmethod(wire.chat_chunk)
+    _usage_shape = staticmethod(wire.chat_usage_chunk)
 
     strict_stream = False  # OpenAI's own chunk shapes instead of the reference's (StrictChatRenderer)
 
@@ -382,12 +389,6 @@ class ChatRenderer(Renderer):
     def _logprobs(self, entries: tuple) -> dict:
         return chat_logprobs(entries)
 
-    def _chunk(self, created: int, text: str, finish_reason: Optional[str], logprobs: Any) -> dict:
-        return wire.chat_chunk(self.id, created, self.model, text, finish_reason, logprobs)
-
-    def _usage_chunk(self, created: int, usage: dict) -> dict:
-        return wire.chat_usage_chunk(self.id, created, self.model, usage)
-
     def _response(self, created: int, text: str, finish_reason: str, usage: dict, logprobs: Any,
                   tool_calls: tuple = (), reasoning: str = "") -> dict:
         thought = wire.ABSENT
@@ -422,29 +423,28 @@ class ChoicesRenderer:
 
     def chunks(self, event: Event) -> list[dict]:
         answer = self._answers[event.index]
-        if isinstance(event, (ChoiceFinish, Finish)):
-            self._usages[event.index] = event.usage
-            out = answer.chunks(Finish(event.finish_reason, event.usage, event.logprobs))
-        else:
-            out = answer.chunks(event)
-        out = [_with_index(chunk, event.index) for chunk in out]
+        out = [_with_index(chunk, event.index) for chunk in answer.chunks(self._seen(event))]
         if isinstance(event, Finish) and self._include_usage:
-            out.append(answer._usage_chunk(answer._created(), self._usage()))
+            out.append(answer.usage_chunk(self._usage()))
         return out
 
     def body(self, events: Iterable[Event]) -> dict:
         per_answer: dict[int, list] = {i: [] for i in range(len(self._answers))}
         for event in events:
-            if isinstance(event, (ChoiceFinish, Finish)):
-                self._usages[event.index] = event.usage
-                per_answer[event.index].append(Finish(event.finish_reason, event.usage, event.logprobs))
-            else:
-                per_answer[event.index].append(event)
+            per_answer[event.index].append(self._seen(event))
         bodies = [answer.body(per_answer[i]) for i, answer in enumerate(self._answers)]
         whole = bodies[0]
         whole["choices"] = [dict(body["choices"][0], index=i) for i, body in enumerate(bodies)]
         whole["usage"] = self._usage()
         return whole
+
+    def _seen(self, event: Event) -> Event:
+        """``event`` as its answer's renderer takes it: an answer's end is its Finish (its usage
+        kept for the request's)."""
+        if not isinstance(event, AnswerEnd):
+            return event
+        self._usages[event.index] = event.usage
+        return event.as_finish()
 
     def _usage(self) -> dict:
         first = self._usages.get(0) or next(iter(self._usages.values()))

@@ -1,9 +1,11 @@
-"""The SSE stream of a generation: framing, the end of the stream, and cancellation.
+"""The stream of a generation: its frames, the end of the stream, and cancellation.
 
-``sse_stream`` is the response iterator handed to the WSGI server; a renderer
-(``rest_edge.responses``) gives the chunks of each event. Its ``finally`` cancels the gRPC
-call, so a client that disconnects (the server then closes the iterator: ``GeneratorExit`` at a
-``yield``) stops its generation; nothing is ever yielded after ``GeneratorExit``.
+``rendered_stream`` is the response iterator handed to the WSGI server; a rendering gives the
+frames of each event (``sse_stream``: the chat and completions renderers of
+``rest_edge.responses`` as ``data:`` frames; the adapters' own, named events). Its ``finally``
+cancels the gRPC call, so a client that disconnects (the server then closes the iterator:
+``GeneratorExit`` at a ``yield``) stops its generation; nothing is ever yielded after
+``GeneratorExit``.
 
 A client that leaves while nothing is being written (before the first token, between slow
 tokens) is noticed by the disconnect watcher (``rest_edge.disconnect``), which cancels the
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
 from rest_edge import wire
 from rest_edge.errors import RequestError, internal_error
@@ -66,59 +68,102 @@ class ClientWatch(Closeable, Protocol):
     def gone(self) -> bool: ...
 
 
-def sse_stream(renderer: Renderer, first: Event, rest: Iterator[Event], call: Cancellable,
-               *, watch: Optional[ClientWatch] = None, **kwargs: Any) -> CancellingStream:
-    """The response iterable of a stream: ``sse_frames`` wrapped in a ``CancellingStream``.
+class StreamRendering(Protocol):
+    """An API's stream of one response."""
+
+    id: str
+
+    def opening(self) -> Iterable[bytes]:
+        """Frames before the first event's (the response's start)."""
+
+    def frames(self, event: Event) -> Iterable[bytes]:
+        """The frames of one event; a ``Finish`` gets the closing frames too."""
+
+    def error_frames(self, err: RequestError) -> Iterable[bytes]:
+        """How the API tells a client its stream failed after it started."""
+
+
+def rendered_stream(rendering: StreamRendering, first: Event, rest: Iterator[Event], call: Cancellable, *,
+                    watch: Optional[ClientWatch] = None,
+                    on_error: Optional[Callable[[RequestError], None]] = None) -> CancellingStream:
+    """The response iterable of a stream: :func:`rendered_frames` in a ``CancellingStream``.
 
     ``watch`` (from ``rest_edge.disconnect``) tells whether the client left; it is closed
     with the iterable.
     """
-    if watch is not None:
-        kwargs.setdefault("departed", lambda: watch.gone)
-    return CancellingStream(sse_frames(renderer, first, rest, call, **kwargs), call, watch)
+    departed = (lambda: watch.gone) if watch is not None else (lambda: False)
+    return CancellingStream(rendered_frames(rendering, first, rest, call, on_error=on_error, departed=departed),
+                            call, watch)
 
 
-def sse_frames(
-    renderer: Renderer,
-    first: Event,
-    rest: Iterator[Event],
-    call: Cancellable,
-    *,
-    on_error: Optional[Callable[[RequestError], None]] = None,
-    departed: Callable[[], bool] = lambda: False,
-) -> Iterator[bytes]:
-    """SSE frames for a generation whose first event was already taken (by the responder).
+def rendered_frames(rendering: StreamRendering, first: Event, rest: Iterator[Event], call: Cancellable, *,
+                    on_error: Optional[Callable[[RequestError], None]] = None,
+                    departed: Callable[[], bool] = lambda: False) -> Iterator[bytes]:
+    """The frames of a generation whose first event was already taken (by the resource).
 
-    An error after the stream started becomes one ``data: {"error":…}`` frame, then
-    ``data: [DONE]``. When ``departed()`` says the client left (its call was cancelled for
-    that), the end is logged at info level and not counted as a stream error; the frames are
-    still offered (a write to a departed client fails quietly in the server).
+    An error after the stream started becomes the rendering's error frames. When
+    ``departed()`` says the client left (its call was cancelled for that), the end is logged
+    at info level and not counted as a stream error; the frames are still offered (a write to
+    a departed client fails quietly in the server).
     """
     try:
+        yield from rendering.opening()
         for event in itertools.chain((first,), rest):
-            for chunk in renderer.chunks(event):
-                yield wire.sse(chunk)
+            yield from rendering.frames(event)
             if isinstance(event, Finish):  # always comes: events() raises rather than end without it
-                yield wire.DONE
                 return
     except RequestError as err:
         if departed():
-            log.info("stream %s: the client went away; its generation was cancelled", renderer.id)
+            log.info("stream %s: the client went away; its generation was cancelled", rendering.id)
         else:
-            log.warning("stream %s failed after it started: %d %s", renderer.id, err.status, err.message)
+            log.warning("stream %s failed after it started: %d %s", rendering.id, err.status, err.message)
             if on_error is not None:
                 on_error(err)
-        yield wire.sse(err.body())
-        yield wire.DONE
+        yield from rendering.error_frames(err)
     except Exception:  # not BaseException: GeneratorExit must pass through untouched
-        log.exception("stream %s failed after it started", renderer.id)
+        log.exception("stream %s failed after it started", rendering.id)
         err = internal_error()
         if on_error is not None:
             on_error(err)
-        yield wire.sse(err.body())
-        yield wire.DONE
+        yield from rendering.error_frames(err)
     finally:
         call.cancel()
         close = getattr(rest, "close", None)
         if close is not None:
             close()
+
+
+class _DataFrames:
+    """A renderer's chunks as the reference's SSE: ``data: <chunk>`` each, ``data: [DONE]``
+    after the finish; an error after the start is one ``data: {"error":…}`` frame, then
+    ``data: [DONE]``."""
+
+    def __init__(self, renderer: Renderer):
+        self._renderer = renderer
+        self.id = renderer.id
+
+    def opening(self) -> Iterable[bytes]:
+        return ()
+
+    def frames(self, event: Event) -> Iterator[bytes]:
+        for chunk in self._renderer.chunks(event):
+            yield wire.sse(chunk)
+        if isinstance(event, Finish):
+            yield wire.DONE
+
+    def error_frames(self, err: RequestError) -> Iterable[bytes]:
+        return (wire.sse(err.body()), wire.DONE)
+
+
+def sse_stream(renderer: Renderer, first: Event, rest: Iterator[Event], call: Cancellable, *,
+               watch: Optional[ClientWatch] = None,
+               on_error: Optional[Callable[[RequestError], None]] = None) -> CancellingStream:
+    """The response iterable of a completions or chat stream (see :func:`rendered_stream`)."""
+    return rendered_stream(_DataFrames(renderer), first, rest, call, watch=watch, on_error=on_error)
+
+
+def sse_frames(renderer: Renderer, first: Event, rest: Iterator[Event], call: Cancellable, *,
+               on_error: Optional[Callable[[RequestError], None]] = None,
+               departed: Callable[[], bool] = lambda: False) -> Iterator[bytes]:
+    """The SSE frames of a completions or chat stream (see :func:`rendered_frames`)."""
+    return rendered_frames(_DataFrames(renderer), first, rest, call, on_error=on_error, departed=departed)

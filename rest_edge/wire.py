@@ -63,14 +63,37 @@ def error_body(message: str, type: str, param: Optional[str] = None, code: Optio
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-# --- /v1/completions ---------------------------------------------------------------------
+def _envelope(object_: str, id: str, created: int, model: str, choices: list, usage: Any = ABSENT) -> dict:  # noqa: A002
+    """The reference's outer shape of chat chunks and of every non-stream body: id, object,
+    created, model, system_fingerprint, choices, then usage (when given)."""
+    body = {"id": id, "object": object_, "created": created, "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT, "choices": choices}
+    if usage is not ABSENT:
+        body["usage"] = usage
+    return body
 
-def _completion_choice(text: str, finish_reason: Optional[str], logprobs: Any) -> dict:
-    choice: dict[str, Any] = {"text": text, "index": 0}
+
+def _ending(choice: dict, finish_reason: Optional[str], logprobs: Any) -> dict:
+    """A choice's last keys: logprobs (only when asked for), then finish_reason."""
     if logprobs is not ABSENT:
         choice["logprobs"] = logprobs
     choice["finish_reason"] = finish_reason
     return choice
+
+
+# --- /v1/completions ---------------------------------------------------------------------
+
+def _completion_choice(text: str, finish_reason: Optional[str], logprobs: Any) -> dict:
+    return _ending({"text": text, "index": 0}, finish_reason, logprobs)
+
+
+def _completion_stream_frame(id: str, created: int, model: str, choices: list, usage: Any = ABSENT) -> dict:  # noqa: A002
+    """A completions stream chunk: its choices come before model (the reference's order)."""
+    frame = {"id": id, "object": COMPLETION_OBJECT, "created": created, "choices": choices, "model": model,
+             "system_fingerprint": SYSTEM_FINGERPRINT}
+    if usage is not ABSENT:
+        frame["usage"] = usage
+    return frame
 
 
 def completion_chunk(
@@ -81,27 +104,12 @@ def completion_chunk(
     finish_reason: Optional[str] = None,
     logprobs: Any = ABSENT,
 ) -> dict:
-    return {
-        "id": id,
-        "object": COMPLETION_OBJECT,
-        "created": created,
-        "choices": [_completion_choice(text, finish_reason, logprobs)],
-        "model": model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-    }
+    return _completion_stream_frame(id, created, model, [_completion_choice(text, finish_reason, logprobs)])
 
 
 def completion_usage_chunk(id: str, created: int, model: str, usage: dict) -> dict:  # noqa: A002
     """The ``stream_options.include_usage`` frame: same shape, no choices, usage last."""
-    return {
-        "id": id,
-        "object": COMPLETION_OBJECT,
-        "created": created,
-        "choices": [],
-        "model": model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "usage": usage,
-    }
+    return _completion_stream_frame(id, created, model, [], usage)
 
 
 def completion_response(
@@ -113,15 +121,8 @@ def completion_response(
     usage: dict,
     logprobs: Any = ABSENT,
 ) -> dict:
-    return {
-        "id": id,
-        "object": COMPLETION_OBJECT,
-        "created": created,
-        "model": model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [_completion_choice(text, finish_reason, logprobs)],
-        "usage": usage,
-    }
+    return _envelope(COMPLETION_OBJECT, id, created, model, [_completion_choice(text, finish_reason, logprobs)],
+                     usage)
 
 
 # --- /v1/chat/completions ----------------------------------------------------------------
@@ -139,18 +140,16 @@ def tool_call_delta(index: int, id: str, name: str, arguments: str) -> dict:  # 
     return {"id": id, "index": index, "type": FUNCTION, "function": {"name": name, "arguments": arguments}}
 
 
-def _chat_chunk_choice(content: str, finish_reason: Optional[str], logprobs: Any, tool_calls: Any = ABSENT,
-                       reasoning: Any = ABSENT) -> dict:
-    delta: dict[str, Any] = {"role": "assistant", "content": content}
-    if reasoning is not ABSENT:  # (field name, text)
-        delta[reasoning[0]] = reasoning[1]
+def _chat_choice(key: str, content: Optional[str], finish_reason: Optional[str], logprobs: Any, tool_calls: Any,
+                 reasoning: Any) -> dict:
+    """A chat choice whose ``key`` ("delta" in a chunk, "message" in a body) holds the
+    assistant's turn: role, content, the thinking (field name, text), then the tool calls."""
+    turn: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning is not ABSENT:
+        turn[reasoning[0]] = reasoning[1]
     if tool_calls is not ABSENT:
-        delta["tool_calls"] = tool_calls
-    choice: dict[str, Any] = {"index": 0, "delta": delta}
-    if logprobs is not ABSENT:
-        choice["logprobs"] = logprobs
-    choice["finish_reason"] = finish_reason
-    return choice
+        turn["tool_calls"] = tool_calls
+    return _ending({"index": 0, key: turn}, finish_reason, logprobs)
 
 
 def chat_chunk(
@@ -165,26 +164,12 @@ def chat_chunk(
 ) -> dict:
     """A chat stream chunk; ``tool_calls`` (a list of :func:`tool_call_delta`) when it carries calls,
     ``reasoning`` (field name, text) when it carries the model's thinking."""
-    return {
-        "id": id,
-        "object": CHAT_CHUNK_OBJECT,
-        "created": created,
-        "model": model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [_chat_chunk_choice(content, finish_reason, logprobs, tool_calls, reasoning)],
-    }
+    choice = _chat_choice("delta", content, finish_reason, logprobs, tool_calls, reasoning)
+    return _envelope(CHAT_CHUNK_OBJECT, id, created, model, [choice])
 
 
 def chat_usage_chunk(id: str, created: int, model: str, usage: dict) -> dict:  # noqa: A002
-    return {
-        "id": id,
-        "object": CHAT_CHUNK_OBJECT,
-        "created": created,
-        "model": model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [],
-        "usage": usage,
-    }
+    return _envelope(CHAT_CHUNK_OBJECT, id, created, model, [], usage)
 
 
 def chat_response(
@@ -201,24 +186,8 @@ def chat_response(
     """A chat body; ``tool_calls`` (a list of :func:`tool_call_object`) when the model called
     tools, ``content`` then None unless it also wrote text; ``reasoning`` (field name, text)
     when it thought."""
-    message: dict[str, Any] = {"role": "assistant", "content": content}
-    if reasoning is not ABSENT:
-        message[reasoning[0]] = reasoning[1]
-    if tool_calls is not ABSENT:
-        message["tool_calls"] = tool_calls
-    choice: dict[str, Any] = {"index": 0, "message": message}
-    if logprobs is not ABSENT:
-        choice["logprobs"] = logprobs
-    choice["finish_reason"] = finish_reason
-    return {
-        "id": id,
-        "object": CHAT_OBJECT,
-        "created": created,
-        "model": model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [choice],
-        "usage": usage,
-    }
+    choice = _chat_choice("message", content, finish_reason, logprobs, tool_calls, reasoning)
+    return _envelope(CHAT_OBJECT, id, created, model, [choice], usage)
 
 
 # --- /v1/models --------------------------------------------------------------------------

@@ -10,7 +10,9 @@ processes is harness/processes.py (shared with bench/); here a failure to start 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -58,8 +60,17 @@ def start_edge(target: str, log_path: Path, **env_overrides: str) -> Edge:
         pytest.fail(str(error))
 
 
+@contextlib.contextmanager
+def edge_over(target: str, log_dir: Path, **env_overrides: str) -> Iterator[Edge]:
+    """:func:`start_edge` in front of ``target`` (its log in ``log_dir``), stopped after the block."""
+    running = start_edge(target, log_dir / "gunicorn.log", **env_overrides)
+    try:
+        yield running
+    finally:
+        stop_process(running.process)
+
+
 @pytest.fixture(scope="session")
 def edge(service, tmp_path_factory):
-    running = start_edge(service.address, tmp_path_factory.mktemp("edge") / "gunicorn.log")
-    yield running
-    stop_process(running.process)
+    with edge_over(service.address, tmp_path_factory.mktemp("edge")) as running:
+        yield running

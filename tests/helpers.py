@@ -1,5 +1,5 @@
 """Helpers every kind of test uses: waiting for an event, a gRPC error's trailing metadata,
-and a Falcon test client of the edge app in front of a fake client."""
+a stream of named events, and a Falcon test client of the edge app in front of a fake client."""
 
 from __future__ import annotations
 
@@ -30,6 +30,18 @@ def json_lines(log: str, what: str, fields: frozenset = frozenset()) -> list[dic
         assert isinstance(lines[-1], dict), line
         assert set(lines[-1]) >= fields, line
     return lines
+
+
+def named_events(text: str) -> list[tuple[str, dict]]:
+    """A stream of named server-sent events (``event: <type>`` then its ``data:``), as
+    (name, data) pairs; each data's ``type`` is its event's name."""
+    out = []
+    for frame in filter(None, text.split("\n\n")):
+        name_line, data_line = frame.split("\n")
+        name, data = name_line.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))
+        assert data["type"] == name, frame
+        out.append((name, data))
+    return out
 
 
 def client_for(fake, **kwargs) -> falcon.testing.TestClient:

@@ -193,8 +193,10 @@ class LlamaCppEmbedder:
               threads: Optional[Callable[[], int]] = None) -> list[np.ndarray]:
         """One unit-length float32 vector per sequence, in order.
 
+        Each sequence holds at least one token: empty inputs are refused where requests come
+        in (the service's ``request_checks``, ``Engine.embed``), not again here.
         Raises ContextLengthExceeded (param "input") for a sequence longer than the context,
-        InvalidRequest for an empty sequence or a token id outside the vocabulary, Cancelled
+        InvalidRequest for a token id outside the vocabulary, Cancelled
         once ``cancelled`` is set (checked before each decode). ``threads``, when given, says
         the compute threads before each decode (an adaptive policy's count: a request of
         2,048 inputs outlives any one estimate); vectors do not depend on it.
@@ -211,8 +213,6 @@ class LlamaCppEmbedder:
 
     def _check(self, i: int, seq: Sequence[int]) -> list[int]:
         tokens = [int(t) for t in seq]
-        if not tokens:
-            raise InvalidRequest(f"input {i} is empty", "input")
         if len(tokens) > self.context_length:
             raise ContextLengthExceeded(
                 f"input {i} has {len(tokens)} tokens, more than this model's embedding context of "

@@ -61,7 +61,7 @@ from rest_edge.apis.fields import (
     type_error,
     unsupported,
 )
-from rest_edge.apis.generation import Parsed
+from rest_edge.apis.generation import ModuleAdapter, Parsed
 from rest_edge.apis.sse import named_event
 from rest_edge.errors import RequestError, invalid
 
@@ -86,34 +86,18 @@ def error_shape(err: RequestError) -> tuple[int, dict]:
 
 def _text_blocks(value: Any, param: str) -> str:
     """A string, or ``text`` blocks joined (``system``, a tool result's content)."""
-    if isinstance(value, str):
-        return checked_text(value, param)
-    if not isinstance(value, list):
-        raise type_error(param, "a string or an array of text blocks", value)
-    texts = []
-    for j, block in enumerate(value):
-        block_param = f"{param}[{j}]"
-        if not isinstance(block, dict):
-            raise type_error(block_param, "an object", block)
-        if block.get("type") != "text":
-            raise unsupported(f"{block_param}.type", f"Unsupported block type {quote(block.get('type'))} in "
-                                                     f"'{block_param}': only text blocks are supported here.")
-        texts.append(_block_text(block, block_param))
-    return "".join(texts)
+    return fields.joined_text(value, param, _text_block, expected="a string or an array of text blocks",
+                              part="an object")
 
 
-def _block_text(block: dict, param: str) -> str:
-    text = block.get("text")
-    if not isinstance(text, str):
-        raise type_error(f"{param}.text", "a string", text)
-    return checked_text(text, f"{param}.text")
+def _text_block(block: dict, param: str) -> str:
+    if block.get("type") != "text":
+        raise unsupported(f"{param}.type", f"Unsupported block type {quote(block.get('type'))} in "
+                                           f"'{param}': only text blocks are supported here.")
+    return fields.text_at(block, "text", param)
 
 
-class _Conversation:
-    def __init__(self) -> None:
-        self.messages: list[pb.ChatMessage] = []
-        self.call_names: dict[str, str] = {}
-
+class _Conversation(tools.Turns):
     def add(self, msg: Any, param: str) -> None:
         if not isinstance(msg, dict):
             raise type_error(param, "an object", msg)
@@ -145,15 +129,14 @@ class _Conversation:
             raise type_error(param, "an object", block)
         kind = block.get("type")
         if kind == "text":
-            texts.append(_block_text(block, param))
+            texts.append(fields.text_at(block, "text", param))
         elif kind == "tool_use" and role == "assistant":
             if block.get("id") is None:
                 raise missing(f"{param}.id")
             call_id = fields.call_id(block.get("id"), f"{param}.id")
             name = fields.function_name(block.get("name"), f"{param}.name")
             arguments = fields.object_json(block.get("input", {}), f"{param}.input")
-            self.call_names[call_id] = name
-            turn.tool_calls.append(pb.ToolCall(id=call_id, name=name, arguments_json=arguments))
+            turn.tool_calls.append(self.call(call_id, name, arguments))
         elif kind == "tool_result" and role == "user":
             if block.get("tool_use_id") is None:
                 raise missing(f"{param}.tool_use_id")
@@ -163,8 +146,7 @@ class _Conversation:
             is_error = fields.opt_bool_at(block, "is_error", f"{param}.is_error")
             if is_error:
                 text = f"Error: {text}"
-            self.messages.append(pb.ChatMessage(role="tool", tool_call_id=call_id,
-                                                name=self.call_names.get(call_id, ""), content=text))
+            self.add_result(call_id, text)
         elif kind in ("thinking", "redacted_thinking") and role == "assistant":
             return
         elif kind in ("tool_use", "tool_result"):
@@ -200,10 +182,7 @@ def _messages(body: dict) -> list[pb.ChatMessage]:
 def _tools(body: dict) -> list[pb.Tool]:
     taken: dict[str, str] = {}
     out = []
-    for i, tool in enumerate(tools.tool_list(body.get("tools"), "tools")):
-        param = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise type_error(param, "an object", tool)
+    for param, tool in tools.tool_objects(body):
         kind = tool.get("type")
         if kind not in (None, "custom"):
             continue  # a server or built-in tool (web_search_20250305, bash_20250124, ...): skipped
@@ -432,11 +411,7 @@ class MessagesRendering:
         raise AssertionError("events() ends with a Finish or raises")
 
 
-class MessagesAdapter:
+class MessagesAdapter(ModuleAdapter):
     id_prefix = "msg"
-
-    def parse(self, body: dict, request_id: str) -> Parsed:
-        return parse(body, request_id)
-
-    def rendering(self, parsed: Parsed, response_id: str) -> MessagesRendering:
-        return MessagesRendering(parsed, response_id.replace("msg-", "msg_", 1))
+    parse = staticmethod(parse)
+    rendering_of = MessagesRendering

@@ -10,7 +10,7 @@ whose API has another error shape renders the same ``RequestError`` its own way.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from inference_service import limits
 from inference_service.limits import RANGES, quote
@@ -56,22 +56,13 @@ def _short(exc: Exception) -> str:
 
 # --- typed field readers ------------------------------------------------------------------
 
+# JSON's name of each Python type json.loads makes (bool before int: a bool is an int).
+_JSON_TYPES = ((type(None), "null"), (bool, "a boolean"), (int, "an integer"), (float, "a number"),
+               (str, "a string"), (list, "an array"), (dict, "an object"))
+
+
 def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), type(value).__name__)
 
 
 def type_error(param: str, expected: str, value: Any) -> RequestError:
@@ -80,6 +71,27 @@ def type_error(param: str, expected: str, value: Any) -> RequestError:
         param=param,
         code="invalid_type",
     )
+
+
+def objects_in(items: Iterable[Any], param: str, expected: str = "an object") -> Iterator[tuple[str, dict]]:
+    """The items of the array at ``param``, each with its own path (``param[i]``); an item that
+    is not an object is refused as not ``expected``."""
+    for i, item in enumerate(items):
+        item_param = f"{param}[{i}]"
+        if not isinstance(item, dict):
+            raise type_error(item_param, expected, item)
+        yield item_param, item
+
+
+def joined_text(value: Any, param: str, part_text: Callable[[dict, str], str], *,
+                expected: str = "a string or an array of content parts", part: str = "a content part object") -> str:
+    """A string, or the texts of an array of parts (``part_text(part, its path)``) joined as
+    they are, as text-generation-inference does."""
+    if isinstance(value, str):
+        return checked_text(value, param)
+    if not isinstance(value, list):
+        raise type_error(param, expected, value)
+    return "".join(part_text(item, item_param) for item_param, item in objects_in(value, param, part))
 
 
 def range_error(param: str, constraint: str, value: Any) -> RequestError:
@@ -153,6 +165,14 @@ def opt_str_at(obj: dict, key: str, param: str, max_chars: Optional[int] = None)
     if not isinstance(value, str):
         raise type_error(param, "a string", value)
     return checked_text(value, param, max_chars)
+
+
+def text_at(obj: dict, key: str, param: str) -> str:
+    """The string at ``key`` of the object at ``param`` (required), checked as text."""
+    text = obj.get(key)
+    if not isinstance(text, str):
+        raise type_error(f"{param}.{key}", "a string", text)
+    return checked_text(text, f"{param}.{key}")
 
 
 def opt_bool_at(obj: dict, key: str, param: str) -> Optional[bool]:

@@ -70,10 +70,9 @@ from inference_service.v1 import inference_pb2 as pb
 from rest_edge import errors, responses, wire
 from rest_edge.apis import fields, tools
 from rest_edge.apis.fields import checked_text, missing, type_error
-from rest_edge.apis.generation import Parsed, json_response, watched_call
+from rest_edge.apis.generation import Parsed
 from rest_edge.errors import RequestError, invalid
-from rest_edge.metrics import Metrics
-from rest_edge.resources import Client, new_id, read_body, request_id_of
+from rest_edge.resources import CallingResource, Client, json_response, new_id, request_id_of
 
 ROUTE_PREFIX = "/api"
 NDJSON = "application/x-ndjson"
@@ -374,10 +373,7 @@ class _Conversation:
         if not isinstance(value, list):
             raise type_error(param, "an array", value)
         calls = []
-        for j, call in enumerate(value):
-            call_param = f"{param}[{j}]"
-            if not isinstance(call, dict):
-                raise type_error(call_param, "an object", call)
+        for j, (call_param, call) in enumerate(fields.objects_in(value, param)):
             function = fields.object_at(call, "function", f"{call_param}.function")
             name = fields.function_name(function.get("name"), f"{call_param}.function.name")
             arguments = _call_arguments(function.get("arguments"), f"{call_param}.function.arguments")
@@ -406,10 +402,7 @@ class _Conversation:
 def _tools(body: dict) -> list[pb.Tool]:
     taken: dict[str, str] = {}
     out = []
-    for i, tool in enumerate(tools.tool_list(body.get("tools"), "tools")):
-        param = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise type_error(param, "an object", tool)
+    for param, tool in tools.tool_objects(body):
         kind = tool.get("type")
         if kind not in (None, "function"):
             raise invalid(f"Unsupported value for '{param}.type': {quote(kind)}; only 'function' is supported.",
@@ -652,20 +645,16 @@ def _embed_inputs(body: dict, legacy: bool) -> list[pb.EmbedInput]:
     return inputs
 
 
-class EmbedResource:
+class EmbedResource(CallingResource):
     """POST /api/embed (``legacy``: /api/embeddings)."""
 
-    def __init__(self, client: Client, *, legacy: bool, max_body_bytes: int, request_timeout: Optional[float],
-                 metrics: Optional[Metrics] = None):
-        self._client = client
+    def __init__(self, client: Client, *, legacy: bool, **settings: Any):
+        super().__init__(client, **settings)
         self._legacy = legacy
-        self._max_body_bytes = max_body_bytes
-        self._request_timeout = request_timeout
-        self._metrics = metrics
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.monotonic_ns()
-        body = fields.parse_json_body(read_body(req, self._max_body_bytes))
+        body = self._json_body(req)
         model = _model(body)
         _keep_alive(body)
         fields.opt_bool(body, "truncate")
@@ -682,11 +671,7 @@ class EmbedResource:
             return
         request = pb.EmbedRequest(model=served, inputs=inputs, request_id=request_id_of(req, new_id("embd")))
         call = self._client.embed(request, timeout=self._request_timeout)
-        watch = watched_call(req, call, self._metrics)
-        try:
-            result = call.result()
-        finally:
-            watch.close()
+        result = self._watched(req, call, call.result, cancel=False)
         if self._legacy:
             json_response(resp, {"embedding": list(result.embeddings[0].values)})
             return
@@ -764,15 +749,11 @@ class PsResource:
         json_response(resp, {"models": models})
 
 
-class ShowResource:
+class ShowResource(CallingResource):
     """POST /api/show."""
 
-    def __init__(self, client: Client, *, max_body_bytes: int):
-        self._client = client
-        self._max_body_bytes = max_body_bytes
-
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = fields.parse_json_body(read_body(req, self._max_body_bytes))
+        body = self._json_body(req)
         fields.opt_bool(body, "verbose")
         json_response(resp, show_body(_find(self._client, served_name(self._client, _model(body)))))
 
@@ -782,16 +763,12 @@ class VersionResource:
         json_response(resp, {"version": VERSION})
 
 
-class PullResource:
+class PullResource(CallingResource):
     """POST /api/pull. The gRPC contract has no pull: a served model is already here
     (``success``); any other is a 404 that says how models get onto the service."""
 
-    def __init__(self, client: Client, *, max_body_bytes: int):
-        self._client = client
-        self._max_body_bytes = max_body_bytes
-
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = fields.parse_json_body(read_body(req, self._max_body_bytes))
+        body = self._json_body(req)
         model = _model(body)
         stream = _stream(body)
         served = [m.name for m in self._client.list_models()]

@@ -56,7 +56,7 @@ from rest_edge.apis.fields import (
     type_error,
     unsupported,
 )
-from rest_edge.apis.generation import Parsed
+from rest_edge.apis.generation import ModuleAdapter, Parsed
 from rest_edge.apis.sse import named_event
 from rest_edge.errors import RequestError, invalid
 
@@ -91,33 +91,20 @@ def _check_stateless(body: dict) -> None:
 
 
 def _content(value: Any, param: str) -> str:
-    if isinstance(value, str):
-        return checked_text(value, param)
-    if not isinstance(value, list):
-        raise type_error(param, "a string or an array of content parts", value)
-    texts = []
-    for j, part in enumerate(value):
-        part_param = f"{param}[{j}]"
-        if not isinstance(part, dict):
-            raise type_error(part_param, "a content part object", part)
-        kind = part.get("type")
-        key = "refusal" if kind == "refusal" else "text"
-        if kind not in _TEXT_PARTS and kind != "refusal":
-            raise unsupported(f"{part_param}.type", f"Unsupported content part type {quote(kind)} in "
-                                                    f"'{part_param}': only text parts are supported.")
-        text = part.get(key)
-        if not isinstance(text, str):
-            raise type_error(f"{part_param}.{key}", "a string", text)
-        texts.append(checked_text(text, f"{part_param}.{key}"))
-    return "".join(texts)
+    return fields.joined_text(value, param, _content_part)
 
 
-class _History:
+def _content_part(part: dict, param: str) -> str:
+    kind = part.get("type")
+    key = "refusal" if kind == "refusal" else "text"
+    if kind not in _TEXT_PARTS and kind != "refusal":
+        raise unsupported(f"{param}.type", f"Unsupported content part type {quote(kind)} in "
+                                           f"'{param}': only text parts are supported.")
+    return fields.text_at(part, key, param)
+
+
+class _History(tools.Turns):
     """Input items → chat turns; consecutive function calls join the assistant turn before."""
-
-    def __init__(self) -> None:
-        self.messages: list[pb.ChatMessage] = []
-        self.call_names: dict[str, str] = {}
 
     def message(self, item: dict, param: str) -> None:
         role = item.get("role")
@@ -140,8 +127,7 @@ class _History:
         if arguments is None:
             raise missing(f"{param}.arguments")
         arguments = fields.arguments_text(arguments, f"{param}.arguments")
-        call = pb.ToolCall(id=call_id, name=name, arguments_json=arguments)
-        self.call_names[call_id] = name
+        call = self.call(call_id, name, arguments)
         last = self.messages[-1] if self.messages else None
         if last is not None and last.role == "assistant":
             last.tool_calls.append(call)
@@ -155,8 +141,7 @@ class _History:
         output = item.get("output")
         if output is None:
             raise missing(f"{param}.output")
-        self.messages.append(pb.ChatMessage(role="tool", tool_call_id=call_id, name=self.call_names.get(call_id, ""),
-                                            content=_content(output, f"{param}.output")))
+        self.add_result(call_id, _content(output, f"{param}.output"))
 
 
 def _input(body: dict) -> list[pb.ChatMessage]:
@@ -175,10 +160,7 @@ def _input(body: dict) -> list[pb.ChatMessage]:
         return history.messages
     if not isinstance(value, list):
         raise type_error("input", "a string or an array of input items", value)
-    for i, item in enumerate(value):
-        param = f"input[{i}]"
-        if not isinstance(item, dict):
-            raise type_error(param, "an object", item)
+    for param, item in fields.objects_in(value, "input"):
         kind = item.get("type", "message")
         if kind == "message":
             history.message(item, param)
@@ -207,10 +189,7 @@ def _tools(body: dict) -> tuple[list[pb.Tool], list[dict]]:
     """Function tools, as protobuf and as the response echoes them; other tool types are skipped."""
     taken: dict[str, str] = {}
     functions, echo, skipped = [], [], set()
-    for i, tool in enumerate(tools.tool_list(body.get("tools"), "tools")):
-        param = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise type_error(param, "an object", tool)
+    for param, tool in tools.tool_objects(body):
         kind = tool.get("type")
         if kind is None:
             raise missing(f"{param}.type")
@@ -248,14 +227,9 @@ def _tool_choice(body: dict, functions: list[pb.Tool]) -> tuple[Optional[pb.Tool
         name = tools.check_named(value.get("name"), functions, "tool_choice.name")
         return pb.ToolChoice(mode=pb.ToolChoice.MODE_FUNCTION, function_name=name), functions
     if kind == "allowed_tools":
-        mode = value.get("mode")
-        if mode is None:
-            raise missing("tool_choice.mode")
-        if mode not in ("auto", "required"):
-            raise invalid(f"Invalid value for 'tool_choice.mode': {quote(mode)}. Supported values are: 'auto' and "
-                          "'required'.", param="tool_choice.mode", code="invalid_value")
+        mode = tools.allowed_tools_mode(value, "tool_choice")
         names = tools.allowed_tool_names(value.get("tools"), "tool_choice.tools", functions, nested=False)
-        return pb.ToolChoice(mode=tools.MODES[mode]), tools.restrict(functions, names)
+        return pb.ToolChoice(mode=mode), tools.restrict(functions, names)
     if kind is None:
         raise missing("tool_choice.type")
     raise unsupported("tool_choice.type", f"Unsupported value for 'tool_choice.type': {quote(kind)}; this server "
@@ -514,11 +488,7 @@ class ResponsesRendering:
         raise AssertionError("events() ends with a Finish or raises")
 
 
-class ResponsesAdapter:
+class ResponsesAdapter(ModuleAdapter):
     id_prefix = "resp"
-
-    def parse(self, body: dict, request_id: str) -> Parsed:
-        return parse(body, request_id)
-
-    def rendering(self, parsed: Parsed, response_id: str) -> ResponsesRendering:
-        return ResponsesRendering(parsed, response_id.replace("resp-", "resp_", 1))
+    parse = staticmethod(parse)
+    rendering_of = ResponsesRendering

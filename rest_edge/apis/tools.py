@@ -8,13 +8,21 @@ JSON paths. :func:`restrict` serves "allowed tools" (a subset the model may call
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from inference_service import limits
 from inference_service.limits import quote
 from inference_service.v1 import inference_pb2 as pb
 
-from rest_edge.apis.fields import NO_PARAMETERS, checked_text, function_name, schema_text, type_error
+from rest_edge.apis.fields import (
+    NO_PARAMETERS,
+    checked_text,
+    function_name,
+    missing,
+    objects_in,
+    schema_text,
+    type_error,
+)
 from rest_edge.errors import invalid
 
 MODES = {"none": pb.ToolChoice.MODE_NONE, "auto": pb.ToolChoice.MODE_AUTO, "required": pb.ToolChoice.MODE_REQUIRED}
@@ -30,6 +38,28 @@ def tool_list(value: Any, param: str) -> list:
         raise invalid(f"Invalid '{param}': expected an array with maximum length {limits.MAX_TOOLS}, but got an "
                       f"array with length {len(value)} instead.", param=param, code="array_above_max_length")
     return value
+
+
+class Turns:
+    """The chat turns a conversation of an API becomes, and the names of the calls made in it:
+    a tool's result is sent with the name of the function whose call it answers."""
+
+    def __init__(self) -> None:
+        self.messages: list[pb.ChatMessage] = []
+        self._call_names: dict[str, str] = {}
+
+    def call(self, call_id: str, name: str, arguments_json: str) -> pb.ToolCall:
+        self._call_names[call_id] = name
+        return pb.ToolCall(id=call_id, name=name, arguments_json=arguments_json)
+
+    def add_result(self, call_id: str, content: str) -> None:
+        self.messages.append(pb.ChatMessage(role="tool", tool_call_id=call_id, name=self._call_names.get(call_id, ""),
+                                            content=content))
+
+
+def tool_objects(body: dict) -> Iterator[tuple[str, dict]]:
+    """The request's ``tools`` (:func:`tool_list`), each an object, with its path (``tools[i]``)."""
+    return objects_in(tool_list(body.get("tools"), "tools"), "tools")
 
 
 def function_tool(obj: dict, param: str, *, name_key: str = "name", schema_key: str = "parameters",
@@ -76,6 +106,18 @@ def restrict(tools: Sequence[pb.Tool], names: Sequence[str]) -> list[pb.Tool]:
     return [t for t in tools if t.name in allowed]
 
 
+def allowed_tools_mode(spec: dict, param: str) -> int:
+    """The contract's mode of the ``allowed_tools`` choice at ``param``: its ``mode``, "auto" or
+    "required"."""
+    mode = spec.get("mode")
+    if mode is None:
+        raise missing(f"{param}.mode")
+    if mode not in ("auto", "required"):
+        raise invalid(f"Invalid value for '{param}.mode': {quote(mode)}. Supported values are: 'auto' and "
+                      "'required'.", param=f"{param}.mode", code="invalid_value")
+    return MODES[mode]
+
+
 def allowed_tool_names(value: Any, param: str, tools: Sequence[pb.Tool], *, nested: bool) -> list[str]:
     """The function names of an ``allowed_tools`` list at ``param``: ``{"type": "function",
     "name"}`` (Responses) or ``{"type": "function", "function": {"name"}}`` (``nested``, chat)."""
@@ -84,10 +126,7 @@ def allowed_tool_names(value: Any, param: str, tools: Sequence[pb.Tool], *, nest
     if not value:
         raise invalid(f"Invalid '{param}': expected a non-empty array.", param=param, code="invalid_value")
     names = []
-    for i, item in enumerate(value):
-        item_param = f"{param}[{i}]"
-        if not isinstance(item, dict):
-            raise type_error(item_param, "an object", item)
+    for item_param, item in objects_in(value, param):
         kind = item.get("type")
         if kind not in (None, "function"):
             raise invalid(f"Unsupported value for '{item_param}.type': {quote(kind)}; only function tools can be "

@@ -9,7 +9,6 @@ import os
 import re
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -148,15 +147,3 @@ def routed(edge_log: str) -> dict[str, list[tuple[str, str]]]:
     for request_id, address, how in ROUTED.findall(edge_log):
         out.setdefault(request_id, []).append((address, how))
     return out
-
-
-def wait_for(check, timeout: float, what: str, interval: float = 0.05):
-    end = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"timed out after {timeout:.0f} s: {what}")
-        time.sleep(interval)
-

@@ -1,14 +1,13 @@
 """Ollama's native API through the real edge and service on the real default model, with the
 official ``ollama`` Python client unchanged: ``chat`` (plain, streamed, a JSON-schema format,
 a tool round trip), ``generate`` (streamed, raw), ``embed``, ``list``, ``show``, ``ps``; raw
-HTTP checks of the NDJSON framing and the final object; bad input in Ollama's shape; a client
-that leaves stops its generation; concurrent users.
+HTTP checks of the NDJSON framing and the final object; bad input in Ollama's shape;
+concurrent users. (A client that leaves: test_departed_clients_apis.)
 """
 
 from __future__ import annotations
 
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -16,16 +15,7 @@ import jsonschema
 import ollama
 import pytest
 
-from tests.e2e.helpers import MODEL, raw_post
-from tests.e2e.test_departed_clients import (  # noqa: F401  (quiet is a fixture)
-    BOUND,
-    LONG_MAX_TOKENS,
-    _assert_work_stopped,
-    _departures,
-    _leave,
-    _no_answer_yet,
-    quiet,
-)
+from tests.e2e.helpers import MODEL
 
 pytestmark = pytest.mark.model
 
@@ -212,48 +202,7 @@ def test_user_text_stays_text(client, oai, status):
     assert raw.prompt_eval_count == as_control  # raw: the one place markup is control tokens
 
 
-# --- departed clients and concurrent users -----------------------------------------------------
-
-ENDLESS = {"type": "object", "properties": {"essay": {"type": "string", "minLength": 20000}}, "required": ["essay"]}
-
-
-def test_chat_client_leaving_mid_stream_stops_its_generation(edge, status, quiet):
-    body = {"model": MODEL, "messages": ask("Write a very long essay about the sea."), "format": ENDLESS,
-            "options": {"temperature": 0, "num_predict": LONG_MAX_TOKENS}}
-    departed_before = _departures(edge, "/api/chat")
-    base = status.get()
-    sock = raw_post(edge.base_url, "/api/chat", body)
-    try:
-        seen = b""
-        while seen.count(b"\n{") < 3:
-            chunk = sock.recv(65536)
-            assert chunk, seen[-500:]
-            seen += chunk
-        assert seen.startswith(b"HTTP/1.1 200"), seen[:300]
-    finally:
-        left_at = time.monotonic()
-        _leave(sock, "close")
-    final = _assert_work_stopped(status, edge, base, left_at, "/api/chat stream, mid-stream (close)")
-    assert final.tokens_generated - base.tokens_generated < LONG_MAX_TOKENS
-    assert _departures(edge, "/api/chat") == departed_before + 1
-
-
-def test_generate_client_leaving_before_its_whole_answer_stops_it(edge, status, quiet):
-    body = {"model": MODEL, "prompt": "Write a very long essay about the sea.", "format": ENDLESS, "stream": False,
-            "options": {"temperature": 0, "num_predict": LONG_MAX_TOKENS}}
-    departed_before = _departures(edge, "/api/generate")
-    base = status.get()
-    sock = raw_post(edge.base_url, "/api/generate", body)
-    try:
-        status.wait_for(lambda s: s.tokens_generated >= base.tokens_generated + 8, BOUND, "tokens being generated")
-        assert _no_answer_yet(sock)
-    finally:
-        left_at = time.monotonic()
-        _leave(sock, "reset")
-    final = _assert_work_stopped(status, edge, base, left_at, "/api/generate whole answer (reset)")
-    assert final.tokens_generated - base.tokens_generated < LONG_MAX_TOKENS
-    assert _departures(edge, "/api/generate") == departed_before + 1
-
+# --- concurrent users (departed clients: test_departed_clients_apis) ------------------------------
 
 def test_concurrent_users_each_get_their_own_answer(edge):
     """Four ollama clients at once (two slots, two queue places), streams and whole answers:

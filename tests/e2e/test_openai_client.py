@@ -6,7 +6,9 @@ a stream and the same request without stream must agree.
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import openai
 import pytest
@@ -36,16 +38,21 @@ def _completion(oai, **kwargs):
     return oai.completions.create(model=MODEL, prompt=QUESTION, temperature=0, max_tokens=MAX_TOKENS, **kwargs)
 
 
-def test_chat_non_stream(oai):
-    resp = _chat(oai)
-    assert resp.id.startswith("chatcmpl-")
-    assert resp.object == "chat.completion"
+def _only_choice(resp, id_prefix: str, object_: str):
+    """A whole answer's id, object, model, fingerprint and created; its one choice."""
+    assert resp.id.startswith(id_prefix)
+    assert resp.object == object_
     assert resp.model == MODEL
     assert resp.system_fingerprint == "fp_ollama"
     assert isinstance(resp.created, int)
     assert len(resp.choices) == 1
-    choice = resp.choices[0]
-    assert choice.index == 0
+    assert resp.choices[0].index == 0
+    return resp.choices[0]
+
+
+def test_chat_non_stream(oai):
+    resp = _chat(oai)
+    choice = _only_choice(resp, "chatcmpl-", "chat.completion")
     assert choice.message.role == "assistant"
     assert choice.message.content.strip()
     assert choice.finish_reason in ("stop", "length")
@@ -57,19 +64,21 @@ def test_chat_non_stream(oai):
     assert "<|im_end|>" not in choice.message.content and "<|im_start|>" not in choice.message.content
 
 
-@pytest.mark.parametrize("include_usage", [False, True])
-def test_chat_stream(oai, include_usage):
-    expected = _chat(oai)
+def _checked_stream(create, include_usage: bool, id_prefix: str, object_: str) -> tuple[list, Any]:
+    """A stream of ``create(...)`` beside the same request's whole answer: one id (not the
+    answer's), every chunk's object, model and fingerprint; with ``include_usage``, a last
+    chunk without choices with the answer's usage, and none before it. Returns (the chunks
+    before that one, the answer)."""
+    expected = create()
     kwargs = {"stream_options": {"include_usage": True}} if include_usage else {}
-    chunks = list(_chat(oai, stream=True, **kwargs))
+    chunks = list(create(stream=True, **kwargs))
 
     ids = {c.id for c in chunks}
     assert len(ids) == 1, ids  # one id per response ...
     assert ids.pop() != expected.id  # ... and a new one for each response
-    assert chunks[0].id.startswith("chatcmpl-")
-    assert all(c.object == "chat.completion.chunk" for c in chunks)
-    assert all(c.model == MODEL for c in chunks)
-    assert all(c.system_fingerprint == "fp_ollama" for c in chunks)
+    assert chunks[0].id.startswith(id_prefix)
+    assert all(c.object == object_ for c in chunks)
+    assert all(c.model == MODEL and c.system_fingerprint == "fp_ollama" for c in chunks)
 
     if include_usage:
         *content_chunks, usage_chunk = chunks
@@ -80,6 +89,13 @@ def test_chat_stream(oai, include_usage):
     else:
         content_chunks = chunks
     assert all(c.usage is None for c in content_chunks)
+    return content_chunks, expected
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_chat_stream(oai, include_usage):
+    content_chunks, expected = _checked_stream(functools.partial(_chat, oai), include_usage, "chatcmpl-",
+                                               "chat.completion.chunk")
 
     assert all(len(c.choices) == 1 for c in content_chunks)
     *middle, last = content_chunks
@@ -95,13 +111,7 @@ def test_chat_stream(oai, include_usage):
 
 def test_completion_non_stream(oai):
     resp = _completion(oai)
-    assert resp.id.startswith("cmpl-")
-    assert resp.object == "text_completion"
-    assert resp.model == MODEL
-    assert resp.system_fingerprint == "fp_ollama"
-    assert len(resp.choices) == 1
-    choice = resp.choices[0]
-    assert choice.index == 0
+    choice = _only_choice(resp, "cmpl-", "text_completion")
     assert choice.text.strip()
     assert choice.finish_reason in ("stop", "length")
     _check_usage(resp.usage)
@@ -127,27 +137,8 @@ def test_raw_completion_continues_the_prompt(oai):
 
 @pytest.mark.parametrize("include_usage", [False, True])
 def test_completion_stream(oai, include_usage):
-    expected = _completion(oai)
-    kwargs = {"stream_options": {"include_usage": True}} if include_usage else {}
-    chunks = list(_completion(oai, stream=True, **kwargs))
-
-    ids = {c.id for c in chunks}
-    assert len(ids) == 1, ids
-    assert ids.pop() != expected.id
-    assert chunks[0].id.startswith("cmpl-")
-    assert all(c.object == "text_completion" for c in chunks)
-    assert all(c.model == MODEL for c in chunks)
-
-    if include_usage:
-        *content_chunks, usage_chunk = chunks
-        assert usage_chunk.choices == []
-        _check_usage(usage_chunk.usage)
-        assert usage_chunk.usage.prompt_tokens == expected.usage.prompt_tokens
-        assert usage_chunk.usage.completion_tokens == expected.usage.completion_tokens
-    else:
-        content_chunks = chunks
-    assert all(c.usage is None for c in content_chunks)
-
+    content_chunks, expected = _checked_stream(functools.partial(_completion, oai), include_usage, "cmpl-",
+                                               "text_completion")
     *middle, last = content_chunks
     assert middle
     assert all(c.choices[0].finish_reason is None and c.choices[0].text for c in middle)

@@ -79,8 +79,11 @@ def _stream_frames(raw: bytes) -> list[dict]:
     return [assert_raw_compact_json(f, allow_replacement=True) for f in frames[:-1]]
 
 
-def test_reference_completion_stream(http):
-    status, headers, raw, before, after = _post_stream(http, "/v1/completions", REF_COMPLETION_STREAM_REQUEST)
+def _reference_stream(http, path: str, request: dict, chunk_ref: dict, last_ref: dict, text_of, id_prefix: str,
+                      object_: str) -> tuple[list[dict], bytes]:
+    """A stream of ``path``: every chunk in the reference's key order with text, the last one
+    empty with its finish_reason; one id, object, model and fingerprint; created in time."""
+    status, headers, raw, before, after = _post_stream(http, path, request)
     assert status == 200, raw
     _check_sse_headers(headers)
     chunks = _stream_frames(raw)
@@ -88,42 +91,33 @@ def test_reference_completion_stream(http):
     assert middle, "no text chunk"
 
     for chunk in middle:
-        assert key_tree(chunk) == key_tree(ordered(REF_COMPLETION_CHUNK)), chunk
+        assert key_tree(chunk) == key_tree(ordered(chunk_ref)), chunk
         assert chunk["choices"][0]["finish_reason"] is None
-        assert chunk["choices"][0]["text"] != ""
-        assert chunk["choices"][0]["index"] == 0
-    assert key_tree(last) == key_tree(ordered(REF_COMPLETION_LAST_CHUNK))
-    assert last["choices"][0]["text"] == ""
+        assert text_of(chunk) != ""
+    assert key_tree(last) == key_tree(ordered(last_ref))
+    assert text_of(last) == ""
     assert last["choices"][0]["finish_reason"] in ("stop", "length")
 
-    assert {c["id"] for c in chunks} == {chunks[0]["id"]} and chunks[0]["id"].startswith("cmpl-")
-    assert all(c["object"] == "text_completion" for c in chunks)
+    assert {c["id"] for c in chunks} == {chunks[0]["id"]} and chunks[0]["id"].startswith(id_prefix)
+    assert all(c["object"] == object_ for c in chunks)
     assert all(c["model"] == MODEL and c["system_fingerprint"] == "fp_ollama" for c in chunks)
     _check_created(chunks, before, after)
+    return chunks, raw
+
+
+def test_reference_completion_stream(http):
+    chunks, _ = _reference_stream(http, "/v1/completions", REF_COMPLETION_STREAM_REQUEST, REF_COMPLETION_CHUNK,
+                                  REF_COMPLETION_LAST_CHUNK, lambda c: c["choices"][0]["text"], "cmpl-",
+                                  "text_completion")
+    assert all(c["choices"][0]["index"] == 0 for c in chunks[:-1])
 
 
 def test_reference_chat_stream(http):
-    status, headers, raw, before, after = _post_stream(http, "/v1/chat/completions", REF_CHAT_STREAM_REQUEST)
-    assert status == 200, raw
-    _check_sse_headers(headers)
-    chunks = _stream_frames(raw)
-    *middle, last = chunks
-    assert middle, "no content chunk"
-
-    for chunk in middle:
-        assert key_tree(chunk) == key_tree(ordered(REF_CHAT_CHUNK)), chunk
-        assert chunk["choices"][0]["finish_reason"] is None
-        assert chunk["choices"][0]["delta"]["content"] != ""
-    assert key_tree(last) == key_tree(ordered(REF_CHAT_LAST_CHUNK))
-    assert last["choices"][0]["delta"]["content"] == ""
-    assert last["choices"][0]["finish_reason"] in ("stop", "length")
+    chunks, raw = _reference_stream(http, "/v1/chat/completions", REF_CHAT_STREAM_REQUEST, REF_CHAT_CHUNK,
+                                    REF_CHAT_LAST_CHUNK, lambda c: c["choices"][0]["delta"]["content"], "chatcmpl-",
+                                    "chat.completion.chunk")
     assert all(c["choices"][0]["delta"]["role"] == "assistant" for c in chunks)
     assert raw.count(b'"role":"assistant"') == len(chunks)
-
-    assert {c["id"] for c in chunks} == {chunks[0]["id"]} and chunks[0]["id"].startswith("chatcmpl-")
-    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    assert all(c["model"] == MODEL and c["system_fingerprint"] == "fp_ollama" for c in chunks)
-    _check_created(chunks, before, after)
 
 
 @pytest.mark.parametrize("path, body", [

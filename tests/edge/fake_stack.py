@@ -6,9 +6,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from harness.processes import stop_process
 from inference_service.server import create_server
-from tests.conftest import start_edge
+from tests.conftest import edge_over
 from tests.service.fake_engine import FakeEngine
 
 SAFETY = 30  # seconds: bounds a hang, never a measured limit
@@ -19,12 +18,8 @@ def stack(tmp_path_factory):
     engine = FakeEngine()
     running = create_server(engine, "127.0.0.1:0")
     try:
-        edge = start_edge(f"127.0.0.1:{running.port}", tmp_path_factory.mktemp("edge") / "gunicorn.log",
-                          EDGE_THREADS="4")
-        try:
+        with edge_over(f"127.0.0.1:{running.port}", tmp_path_factory.mktemp("edge"), EDGE_THREADS="4") as edge:
             yield edge.base_url, engine
-        finally:
-            stop_process(edge.process)
     finally:
         engine.release.set()
         running.server.stop(None)

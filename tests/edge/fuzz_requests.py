@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from inference_service import limits
+from tests.edge.fakes import call, calls, last, piece
 
 CHAT = "/v1/chat/completions"
 COMP = "/v1/completions"
@@ -296,7 +297,41 @@ def requests(draw, real_model: bool = False) -> tuple[str, bytes]:
     return path, data
 
 
+@st.composite
+def encoded(draw, body: Any) -> bytes:
+    """``body`` as a client sends it (raw UTF-8 or ASCII escapes); now and then cut short."""
+    data = dump(body, ensure_ascii=draw(st.booleans())).encode("utf-8")
+    if draw(st.integers(0, 29)) == 7:
+        data = data[: draw(st.integers(0, max(0, len(data) - 1)))]
+    return data
+
+
+def fake_script(request) -> list:
+    """The fake service's answer to a request the edge let through: text, or a call of its first
+    tool. The request must serialize, as the real gRPC client's first step does."""
+    request.SerializeToString()
+    if request.tools:
+        return [piece("Hi"), calls(call(request.tools[0].name, '{"city":"Oslo"}')), last("")]
+    return [piece("Hel"), piece("lo"), last("!")]
+
+
 # --- the property ----------------------------------------------------------------------------------
+
+def error_of(status: int, content_type: str, body: bytes) -> Optional[Any]:
+    """Asserts a 2xx or a 4xx, never a 5xx; a 4xx's JSON body is returned, a 2xx gives None."""
+    assert status < 500, (status, body[:500])
+    assert 200 <= status < 300 or 400 <= status < 500, status
+    if status < 400:
+        return None
+    assert content_type.startswith("application/json"), content_type
+    return json.loads(body)
+
+
+def check_error_message(message: Any) -> None:
+    """An error's message: some text, bounded, no traceback."""
+    assert isinstance(message, str) and message and len(message) <= MAX_ERROR_MESSAGE, message
+    assert "Traceback" not in message
+
 
 def check_answer(status: int, content_type: Optional[str], body: bytes, completion: bool = True) -> None:
     """A 2xx (with a completion if ``completion``), or a 4xx with the OpenAI error shape; never a 5xx."""

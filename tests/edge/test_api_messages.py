@@ -8,12 +8,11 @@ import json
 
 import grpc
 import pytest
-from falcon import testing
 
 from inference_service.v1 import inference_pb2 as pb
 from rest_edge.apis import anthropic_messages
-from rest_edge.app import create_app
 from tests.edge.fakes import LENGTH, TOOL_CALLS, FakeClient, call, calls, last, piece, rpc_error
+from tests.helpers import client_for, named_events
 
 WEATHER = {"name": "get_weather", "description": "Weather of a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -24,16 +23,6 @@ def parse(**body) -> pb.GenerateRequest:
     return anthropic_messages.parse({"model": "m", "max_tokens": 10, "messages": USER, **body}).request
 
 
-def events_of(text: str) -> list[tuple[str, dict]]:
-    out = []
-    for frame in filter(None, text.split("\n\n")):
-        name_line, data_line = frame.split("\n")
-        name, data = name_line.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))
-        assert data["type"] == name
-        out.append((name, data))
-    return out
-
-
 @pytest.fixture
 def client():
     return FakeClient([piece("Hel"), piece("lo"), last("!", cached=2)])
@@ -41,7 +30,7 @@ def client():
 
 @pytest.fixture
 def http(client):
-    return testing.TestClient(create_app(client, metrics=False))
+    return client_for(client, metrics=False)
 
 
 def post(http, body, path="/v1/messages", **headers):
@@ -171,7 +160,7 @@ def test_service_errors_have_anthropics_statuses(http, client, code, status, kin
 
 
 def test_x_api_key_is_accepted_like_a_bearer_key(client):
-    http = testing.TestClient(create_app(client, metrics=False, api_keys=["sekret"]))
+    http = client_for(client, metrics=False, api_keys=["sekret"])
     body = {"model": "m", "max_tokens": 5, "messages": USER}
     assert post(http, body, **{"x-api-key": "sekret"}).status_code == 200
     denied = post(http, body, **{"x-api-key": "wrong"})
@@ -211,7 +200,7 @@ def test_the_stream_is_anthropics_event_sequence(http, client):
     client.script = [piece("Hel"), piece("lo"), calls(call("get_weather", '{"city":"Oslo"}')), last("", TOOL_CALLS)]
     resp = post(http, {"model": "m", "max_tokens": 50, "messages": USER, "tools": [WEATHER], "stream": True})
     assert resp.status_code == 200 and resp.headers["content-type"] == "text/event-stream"
-    events = events_of(resp.text)
+    events = named_events(resp.text)
     assert [n for n, _ in events] == [
         "message_start", "ping",
         "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
@@ -229,7 +218,7 @@ def test_the_stream_is_anthropics_event_sequence(http, client):
 def test_an_error_after_the_stream_started_is_an_error_event(http, client):
     client.script = [piece("Hel"), rpc_error(grpc.StatusCode.INTERNAL, "secret")]
     resp = post(http, {"model": "m", "max_tokens": 5, "messages": USER, "stream": True})
-    name, event = events_of(resp.text)[-1]
+    name, event = named_events(resp.text)[-1]
     assert name == "error" and event == {"type": "error", "error": {"type": "api_error", "message": event["error"][
         "message"]}}
     assert "secret" not in resp.text and client.calls[-1].cancelled

@@ -7,12 +7,11 @@ import json
 
 import grpc
 import pytest
-from falcon import testing
 
 from inference_service.v1 import inference_pb2 as pb
 from rest_edge.apis import openai_responses
-from rest_edge.app import create_app
 from tests.edge.fakes import LENGTH, TOOL_CALLS, FakeClient, call, calls, last, piece, rpc_error
+from tests.helpers import client_for, named_events
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather of a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -22,18 +21,6 @@ def parse(**body) -> pb.GenerateRequest:
     return openai_responses.parse({"model": "m", **body}).request
 
 
-def events_of(text: str) -> list[tuple[str, dict]]:
-    out = []
-    for frame in text.split("\n\n"):
-        if not frame:
-            continue
-        name_line, data_line = frame.split("\n")
-        name, data = name_line.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))
-        assert data["type"] == name
-        out.append((name, data))
-    return out
-
-
 @pytest.fixture
 def client():
     return FakeClient([piece("Hel"), piece("lo"), last("!")])
@@ -41,7 +28,7 @@ def client():
 
 @pytest.fixture
 def http(client):
-    return testing.TestClient(create_app(client, metrics=False))
+    return client_for(client, metrics=False)
 
 
 # --- requests ------------------------------------------------------------------------------
@@ -185,7 +172,7 @@ def test_the_stream_is_the_full_event_sequence(http, client):
     resp = http.simulate_post("/v1/responses", json={"model": "m", "input": "hi", "tools": [WEATHER],
                                                      "stream": True})
     assert resp.status_code == 200 and resp.headers["content-type"] == "text/event-stream"
-    events = events_of(resp.text)
+    events = named_events(resp.text)
     assert [n for n, _ in events] == [
         "response.created", "response.in_progress",
         "response.output_item.added", "response.content_part.added",
@@ -212,6 +199,6 @@ def test_an_error_before_the_first_event_has_its_status(http, client):
 def test_an_error_after_the_stream_started_is_an_error_event(http, client):
     client.script = [piece("Hel"), rpc_error(grpc.StatusCode.INTERNAL, "secret")]
     resp = http.simulate_post("/v1/responses", json={"model": "m", "input": "hi", "stream": True})
-    name, event = events_of(resp.text)[-1]
+    name, event = named_events(resp.text)[-1]
     assert name == "error" and event["code"] == "server_error" and "secret" not in resp.text
     assert client.calls[-1].cancelled

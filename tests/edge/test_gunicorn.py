@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import start_edge, stop_process
+from tests.conftest import edge_over
 from tests.edge.fakes import FakeServicer, start_server
 
 
@@ -22,12 +22,8 @@ def edge(tmp_path_factory):
     server, grpc_port, _ = start_server(servicer)
     servicer.address = f"127.0.0.1:{grpc_port}"
     try:
-        running = start_edge(f"127.0.0.1:{grpc_port}", tmp_path_factory.mktemp("edge") / "gunicorn.log",
-                             EDGE_THREADS="4")
-        try:
+        with edge_over(f"127.0.0.1:{grpc_port}", tmp_path_factory.mktemp("edge"), EDGE_THREADS="4") as running:
             yield running.base_url, servicer
-        finally:
-            stop_process(running.process)
     finally:
         server.stop(None)
 
@@ -92,9 +88,7 @@ def test_openai_client_rejects_unsupported(edge):
 def test_a_stream_longer_than_the_worker_timeout_is_not_killed(edge, tmp_path):
     """``timeout`` detects hung workers; a gthread worker heartbeats while its threads stream."""
     _, servicer = edge
-    grpc_target = servicer.address
-    short = start_edge(grpc_target, tmp_path / "gunicorn.log", EDGE_WORKER_TIMEOUT="2")
-    try:
+    with edge_over(servicer.address, tmp_path, EDGE_WORKER_TIMEOUT="2") as short:
         body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         with httpx.Client(timeout=10) as http:
             with http.stream("POST", f"{short.base_url}/v1/chat/completions", json=body) as resp:
@@ -107,5 +101,3 @@ def test_a_stream_longer_than_the_worker_timeout_is_not_killed(edge, tmp_path):
                         break
         assert frames > 10
         assert "WORKER TIMEOUT" not in (tmp_path / "gunicorn.log").read_text()
-    finally:
-        stop_process(short.process)

@@ -353,9 +353,7 @@ class Engine(InferenceEngine):
     def embed(self, model_name: str, inputs: Sequence[EmbeddingInput],
               cancelled: threading.Event | None = None) -> EmbeddingResult:
         """One unit-length vector per input (text, or token ids), pooled as the model says."""
-        model = self.model(model_name)
-        if not inputs:
-            raise InvalidRequest("input must not be empty", "input")
+        model = self.model(model_name)  # inputs come checked (request_checks.embedding_inputs)
         if model.can_embed:  # else embedder() says why not
             too_big = limits.embedding_answer_problem(len(inputs), model.identity.embedding_length)
             if too_big is not None:
@@ -365,8 +363,6 @@ class Engine(InferenceEngine):
         for i, item in enumerate(inputs):
             param = f"input[{i}]" if len(inputs) > 1 else "input"
             if isinstance(item, str):
-                if not item:
-                    raise InvalidRequest("an input text must not be empty", param)
                 if len(item) > model.max_prompt_chars:
                     raise ContextLengthExceeded(
                         f"This model's maximum context length is {model.context_length} tokens. However, "
@@ -374,11 +370,11 @@ class Engine(InferenceEngine):
                 ids = tokenizer.encode_for_embedding(item)
             else:
                 ids = list(item)
-                if not ids:
-                    raise InvalidRequest("an input token list must not be empty", param)
                 bad = next((t for t in ids if not 0 <= t < model.vocab_size), None)
                 if bad is not None:
                     raise InvalidRequest(f"token id {bad} is not in the vocabulary (0..{model.vocab_size - 1})", param)
+            if not ids:
+                raise InvalidRequest("an input must hold at least one token", param)
             if len(ids) > model.context_length:
                 raise ContextLengthExceeded(
                     f"This model's maximum context length is {model.context_length} tokens. However, {param} "

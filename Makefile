@@ -8,7 +8,7 @@ BUF    := .tools/node_modules/.bin/buf
 GRPC_ADDRESS ?= 127.0.0.1:50051
 EDGE_BIND    ?= 127.0.0.1:8000
 
-.PHONY: run test setup model test-models browser proto docs-settings lint-proto bench bench-slots bench-contention bench-engines bench-structured bench-cluster bench-chat soak clean help
+.PHONY: run test setup model test-models browser proto docs-settings lint-proto bench bench-slots bench-contention bench-engines bench-structured bench-cluster bench-chat profile soak clean help
 
 help:
 	@echo "make run     set up, pull the default model, start the gRPC service ($(GRPC_ADDRESS)) and the edge ($(EDGE_BIND))"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-structured   decode tok/s with and without grammar constraints (JSON schema, tool calls), both engines"
 	@echo "make bench-cluster      next-turn chat TTFT through one edge over 3 replicas: prefix-affinity vs least-loaded vs round-robin"
 	@echo "make bench-chat         2/4/8 conversations taking turns and at once: next-turn TTFT and cached share, both engines vs llama-server"
+	@echo "make profile            py-spy flame graph of the service streaming (1 then 4 streams): bench/results/profile-after.svg"
 	@echo "make proto   regenerate the Python stubs from protos/"
 	@echo "make docs-settings   regenerate docs/settings.md (every flag and variable) from the argument parsers"
 
@@ -84,6 +85,11 @@ bench: setup model
 	bash bench/install_peer.sh
 	bash bench/install_aiperf.sh
 	$(PY) bench/run.py
+
+# py-spy flame graph of the service while it streams: bench/results/profile-after.{svg,txt}.
+profile: setup model
+	$(PY) -m pip install --quiet py-spy
+	$(PY) bench/profile.py --label after
 
 bench-slots: setup model
 	$(PY) bench/slots.py

@@ -29,7 +29,7 @@ def _started(start, *args, **kwargs):
 
 def start_service(slots: int, log_dir: Path, threads: int | None = None, engine: str | None = None,
                   extra_args: Sequence[str] = (), name: str = "service",
-                  max_waiting: int = 64) -> tuple[subprocess.Popen, str]:
+                  max_waiting: int = 64, cwd: Path = processes.REPO) -> tuple[subprocess.Popen, str]:
     """The gRPC service with ``slots`` slots (and at most ``threads`` compute threads), on
     ``engine`` (auto | ctransformers | llamacpp; None: the service's default), at most
     ``max_waiting`` requests queued for a slot, plus any ``extra_args`` of ``serve``; logs to
@@ -37,7 +37,7 @@ def start_service(slots: int, log_dir: Path, threads: int | None = None, engine:
     args = ["--slots", str(slots), "--max-waiting", str(max_waiting)]
     args += ["--threads", str(threads)] if threads else []
     args += (["--engine", engine] if engine else []) + list(extra_args)
-    service = _started(processes.start_service, log_dir / f"{name}.log", *args)
+    service = _started(processes.start_service, log_dir / f"{name}.log", *args, cwd=cwd)
     return service.process, service.address
 
 

@@ -89,9 +89,9 @@ class HttpServer(Process):
 P = TypeVar("P", bound=Process)
 
 
-def _spawn(argv: Sequence[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
+def _spawn(argv: Sequence[str], log_path: Path, env: dict | None = None, cwd: Path = REPO) -> subprocess.Popen:
     with log_path.open("wb") as log:
-        return subprocess.Popen(list(argv), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -127,10 +127,11 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def start_service(log_path: Path, *args: str, timeout: float = 300) -> Service:
-    """``python -m inference_service serve`` on a free loopback port; waits for SERVING."""
+def start_service(log_path: Path, *args: str, timeout: float = 300, cwd: Path = REPO) -> Service:
+    """``python -m inference_service serve`` on a free loopback port (the package of the tree
+    at ``cwd``); waits for SERVING."""
     address = f"127.0.0.1:{free_port()}"
-    proc = _spawn([sys.executable, "-m", "inference_service", "serve", "--address", address, *args], log_path)
+    proc = _spawn([sys.executable, "-m", "inference_service", "serve", "--address", address, *args], log_path, cwd=cwd)
     return wait_until(Service(proc, log_path, address), lambda: _serving(address), "inference service", timeout)
 
 

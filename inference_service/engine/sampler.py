@@ -40,6 +40,10 @@ _TOP_P_RTOL = 1e-6
 # Candidate counts tried (by partitioning) before falling back to a full sort
 # when top_p is used without top_k.
 _NUCLEUS_STEPS = (64, 512, 4096)
+# Probability thresholds (relative to the most likely token) tried first, by value.
+_NUCLEUS_THRESHOLDS = (1e-2, 1e-4)
+# Logit distances below the maximum tried for top_k candidates before the full partition.
+_TOP_K_WIDTHS = (4.0, 8.0, 16.0)
 
 _F32 = np.float32
 _F64 = np.float64
@@ -185,7 +189,7 @@ class Sampler:
         ids: Optional[np.ndarray] = None  # None: candidates are the whole vocabulary
         z = x
         if self._top_k:
-            ids = np.argpartition(x, self._vocab_size - self._top_k)[-self._top_k :]
+            ids = self._top_k_ids(x)
             z = x[ids]
         if not np.isfinite(z.max()):
             return None
@@ -204,6 +208,21 @@ class Sampler:
         if index is None:
             return None
         return int(index if ids is None else ids[index])
+
+    def _top_k_ids(self, x: np.ndarray) -> np.ndarray:
+        """The ids of the top_k largest logits. When top_p sorts them afterwards (their order
+        then does not matter) they are found among the logits near the maximum first: a
+        comparison pass (~30 us) instead of a partition of the whole vocabulary (~400 us)."""
+        k = self._top_k
+        if self._top_p < 1.0 and self._typical_p >= 1.0:
+            top = x.max()
+            for width in _TOP_K_WIDTHS:
+                near = np.flatnonzero(x >= top - width)
+                if near.size >= k:
+                    if near.size > 8 * k:
+                        break
+                    return near[np.argpartition(x[near], near.size - k)[-k:]]
+        return np.argpartition(x, self._vocab_size - k)[-k:]
 
     def _draw_full_vocab(self, x: np.ndarray) -> Optional[int]:
         top = x.max()
@@ -301,6 +320,16 @@ def _descending_until(probs: np.ndarray, target: float) -> np.ndarray:
     (np.partition + threshold), which is cheaper than np.argpartition.
     """
     n = probs.size
+    # First by value (probs are relative to the most likely token, which is 1): a comparison
+    # pass costs ~30 us where a partition of 49k values costs ~300 us. Any candidate set that
+    # holds every token at or above a threshold and reaches the target sorts to the same
+    # prefix, so the nucleus is the same whichever set found it.
+    for threshold in _NUCLEUS_THRESHOLDS:
+        candidates = np.flatnonzero(probs >= threshold)
+        if candidates.size > 2 * _NUCLEUS_STEPS[-1]:
+            break
+        if probs[candidates].sum(dtype=_F64) >= target:
+            return candidates[np.lexsort((candidates, -probs[candidates]))]
     for k in _NUCLEUS_STEPS:
         if k >= n:
             break

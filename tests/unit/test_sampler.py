@@ -502,3 +502,34 @@ def test_out_of_range_tokens_rejected() -> None:
     sampler = Sampler(SamplingParams(), vocab_size=4)
     with pytest.raises(ValueError):
         sampler.accept(-1)
+
+
+# --- fast candidate searches: the same tokens as the full-vocabulary ones --------------------
+
+def _reference_draws(params: SamplingParams, logits: np.ndarray, draws: int) -> list[int]:
+    """The same pipeline with every candidate set found by sorting the whole vocabulary."""
+    rng = np.random.default_rng(params.seed)
+    x = logits.astype(np.float32) / np.float32(params.temperature)
+    order = np.lexsort((np.arange(x.size), -x))  # most likely first, lowest id on ties
+    ids = order[: params.top_k] if params.top_k else order
+    probs = np.exp(x[ids] - x[ids].max())
+    cumulative = np.cumsum(probs, dtype=np.float64)
+    target = params.top_p * cumulative[-1] * (1.0 - 1e-6)
+    keep = min(int(np.searchsorted(cumulative, target, side="left")) + 1, ids.size)
+    ids, probs = ids[:keep], probs[:keep]
+    out = []
+    for _ in range(draws):
+        c = np.cumsum(probs.astype(np.float64))
+        out.append(int(ids[min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), ids.size - 1)]))
+    return out
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 8.0])
+@pytest.mark.parametrize("fields", [dict(top_p=0.9), dict(top_p=0.5), dict(top_p=0.999),
+                                    dict(top_k=40, top_p=0.95), dict(top_k=3, top_p=0.9), dict(top_k=2000, top_p=0.9)])
+def test_top_p_and_top_k_candidates_are_those_of_a_full_sort(scale, fields):
+    vocab = 49152
+    logits = np.random.default_rng(int(scale * 10)).standard_normal(vocab).astype(np.float32) * np.float32(scale)
+    params = SamplingParams(temperature=0.8, seed=3, **fields)
+    sampler = Sampler(params, vocab)
+    assert [sampler.sample(logits).token_id for _ in range(20)] == _reference_draws(params, logits, 20)

@@ -5,7 +5,7 @@ other badly), all on smollm2:135m's GGUF and the same --threads:
 
 * ctransformers-2  ours, ctransformers engine, 2 slots (a context each, no batching);
 * llamacpp-2/-4    ours, llama.cpp engine (continuous batching, chunked prefill), 2 and 4 slots;
-* llamacpp-4-nospec  llamacpp-4 with ``serve --speculative off`` (no n-gram drafts); run by
+* llamacpp-4-ngram  llamacpp-4 with ``serve --speculative ngram`` (n-gram drafts); run by
   default only when ``python -m inference_service serve --help`` lists ``--speculative``;
 * llama-server-2/-4  llama.cpp's own server, ``-np 2`` / ``-np 4``, ``-c 4096 x np`` (4096 a
   slot, as ours), its OpenAI endpoint (``bash bench/install_peer.sh llama-server``).
@@ -40,7 +40,7 @@ gRPC to the service, (c) through the edge, against llama-server's (same np when 
 as in every bench row (bench/measure.py). Every ratio is computed within this run: ours
 against llama-server of the same np (decode, TTFT, cold chat TTFT, CPU per token, edit
 against llama-server's plain single-stream decode), JSON over free-text decode, and, when
-both ran, speculation on/off (llamacpp-4 / llamacpp-4-nospec). Results:
+both ran, speculation on/off (llamacpp-4-ngram / llamacpp-4). Results:
 bench/results/engines.{json,png}, servers' logs bench/results/engines-*.log. Failed streams
 are counted and reported; if any failed, the run exits 1.
 """
@@ -108,11 +108,11 @@ class System:
 SYSTEMS = [System("ctransformers-2", "ours", "ctransformers", 2),
            System("llamacpp-2", "ours", "llamacpp", 2),
            System("llamacpp-4", "ours", "llamacpp", 4),
-           System("llamacpp-4-nospec", "ours", "llamacpp", 4, ("--speculative", "off")),
+           System("llamacpp-4-ngram", "ours", "llamacpp", 4, ("--speculative", "ngram")),
            System("llama-server-2", "llama-server", None, 2),
            System("llama-server-4", "llama-server", None, 4)]
 BY_NAME = {s.name: s for s in SYSTEMS}
-NOSPEC = "-nospec"  # a system named X-nospec is X with speculative decoding off
+SPEC = "-ngram"  # a system named X-ngram is X with n-gram speculative decoding on
 
 
 def serve_help() -> str:
@@ -424,9 +424,9 @@ def ratios(systems: dict[str, dict], args) -> list[tuple[str, float, str]]:
         out.append((f"{name}: chat next-turn TTFT / cold TTFT", s.get("chat_next_over_cold"), "x"))
     for name, s in systems.items():
         out.append((f"{name}: JSON schema decode / free-text decode", s.get("json_over_decode"), "x"))
-    for name in (n for n in systems if n.endswith(NOSPEC) and n[:-len(NOSPEC)] in systems):
-        on, off = systems[name[:-len(NOSPEC)]], systems[name]
-        label = f"speculation on/off, {name[:-len(NOSPEC)]} / {name}"
+    for name in (n for n in systems if n.endswith(SPEC) and n[:-len(SPEC)] in systems):
+        on, off = systems[name], systems[name[:-len(SPEC)]]
+        label = f"speculation on/off, {name} / {name[:-len(SPEC)]}"
         out.append((f"{label}: free-text decode", ratio(on.get("decode_tps"), off.get("decode_tps")), "x"))
         out.append((f"{label}: edit decode", ratio(on.get("edit_decode_tps"), off.get("edit_decode_tps")), "x"))
         out.append((f"{label}: CPU-s per 1k tokens",

@@ -62,9 +62,10 @@ def each_engine(request, smollm2_engines) -> Engine:
 
 @pytest.fixture(scope="session")
 def batching_engine(model_file):
-    """A 4-slot llama.cpp engine of its own: its slots' caches belong to the batching tests."""
-    engine = Engine.load([model_file], EngineConfig(slots=4, max_waiting=4, context_length=CONTEXT_LENGTH),
-                         engines=["llamacpp"])
+    """A 4-slot llama.cpp engine of its own, drafting (``--speculative ngram``): its slots'
+    caches belong to the batching tests."""
+    engine = Engine.load([model_file], EngineConfig(slots=4, max_waiting=4, context_length=CONTEXT_LENGTH,
+                                                    speculative="ngram"), engines=["llamacpp"])
     yield engine
     engine.close()
 

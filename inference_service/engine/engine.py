@@ -87,7 +87,7 @@ class EngineConfig:
     # "per-slot" (results independent of what else runs); see llamacpp_batch.
     kv_layout: str = "unified"
     # llama.cpp: "ngram" speculative decoding (prompt lookup, see decode_loop) or "off".
-    speculative: str = "ngram"
+    speculative: str = "off"
 
     def __post_init__(self):
         if self.thread_policy not in ("adaptive", "fixed"):

@@ -41,13 +41,15 @@ def test_extending_sees_the_new_tokens():
     assert drafter.draft(8) == [13, 10][:FIRST]
 
 
-def test_the_span_doubles_when_kept_whole_and_shrinks_to_what_was_kept():
+def test_the_span_doubles_when_kept_whole_and_a_partly_kept_draft_pauses():
     drafter = NgramDrafter(list(range(20)) + list(range(5)))
     assert len(drafter.draft(50)) == FIRST
     drafter.record(FIRST, FIRST)
     assert len(drafter.draft(50)) == 2 * FIRST
     drafter.record(2 * FIRST, 1)
-    assert len(drafter.draft(50)) == 1
+    assert drafter.draft(50) == []
+    drafter.extend(list(range(5, 5 + NgramDrafter.FIRST_PAUSE)))
+    assert len(drafter.draft(50)) == FIRST
     assert len(grown(drafter).draft(50)) == MAX
 
 

@@ -186,7 +186,10 @@ class RunningServer:
         self.draining.set()
         self.health.enter_graceful_shutdown()
         if self.servicer is not None:
-            self.servicer.wait_idle(grace)
+            if self.servicer.wait_idle(grace):
+                log.info("drained: every generation ended")
+            else:
+                log.warning("drain: the %.0fs grace ran out with generations in flight; they are cut", grace)
         self.server.stop(max(0.0, end - time.monotonic())).wait()
 
 

@@ -12,6 +12,7 @@ Imported by the test modules that use them (``from tests.engines import ...``), 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import pytest
 
@@ -60,23 +61,25 @@ def each_engine(request, smollm2_engines) -> Engine:
     return smollm2_engines.get(request.param)
 
 
+def four_slot_llamacpp(model_file, **config) -> Iterator[Engine]:
+    """A 4-slot llama.cpp engine of its own with ``config`` (a fixture's body: yields, then closes)."""
+    engine = Engine.load([model_file], EngineConfig(slots=4, max_waiting=4, context_length=CONTEXT_LENGTH, **config),
+                         engines=["llamacpp"])
+    yield engine
+    engine.close()
+
+
 @pytest.fixture(scope="session")
 def batching_engine(model_file):
     """A 4-slot llama.cpp engine of its own, drafting (``--speculative ngram``): its slots'
     caches belong to the batching tests."""
-    engine = Engine.load([model_file], EngineConfig(slots=4, max_waiting=4, context_length=CONTEXT_LENGTH,
-                                                    speculative="ngram"), engines=["llamacpp"])
-    yield engine
-    engine.close()
+    yield from four_slot_llamacpp(model_file, speculative="ngram")
 
 
 @pytest.fixture(scope="module")
 def per_slot_engine(model_file):
     """A 4-slot llama.cpp engine with per-slot KV streams (``--llamacpp-kv per-slot``)."""
-    engine = Engine.load([model_file], EngineConfig(slots=4, max_waiting=4, context_length=CONTEXT_LENGTH,
-                                                    kv_layout="per-slot"), engines=["llamacpp"])
-    yield engine
-    engine.close()
+    yield from four_slot_llamacpp(model_file, kv_layout="per-slot")
 
 
 @pytest.fixture(scope="session")

@@ -59,7 +59,7 @@ class Slot(Protocol):
 
     def evaluate(self, tokens: Sequence[int], *, cancelled=None, threads=None, on_evaluated=None) -> None: ...
 
-    def evaluate_rows(self, tokens: Sequence[int], rows: int, *, cancelled=None) -> np.ndarray: ...
+    def evaluate_rows(self, tokens: Sequence[int], rows: int, *, cancelled=None) -> list[np.ndarray]: ...
 
     def logits(self) -> np.ndarray: ...
 
@@ -340,7 +340,7 @@ def run_in_slot(model: "LoadedModel", context: Slot, prepared: "PreparedGenerati
                 draft = drafter.draft(min(steps.max_tokens - steps.generated - 1,
                                           context.context_length - len(context.cached_tokens) - 2))
         if draft:
-            rows = list(context.evaluate_rows(feed + draft, len(draft) + 1, cancelled=cancelled))
+            rows = context.evaluate_rows(feed + draft, len(draft) + 1, cancelled=cancelled)
         else:
             context.evaluate(feed, threads=model.threads_per_slot)
             rows = [context.logits()]

@@ -16,7 +16,6 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
-
 from inference_service import limits
 from inference_service.engine.chat_template import FALLBACK_TEMPLATES, ChatTemplate
 from inference_service.engine.cpu_budget import shared_budget

@@ -9,9 +9,9 @@ import threading
 import jsonschema
 import pytest
 
-from inference_service.engine.engine import Engine, EngineConfig
+from inference_service.engine.engine import Engine
 from inference_service.engine.types import Constraint, SamplingParams
-from tests.engines import CONTEXT_LENGTH, batching_engine, chat, loaded, run  # noqa: F401  (fixture)
+from tests.engines import batching_engine, chat, four_slot_llamacpp, loaded, run  # noqa: F401  (fixture)
 
 PARAGRAPH = ("The old lighthouse stood at the edge of the cliff for more than two hundred years. Every night its "
              "keeper climbed the narrow stairs, trimmed the wick and polished the great lens until it shone. Ships "
@@ -26,10 +26,7 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength
 @pytest.fixture(scope="module")
 def plain_engine(model_file):
     """The llama.cpp engine without speculation: the reference answers."""
-    engine = Engine.load([model_file], EngineConfig(slots=4, max_waiting=4, context_length=CONTEXT_LENGTH,
-                                                    speculative="off"), engines=["llamacpp"])
-    yield engine
-    engine.close()
+    yield from four_slot_llamacpp(model_file, speculative="off")
 
 
 def drafts(engine: Engine) -> tuple[int, int]:

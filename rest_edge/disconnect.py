@@ -45,6 +45,9 @@ _EVENTS = select.POLLIN | _POLLRDHUP | select.POLLHUP | select.POLLERR
 _PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 _GONE_ERRNOS = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT})
 _SPURIOUS_PAUSE = 0.02  # readiness without data or end (should not happen): do not spin
+# A socket closed while poll() waits on it does not wake poll (poll holds the file open), so the
+# thread looks every so often for watches whose socket was closed under them.
+_SWEEP_MS = 500
 
 # Verdicts of one look at a socket.
 _GONE, _DATA, _STALE = "gone", "data", "stale"
@@ -222,13 +225,14 @@ class Watcher:
                     poller.register(fd, _EVENTS)
                 polled = wanted
                 spurious = False
-                for fd, revents in poller.poll():
+                for fd, revents in poller.poll(_SWEEP_MS if polled else None):
                     if fd == self._wake_r:
                         self._drain_wake()
                     elif not self._check(fd, revents):
                         spurious = True
                 if spurious:
                     time.sleep(_SPURIOUS_PAUSE)
+                self._drop_closed()
         except Exception:  # noqa: BLE001 - never expected; say so once, do not take the worker down
             log.exception("the client disconnect watcher stopped")
             with self._lock:
@@ -247,6 +251,14 @@ class Watcher:
                 pass
         except BlockingIOError:
             pass
+
+    def _drop_closed(self) -> None:
+        """Stops watching sockets their owner closed without closing the watch (no callback)."""
+        with self._lock:
+            closed = [h for watches in self._by_fd.values() for h in watches if h.sock.fileno() != h.fd]
+        for handle in closed:
+            self._discard(handle)
+            handle._stop()
 
     def _check(self, fd: int, revents: int) -> bool:
         """Handles readiness of ``fd``; False when it was spurious (nothing to see yet)."""

@@ -190,6 +190,9 @@ def test_a_socket_closed_under_its_watch_is_dropped_quietly(watcher):
     calls = []
     with client:
         watcher.watch(server, lambda: calls.append(1))
+        # Let the watcher enter poll() with the socket: a close then wakes nothing (poll holds
+        # the file open), and only the watcher's own sweep can notice it.
+        time.sleep(0.2)
         server.close()  # its owner closed it without closing the watch
         # Dropped once the watcher sees the number closed. (Only then: a socket opened before
         # that may take the same number, and no watcher can tell it from the closed one.)

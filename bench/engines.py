@@ -31,6 +31,11 @@ parse them as token ids), so each makes exactly --max-tokens tokens. Per system:
   system's free-text decode (grammar jump-forward shows here), answers valid and cut;
   edit and JSON rows are medians of --repeats.
 
+With --rounds R every system runs R times, the order reversed each round (A B C, C B A, ...):
+the machine's speed moves by 10-15% between process launches, so one run per system can show a
+difference that is only the machine. The rows are then medians over the rounds and each ratio
+is printed with the range of its per-round values.
+
 Decode tok/s is always bench/measure.py's: (tokens - 1) / (last token's time - first's), the
 tokens the server's own usage count, so several tokens in one frame count as several.
 
@@ -109,6 +114,7 @@ SYSTEMS = [System("ctransformers-2", "ours", "ctransformers", 2),
            System("llamacpp-2", "ours", "llamacpp", 2),
            System("llamacpp-4", "ours", "llamacpp", 4),
            System("llamacpp-4-ngram", "ours", "llamacpp", 4, ("--speculative", "ngram")),
+           System("llamacpp-4-unified", "ours", "llamacpp", 4, ("--llamacpp-kv", "unified")),
            System("llama-server-2", "llama-server", None, 2),
            System("llama-server-4", "llama-server", None, 4)]
 BY_NAME = {s.name: s for s in SYSTEMS}
@@ -393,6 +399,28 @@ def counterpart(name: str, systems: dict[str, dict]) -> str | None:
     return next((n for n in systems if n.startswith("llama-server-")), None)
 
 
+def median_rows(rounds: list[dict[str, dict]]) -> dict[str, dict]:
+    """Each system's rows over the rounds: numbers by their median, anything else as in the first."""
+    merged: dict[str, dict] = {}
+    for name, first in rounds[0].items():
+        rows = dict(first)
+        for key, value in first.items():
+            values = [r[name].get(key) for r in rounds]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                rows[key] = median(values)
+        merged[name] = rows
+    return merged
+
+
+def ratio_ranges(per_round: list[list[tuple[str, float, str]]]) -> dict[str, tuple[float, float]]:
+    """(lowest, highest) of each ratio over the rounds that have it."""
+    seen: dict[str, list[float]] = {}
+    for summary in per_round:
+        for key, value, _ in summary:
+            seen.setdefault(key, []).append(value)
+    return {k: (min(v), max(v)) for k, v in seen.items() if len(v) > 1}
+
+
 def ratios(systems: dict[str, dict], args) -> list[tuple[str, float, str]]:
     """(what, value, unit): the comparisons of our llama.cpp engine with llama-server."""
     def ratio(a, b):
@@ -500,6 +528,10 @@ def parse_args(argv):
                         help=f"comma list, run in this order: {', '.join(s.name for s in SYSTEMS)} (default: "
                              "those whose service options `serve --help` lists)")
     parser.add_argument("--skip-llama-server", action="store_true", help="drop the llama-server rows")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every system this many times, the order reversed each round (the machine's "
+                             "speed drifts between process launches); rows: medians over the rounds, ratios: "
+                             "median and range of the per-round ratios")
     parser.add_argument("--thread-policy", choices=("adaptive", "fixed"), default="adaptive",
                         help="ours: --thread-policy (default adaptive, the service's default)")
     args = parser.parse_args(argv)
@@ -509,8 +541,8 @@ def parse_args(argv):
         parser.error(f"--concurrency: a comma list of integers, not {args.concurrency!r}")
     if not args.concurrency or min(args.concurrency) < 1:
         parser.error("--concurrency: levels of 1 or more")
-    if args.repeats < 1 or args.max_tokens < 2:
-        parser.error("--repeats must be at least 1 and --max-tokens at least 2")
+    if args.repeats < 1 or args.max_tokens < 2 or args.rounds < 1:
+        parser.error("--repeats and --rounds must be at least 1 and --max-tokens at least 2")
     by_name = {s.name: s for s in SYSTEMS}
     wanted = [w.strip() for w in args.systems.split(",") if w.strip()]
     unknown = [w for w in wanted if w not in by_name]
@@ -554,19 +586,25 @@ def main(argv=None) -> int:
     # the in-process engine runs with the service's defaults: a system with other options is no match
     breakdown_for = next((s for s in args.systems if s.engine == "llamacpp" and not s.service_args), None)
     breakdown: dict | None = None
-    systems: dict[str, dict] = {}
-    for system in args.systems:
-        print(f"{system.name}: {system.label} ...", flush=True)
-        if system.kind == "ours":
-            if system is breakdown_for:
-                breakdown = {"system": system.name, "max_tokens": args.max_tokens, "repeats": args.repeats}
-                print(f"  {system.name}: TTFT breakdown, engine in process x {args.repeats + 1}", flush=True)
-                breakdown["engine"] = single_in_process(f"{system.name} engine", system, model, args, bias)
-                systems[system.name] = run_ours(system, args, bias, breakdown)
+    rounds: list[dict[str, dict]] = []
+    for number in range(args.rounds):
+        order = args.systems if number % 2 == 0 else args.systems[::-1]
+        this_round: dict[str, dict] = {}
+        for system in order:
+            print(f"{system.name}: {system.label} ..." + (f" (round {number + 1})" if args.rounds > 1 else ""),
+                  flush=True)
+            if system.kind == "ours":
+                if system is breakdown_for and number == 0:
+                    breakdown = {"system": system.name, "max_tokens": args.max_tokens, "repeats": args.repeats}
+                    print(f"  {system.name}: TTFT breakdown, engine in process x {args.repeats + 1}", flush=True)
+                    breakdown["engine"] = single_in_process(f"{system.name} engine", system, model, args, bias)
+                    this_round[system.name] = run_ours(system, args, bias, breakdown)
+                else:
+                    this_round[system.name] = run_ours(system, args, bias, None)
             else:
-                systems[system.name] = run_ours(system, args, bias, None)
-        else:
-            systems[system.name] = run_llama_server(system, model_file, args, bias)
+                this_round[system.name] = run_llama_server(system, model_file, args, bias)
+        rounds.append({s.name: this_round[s.name] for s in args.systems})
+    systems = median_rows(rounds)
     for name, rows in systems.items():
         rows["failed_requests"] = len(FAILURES.get(name, []))
     if breakdown is not None:
@@ -583,6 +621,7 @@ def main(argv=None) -> int:
                     f.startswith(("warm-up stream:", "single stream:")) for f in FAILURES.get(who, []))
 
     summary = ratios(systems, args)
+    spread = ratio_ranges([ratios(r, args) for r in rounds]) if len(rounds) > 1 else {}
     elapsed = time.monotonic() - started
     report = [header, "", table(systems, args), "",
               "agg N = all tokens of N concurrent streams over the wall time; (x single) = that over the system's "
@@ -600,19 +639,24 @@ def main(argv=None) -> int:
         report += [""] + breakdown_lines(breakdown)
     if summary:
         width = max(len(k) for k, _, _ in summary)
-        report += ["", "ratios (this run):"] + [f"  {k:{width}s} {v:9.3f} {u}" for k, v, u in summary]
+        if spread:
+            report += ["", f"ratios (this run: medians of {len(rounds)} rounds, then the rounds' range):"]
+            report += [f"  {k:{width}s} {v:9.3f} {u}" + (f"   ({spread[k][0]:.3f} .. {spread[k][1]:.3f})"
+                                                        if k in spread else "") for k, v, u in summary]
+        else:
+            report += ["", "ratios (this run):"] + [f"  {k:{width}s} {v:9.3f} {u}" for k, v, u in summary]
     report += ["", f"took {elapsed / 60:.1f} min"]
     text = "\n".join(report)
     print()
     print(text)
     doc = {"meta": {"model": MODEL, "model_file": str(model_file), "threads": args.threads,
                     "thread_policy": args.thread_policy, "max_tokens": args.max_tokens, "repeats": args.repeats,
-                    "concurrency": args.concurrency, "banned_tokens": sorted(bias), "cpu_busy_before": busy,
+                    "concurrency": args.concurrency, "rounds": args.rounds, "banned_tokens": sorted(bias), "cpu_busy_before": busy,
                     "edit_max_tokens": args.edit_max_tokens, "json_max_tokens": JSON_MAX_TOKENS,
                     "json_temperature": JSON_TEMPERATURE, "json_seed": JSON_SEED, "json_schema": prompts.PET_SCHEMA,
                     "when": time.strftime("%Y-%m-%d %H:%M"), "elapsed_s": round(elapsed, 1),
                     "systems": {s.name: s.label for s in args.systems}},
-           "systems": systems, "breakdown": breakdown,
+           "systems": systems, "rounds": rounds if len(rounds) > 1 else None, "breakdown": breakdown,
            "ratios": {k: {"value": v, "unit": u} for k, v, u in summary},
            "failures": dict(FAILURES), "report": text.splitlines()}
     (RESULTS / "engines.json").write_text(json.dumps(doc, indent=2, default=str))

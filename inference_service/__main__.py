@@ -64,10 +64,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                 help="llama.cpp engine: prompt tokens per step while other streams decode "
                      "(smaller: steadier streams; larger: faster first token of a long prompt)")
     add_setting(serve, "--llamacpp-kv", choices=("unified", "per-slot"), env="INFERENCE_LLAMACPP_KV",
-                default="unified",
-                help="llama.cpp engine KV cache: unified (streams batch better, but text may "
-                     "vary with concurrent load) or per-slot (text independent of what else runs, "
-                     "little gain from batching)")
+                default="per-slot",
+                help="llama.cpp engine KV cache: per-slot (each slot attends only to its own "
+                     "cells; text independent of what else runs) or unified (one cache for all "
+                     "slots: attention spans every slot's cells, text may vary with concurrent load)")
     add_setting(serve, "--speculative", choices=("ngram", "off"), env="INFERENCE_SPECULATIVE", default="off",
                 help="llama.cpp engine: ngram drafts the next tokens from text seen before (prompt "
                      "lookup) and verifies them in one batch while a stream decodes alone, pausing "

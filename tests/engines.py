@@ -78,8 +78,15 @@ def batching_engine(model_file):
 
 @pytest.fixture(scope="module")
 def per_slot_engine(model_file):
-    """A 4-slot llama.cpp engine with per-slot KV streams (``--llamacpp-kv per-slot``)."""
+    """A 4-slot llama.cpp engine with per-slot KV streams (``--llamacpp-kv per-slot``, the
+    default) and no drafts."""
     yield from four_slot_llamacpp(model_file, kv_layout="per-slot")
+
+
+@pytest.fixture(scope="module")
+def unified_engine(model_file):
+    """A 4-slot llama.cpp engine with one KV cache for all slots (``--llamacpp-kv unified``)."""
+    yield from four_slot_llamacpp(model_file, kv_layout="unified")
 
 
 @pytest.fixture(scope="session")

@@ -82,9 +82,9 @@ class EngineConfig:
     # decode (bounds the pause a joining prompt causes them; see llamacpp_batch).
     max_batch_tokens: int = 512
     prefill_chunk: int = 128
-    # llama.cpp: "unified" (faster batches, results may vary with concurrent load) or
-    # "per-slot" (results independent of what else runs); see llamacpp_batch.
-    kv_layout: str = "unified"
+    # llama.cpp: "per-slot" (results independent of what else runs) or "unified" (one cache,
+    # results may vary with concurrent load); see llamacpp_batch.
+    kv_layout: str = "per-slot"
     # llama.cpp: "ngram" speculative decoding (prompt lookup, see decode_loop) or "off".
     speculative: str = "off"
 

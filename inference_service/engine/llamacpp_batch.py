@@ -11,25 +11,30 @@ streams already running for the length of its whole prompt.
 Sampling, stop strings, logprobs and the queue stay in the shared engine code: a sequence
 only turns tokens into logits.
 
-The KV cache layout decides what concurrency does to results (measured on the default
-model, 2 cores):
-- ``unified`` (the default): every sequence's cells in one cache, so the attention of a
-  whole batch is one set of operations. Decoding 4 and 8 streams together ran at 1.24x and
-  1.47x the single-stream rate. But when two prompts share a step, ggml's kernels take
-  another code path and a prompt's logits move (up to 0.8 on one logit): greedy text
-  under concurrent load differed from the same request alone in 9 of 12 trials (never
-  before the 6th token). A seeded request is reproducible on an idle server, not under load.
-- ``per-slot`` (llama.cpp's non-unified KV): each sequence attends in its own cache stream;
-  22 of 22 concurrent trials matched their solo runs exactly, but 4 and 8 streams ran at
-  only 1.0x the single-stream rate.
+The KV cache layout decides what concurrency costs and does to results (measured on the
+default model, 2 cores, 4 slots, through the edge; ``make bench-engines``):
+- ``per-slot`` (the default; llama.cpp's non-unified KV, as llama-server ``-np N`` runs):
+  each sequence attends only to its own cache stream. A stream's text is the same alone or
+  beside others (22 of 22 concurrent trials matched their solo runs exactly; a test asserts
+  it). Batches pay off only when the sequences of a step have consecutive ids (llama.cpp's
+  ``split_equal``), so a step's tokens go in sequence order: 4 and 8 streams then ran at
+  1.37x and 1.45x the single-stream rate (0.91x and 0.88x before that ordering).
+- ``unified``: every sequence's cells in one cache, and the attention of every sequence
+  spans all of them, so its cost grows with what the other slots hold: a cold ~1,000-token
+  chat prompt beside full slots took 5.7 s against 4.1 s per-slot. And when two prompts share
+  a step, ggml's kernels take another code path and a prompt's logits move (up to 0.8 on one
+  logit): greedy text under concurrent load differed from the same request alone in 9 of 12
+  trials (never before the 6th token).
 Either way prefix reuse keeps every cached token (decoded ones too), as llama-server does.
 
-Prefix sharing (unified layout, models without sliding-window or recurrent layers): a prompt
-that starts with tokens another sequence holds (a system prompt, a tool preamble, few-shot
-examples shared by many conversations) gets those cells copied into its own sequence
-(``llama_memory_seq_cp``: in a unified cache the cells are shared, not duplicated) instead of
-evaluating them again. The scheduler counts such a copyable prefix when it chooses a slot, so a
-new conversation takes an empty slot and still skips the shared part.
+Prefix sharing (models without sliding-window or recurrent layers): a prompt that starts with
+tokens another sequence holds (a system prompt, a tool preamble, few-shot examples shared by
+many conversations, the prompt of ``n`` choices) gets those cells copied into its own
+sequence (``llama_memory_seq_cp``) instead of evaluating them again. In a unified cache the
+cells are shared, not duplicated; between per-slot streams llama.cpp copies a whole stream
+(~15 ms for 4,096 cells, at the next decode) and the copy is cut back to the prefix. The
+scheduler counts such a copyable prefix when it chooses a slot, so a new conversation takes an
+empty slot and still skips the shared part.
 """
 
 from __future__ import annotations
@@ -52,7 +57,10 @@ log = logging.getLogger(__name__)
 # next token (they are sampling), so that they share the next step instead of alternating.
 _GATHER_SECONDS = 0.004
 _POLL_SECONDS = 0.05  # a waiting sequence re-checks cancellation at least this often
-KV_LAYOUTS = ("unified", "per-slot")
+KV_LAYOUTS = ("per-slot", "unified")
+# Per-slot, a copied prefix costs a whole stream's buffers (~15 ms for 4,096 cells of the
+# default model, against ~5 ms a prompt token evaluated): not worth it for a few tokens.
+_MIN_STREAM_COPY = 4
 
 
 @dataclass(eq=False)
@@ -85,7 +93,7 @@ class BatchedDecoder:
         threads: Callable[[], int],
         max_batch_tokens: int = 512,
         prefill_chunk: int = 128,
-        kv_layout: str = "unified",
+        kv_layout: str = "per-slot",
     ):
         if kv_layout not in KV_LAYOUTS:
             raise ValueError(f"kv_layout must be one of {', '.join(KV_LAYOUTS)}, not {kv_layout!r}")
@@ -114,7 +122,8 @@ class BatchedDecoder:
         self._memory = llama.llama_get_memory(self._context)
         # Partial sequences (a prefix copied, a draft's tail dropped) work only for plain attention.
         self.cuts_sequences = _can_copy_partial_sequences(llama, model)
-        self.shares_prefixes = kv_layout == "unified" and self.cuts_sequences
+        self._unified = kv_layout == "unified"
+        self.shares_prefixes = self.cuts_sequences
         self.prefixes_copied = 0  # tokens copied between sequences instead of evaluated (tests, logs)
         self.vocab_size = model.vocab_size
         self._batch = llama.llama_batch_init(max_batch_tokens, 0, 1)
@@ -210,13 +219,19 @@ class BatchedDecoder:
                 shared = min(common_prefix_length(sequence.cached_tokens, prompt), limit)
                 if shared > best:
                     best, source = shared, sequence
-            if source is None:
+            if source is None or (not self._unified and best - have < _MIN_STREAM_COPY):
                 return have
             # Lock order: _lock, then _compute (as in _finish). The source may be decoding: it
             # only appends cells, and removes its own only in truncate(), under _lock as well.
             with self._compute:
                 self._llama.llama_memory_seq_rm(self._memory, target.seq_id, -1, -1)
-                self._llama.llama_memory_seq_cp(self._memory, source.seq_id, target.seq_id, 0, best)
+                if self._unified:
+                    self._llama.llama_memory_seq_cp(self._memory, source.seq_id, target.seq_id, 0, best)
+                else:
+                    # Between KV streams llama.cpp copies only whole streams (the buffers at the
+                    # next decode, before it writes anything): copy all, then cut to the prefix.
+                    self._llama.llama_memory_seq_cp(self._memory, source.seq_id, target.seq_id, -1, -1)
+                    self._llama.llama_memory_seq_rm(self._memory, target.seq_id, best, -1)
             target.cached_tokens[:] = prompt[:best]
             self.prefixes_copied += best - have
         log.debug("sequence %d: %d prompt tokens copied from sequence %d", target.seq_id, best - have, source.seq_id)
@@ -268,7 +283,9 @@ class BatchedDecoder:
         on the submission's last token or on the step's budget.
         """
         live = [s for s in self._queue if not s.withdrawn]
-        decoding = [s for s in live if s.remaining == 1]
+        # In sequence order: with per-slot KV streams llama.cpp puts only consecutive sequence
+        # ids in one micro-batch (split_equal), so 3, 0, 1, 2 would take two graph runs.
+        decoding = sorted((s for s in live if s.remaining == 1), key=lambda s: s.sequence.seq_id)
         prompts = [s for s in live if s.remaining > 1]
         budget = self.max_batch_tokens
         plan: list[tuple[_Submission, int]] = []

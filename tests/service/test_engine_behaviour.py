@@ -31,6 +31,7 @@ from tests.engines import (  # noqa: F401  (fixtures)
     per_slot_engine,
     run,
     smollm2_engines,
+    unified_engine,
 )
 from tests.helpers import eventually
 
@@ -326,8 +327,9 @@ FIRST_TOKENS = 4
 MIN_MARGIN = 0.5  # nats between the top two tokens of each of the first tokens, run alone
 
 
-def test_concurrent_streams_share_decode_steps(batching_engine, smollm2_engines):
-    """4 greedy streams at once on a 4-slot llama.cpp engine decode together, and start as alone."""
+def test_concurrent_streams_share_decode_steps(unified_engine, smollm2_engines):
+    """4 greedy streams at once on a 4-slot llama.cpp engine with one unified KV cache decode
+    together, and start as alone."""
     # Batch-dependent numerics, as seen here (smollm2 Q4_1, llama-cpp-python 0.3.36, 2 busy
     # cores; each trial: 4 concurrent greedy streams vs the same 4 requests run alone):
     # - France/dragon/haiku/photosynthesis prompts: 48 tokens, 2 of 8 trials differed; 12 tokens,
@@ -336,20 +338,20 @@ def test_concurrent_streams_share_decode_steps(batching_engine, smollm2_engines)
     #   16 tokens (dragon always at token 8, haiku at 10, photosynthesis at 11).
     # - The prompts below, 32 tokens: 9 of 12 trials differed, the haiku at token 6, 10 or 14,
     #   the Python function once at token 6; never before token 6.
-    # Cause, measured on llama.cpp directly: with ``kv_unified`` on (as BatchedDecoder sets it),
+    # Cause, measured on llama.cpp directly: with ``kv_unified`` on (``--llamacpp-kv unified``),
     # two multi-token prompts evaluated in one ubatch get logits up to 0.8 apart (max over the
     # vocabulary) from the same prompt evaluated alone; the difference does not depend on the
     # other prompt's content (a different kernel path, no attention leaking between sequences);
-    # a prompt next to single decode tokens is bit-identical. With ``kv_unified`` off (patched in
-    # for the experiment), all 22 trials matched the solo runs exactly (10 of 48 tokens with the
+    # a prompt next to single decode tokens is bit-identical. With ``kv_unified`` off (per-slot,
+    # now the default), all 22 trials matched the solo runs exactly (10 of 48 tokens with the
     # first prompts, 12 of 32 tokens with the prompts below).
     # So only the first tokens are asserted, for prompts whose first tokens are no near ties.
-    decoder = loaded(batching_engine)._decoder
+    decoder = loaded(unified_engine)._decoder
     requests = [chat(("user", q), max_tokens=BATCH_TOKENS, ignore_eos=True,
                      sampling=SamplingParams(temperature=0.0, logprobs=True, top_logprobs=2)) for q in BATCH_PROMPTS]
 
     steps, sequences = decoder.steps, decoder.batched_sequences
-    streams = [batching_engine.generate(r) for r in requests]  # each starts on its own thread now
+    streams = [unified_engine.generate(r) for r in requests]  # each starts on its own thread now
     batched = [Run(list(s)) for s in streams]
     steps, sequences = decoder.steps - steps, decoder.batched_sequences - sequences
     assert sequences / steps > 1.5, f"{sequences} sequences in {steps} steps"

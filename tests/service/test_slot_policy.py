@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 import pytest
 
 from inference_service.engine.types import GenerationRequest
@@ -16,7 +18,9 @@ from tests.engines import (  # noqa: F401  (fixtures)
     each_engine,
     loaded,
     run,
+    per_slot_engine,
     smollm2_engines,
+    unified_engine,
 )
 
 pytestmark = pytest.mark.model
@@ -103,27 +107,51 @@ def test_slot_states_show_what_each_slot_holds(each_engine):
     assert all(s.idle_seconds > 0 for s in states if s.cached_tokens == held)
 
 
-def test_a_new_conversation_copies_a_shared_system_prompt(batching_engine):
+@pytest.mark.parametrize("layout", ["per-slot", "unified"])
+def test_a_new_conversation_copies_a_shared_system_prompt(layout, request):
     """llama.cpp: the second conversation takes an empty slot (the first keeps its own) and
     gets the system prompt's cells copied from the first one's sequence instead of evaluating
     them; the first conversation's next turn still finds its whole history."""
-    model = loaded(batching_engine)
+    engine = request.getfixturevalue("batching_engine" if layout == "per-slot" else "unified_engine")
+    model = loaded(engine)
     decoder = model._decoder
     assert decoder.shares_prefixes
     for sequence in decoder.sequences:  # start from empty caches (the fixture is shared)
         sequence.truncate(0)
     a, b = Conversation("a"), Conversation("b")
-    a.answered(run(batching_engine, a.next_turn(batching_engine, 0)))
+    a.answered(run(engine, a.next_turn(engine, 0)))
     copied_before = decoder.prefixes_copied
-    b.answered(run(batching_engine, b.next_turn(batching_engine, 0)))
-    shared = _shared_prefix(batching_engine, a, b)
+    b.answered(run(engine, b.next_turn(engine, 0)))
+    shared = _shared_prefix(engine, a, b)
     assert shared > 50  # the system prompt and the template's opening
     assert b.usages[0].cached_prompt_tokens >= shared - 1
     assert decoder.prefixes_copied - copied_before >= shared - 1
-    held = sorted(s.cached_tokens for s in batching_engine.status().models[0].slot_states if s.cached_tokens)
+    held = sorted(s.cached_tokens for s in engine.status().models[0].slot_states if s.cached_tokens)
     assert len(held) == 2, held  # two slots, one conversation each
-    a.answered(run(batching_engine, a.next_turn(batching_engine, 1)))
-    assert_kept(a, batching_engine)
+    a.answered(run(engine, a.next_turn(engine, 1)))
+    assert_kept(a, engine)
+
+
+def test_a_prefix_copied_between_streams_gives_the_logits_of_one_evaluated(per_slot_engine):
+    """Per-slot streams: llama.cpp copies a whole stream, then the copy is cut to the prefix.
+    The next logits are bit for bit those of a sequence that evaluated the same prefix itself,
+    even though the source stream holds more than the prefix."""
+    decoder = loaded(per_slot_engine)._decoder
+    source, copied, evaluated = decoder.sequences[:3]
+    for sequence in decoder.sequences:
+        sequence.truncate(0)
+    prefix = [(i * 37) % 5000 + 100 for i in range(80)]
+    source.evaluate(prefix + [7, 8, 9, 10])  # more than the prefix: the copy must drop it
+    suffix = [11, 12, 13]
+    copies_before = decoder.prefixes_copied
+    assert decoder.copy_longest_prefix(copied, prefix + suffix, len(prefix)) == len(prefix)
+    assert decoder.prefixes_copied - copies_before == len(prefix)
+    copied.evaluate(suffix)
+    evaluated.evaluate(prefix)
+    evaluated.evaluate(suffix)
+    over_copy, from_itself = copied.logits(), evaluated.logits()
+    assert np.array_equal(over_copy, from_itself)
+    assert copied.cached_tokens == evaluated.cached_tokens == prefix + suffix
 
 
 def _shared_prefix(engine, a: Conversation, b: Conversation) -> int:

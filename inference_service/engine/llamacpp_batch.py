@@ -277,15 +277,15 @@ class BatchedDecoder:
                 self._lock.notify_all()
 
     def _plan(self) -> list[tuple[_Submission, int]]:
-        """(submission, tokens to take now) for this step, in batch order.
+        """(submission, tokens to take now) for this step, in sequence order.
 
-        Single tokens (streams decoding) first, then prompt chunks oldest first; a chunk ends
-        on the submission's last token or on the step's budget.
+        Single tokens (streams decoding) are taken first, then prompt chunks oldest first; a
+        chunk ends on the submission's last token or on the step's budget. The batch goes in
+        sequence order: with per-slot KV streams llama.cpp puts only consecutive sequence ids
+        in one micro-batch (split_equal), so 3, 0, 1, 2 would take two graph runs.
         """
         live = [s for s in self._queue if not s.withdrawn]
-        # In sequence order: with per-slot KV streams llama.cpp puts only consecutive sequence
-        # ids in one micro-batch (split_equal), so 3, 0, 1, 2 would take two graph runs.
-        decoding = sorted((s for s in live if s.remaining == 1), key=lambda s: s.sequence.seq_id)
+        decoding = [s for s in live if s.remaining == 1]
         prompts = [s for s in live if s.remaining > 1]
         budget = self.max_batch_tokens
         plan: list[tuple[_Submission, int]] = []
@@ -304,7 +304,7 @@ class BatchedDecoder:
             if decoding:
                 chunk_cap = 0  # while streams decode, one prompt chunk per step
                 break
-        return plan
+        return sorted(plan, key=lambda entry: entry[0].sequence.seq_id)
 
     def _decode(self, plan: list[tuple[_Submission, int]]) -> BaseException | None:
         llama, batch = self._llama, self._batch

@@ -32,6 +32,8 @@ SYSTEM = ("system", "You are a helpful assistant for a geography class. Answer i
 QUESTIONS = {
     "a": ["What is the capital of France?", "And of Italy?", "And of Spain?"],
     "b": ["Which river flows through Cairo?", "And through Vienna?", "And through Paris?"],
+    "c": ["Name a large desert.", "And a small one?", "And a cold one?"],
+    "d": ["What do bees make?", "And ants?", "And spiders?"],
 }
 
 
@@ -152,6 +154,40 @@ def test_a_prefix_copied_between_streams_gives_the_logits_of_one_evaluated(per_s
     over_copy, from_itself = copied.logits(), evaluated.logits()
     assert np.array_equal(over_copy, from_itself)
     assert copied.cached_tokens == evaluated.cached_tokens == prefix + suffix
+
+
+def test_new_conversations_arriving_together_all_get_the_prefix_copied(per_slot_engine):
+    """Three conversations start at once beside one that holds the system prompt (per-slot
+    streams): each gets its own slot with the prompt copied, not evaluated, and then keeps
+    its own history over the next turns, run concurrently as well."""
+    engine = per_slot_engine
+    decoder = loaded(engine)._decoder
+    for sequence in decoder.sequences:
+        sequence.truncate(0)
+    first = Conversation("a")
+    first.answered(run(engine, first.next_turn(engine, 0)))
+    others = [Conversation(name) for name in "bcd"]
+    copied_before = decoder.prefixes_copied
+    for turn in range(2):
+        requests = [c.next_turn(engine, turn) for c in others]
+        results: dict[int, object] = {}
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, run(engine, requests[i])))
+                   for i in range(len(others))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(SAFETY_SECONDS)
+        assert sorted(results) == [0, 1, 2]
+        for i, conversation in enumerate(others):
+            conversation.answered(results[i])
+    shared = _shared_prefix(engine, first, others[0])
+    assert shared > 50
+    for conversation in others:
+        assert conversation.usages[0].cached_prompt_tokens >= shared - 1, conversation.usages[0]
+        assert_kept(conversation, engine)
+    assert decoder.prefixes_copied - copied_before >= 3 * (shared - 1)
+    held = [s.cached_tokens for s in engine.status().models[0].slot_states]
+    assert all(held), held  # four conversations, a slot each
 
 
 def _shared_prefix(engine, a: Conversation, b: Conversation) -> int:

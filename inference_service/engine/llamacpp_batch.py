@@ -59,8 +59,9 @@ _GATHER_SECONDS = 0.004
 _POLL_SECONDS = 0.05  # a waiting sequence re-checks cancellation at least this often
 KV_LAYOUTS = ("per-slot", "unified")
 # Per-slot, a copied prefix costs a whole stream's buffers (~15 ms for 4,096 cells of the
-# default model, against ~5 ms a prompt token evaluated): not worth it for a few tokens.
-_MIN_STREAM_COPY = 4
+# default model, against ~3.5-5 ms a prompt token evaluated): worth it from about one token
+# per 1,024 cells of the stream.
+_CELLS_PER_COPIED_TOKEN = 1024
 
 
 @dataclass(eq=False)
@@ -123,6 +124,7 @@ class BatchedDecoder:
         # Partial sequences (a prefix copied, a draft's tail dropped) work only for plain attention.
         self.cuts_sequences = _can_copy_partial_sequences(llama, model)
         self._unified = kv_layout == "unified"
+        self._min_stream_copy = max(4, context_length // _CELLS_PER_COPIED_TOKEN)  # per-slot prefix copies
         self.shares_prefixes = self.cuts_sequences
         self.prefixes_copied = 0  # tokens copied between sequences instead of evaluated (tests, logs)
         self.vocab_size = model.vocab_size
@@ -219,7 +221,7 @@ class BatchedDecoder:
                 shared = min(common_prefix_length(sequence.cached_tokens, prompt), limit)
                 if shared > best:
                     best, source = shared, sequence
-            if source is None or (not self._unified and best - have < _MIN_STREAM_COPY):
+            if source is None or (not self._unified and best - have < self._min_stream_copy):
                 return have
             # Lock order: _lock, then _compute (as in _finish). The source may be decoding: it
             # only appends cells, and removes its own only in truncate(), under _lock as well.

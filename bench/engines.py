@@ -404,7 +404,7 @@ def median_rows(rounds: list[dict[str, dict]]) -> dict[str, dict]:
     merged: dict[str, dict] = {}
     for name, first in rounds[0].items():
         rows = dict(first)
-        for key, value in first.items():
+        for key in first:
             values = [r[name].get(key) for r in rounds]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 rows[key] = median(values)
@@ -621,7 +621,7 @@ def main(argv=None) -> int:
                     f.startswith(("warm-up stream:", "single stream:")) for f in FAILURES.get(who, []))
 
     summary = ratios(systems, args)
-    spread = ratio_ranges([ratios(r, args) for r in rounds]) if len(rounds) > 1 else {}
+    spread = ratio_ranges([ratios(r, args) for r in rounds])
     elapsed = time.monotonic() - started
     report = [header, "", table(systems, args), "",
               "agg N = all tokens of N concurrent streams over the wall time; (x single) = that over the system's "
@@ -639,12 +639,11 @@ def main(argv=None) -> int:
         report += [""] + breakdown_lines(breakdown)
     if summary:
         width = max(len(k) for k, _, _ in summary)
-        if spread:
-            report += ["", f"ratios (this run: medians of {len(rounds)} rounds, then the rounds' range):"]
-            report += [f"  {k:{width}s} {v:9.3f} {u}" + (f"   ({spread[k][0]:.3f} .. {spread[k][1]:.3f})"
-                                                        if k in spread else "") for k, v, u in summary]
-        else:
-            report += ["", "ratios (this run):"] + [f"  {k:{width}s} {v:9.3f} {u}" for k, v, u in summary]
+        title = f"ratios (this run: medians of {len(rounds)} rounds, then the rounds' range):" if spread \
+            else "ratios (this run):"
+        report += ["", title] + [f"  {k:{width}s} {v:9.3f} {u}"
+                                 + (f"   ({spread[k][0]:.3f} .. {spread[k][1]:.3f})" if k in spread else "")
+                                 for k, v, u in summary]
     report += ["", f"took {elapsed / 60:.1f} min"]
     text = "\n".join(report)
     print()

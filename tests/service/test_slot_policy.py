@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-
 import pytest
 
 from inference_service.engine.types import GenerationRequest
@@ -17,8 +16,8 @@ from tests.engines import (  # noqa: F401  (fixtures)
     chat,
     each_engine,
     loaded,
-    run,
     per_slot_engine,
+    run,
     smollm2_engines,
     unified_engine,
 )

@@ -192,7 +192,8 @@ class LoadedModel:
         # llama.cpp: a prompt prefix one sequence holds is copied into another, not evaluated.
         self.shares_prefixes = self._decoder is not None and self._decoder.shares_prefixes
         shared_prefix = self._decoder.longest_cached_prefix if self.shares_prefixes else None
-        self.scheduler = SlotScheduler(contexts, max_waiting=config.max_waiting, shared_prefix=shared_prefix)
+        self.scheduler = SlotScheduler(contexts, max_waiting=config.max_waiting, shared_prefix=shared_prefix,
+                                       min_copy=self._decoder.min_copy if self.shares_prefixes else 1)
         self.created = int(model_file.source_path.stat().st_mtime)
 
     @property

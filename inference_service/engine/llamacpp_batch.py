@@ -126,7 +126,7 @@ class BatchedDecoder:
         self._unified = kv_layout == "unified"
         # Fewest tokens worth copying: any in a unified cache (cells are shared), enough to
         # outweigh a whole stream's copy between per-slot streams.
-        self._min_copy = 1 if self._unified else max(4, context_length // _CELLS_PER_COPIED_TOKEN)
+        self.min_copy = 1 if self._unified else max(4, context_length // _CELLS_PER_COPIED_TOKEN)
         self.shares_prefixes = self.cuts_sequences
         self.prefixes_copied = 0  # tokens copied between sequences instead of evaluated (tests, logs)
         self.vocab_size = model.vocab_size
@@ -223,7 +223,7 @@ class BatchedDecoder:
                 shared = min(common_prefix_length(sequence.cached_tokens, prompt), limit)
                 if shared > best:
                     best, source = shared, sequence
-            if source is None or best - have < self._min_copy:
+            if source is None or best - have < self.min_copy:
                 return have
             # Lock order: _lock, then _compute (as in _finish). The source may be decoding: it
             # only appends cells, and removes its own only in truncate(), under _lock as well.

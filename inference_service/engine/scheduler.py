@@ -63,15 +63,17 @@ class Ticket:
 
 class SlotScheduler(Generic[SlotT]):
     def __init__(self, slots: Sequence[SlotT], max_waiting: int, *,
-                 shared_prefix: Callable[[Sequence[int]], int] | None = None,
+                 shared_prefix: Callable[[Sequence[int]], int] | None = None, min_copy: int = 1,
                  clock: Callable[[], float] = time.monotonic):
         """``shared_prefix(prompt)``: the longest prefix of ``prompt`` any slot (busy or not) holds
-        and could copy into another; None when slots cannot share (ctransformers)."""
+        and could copy into another; None when slots cannot share (ctransformers). A copy is made
+        only when it brings a slot at least ``min_copy`` tokens more than its own cache holds."""
         if not slots:
             raise ValueError("at least one slot is needed")
         self._slots = list(slots)
         self._free = list(range(len(slots)))
         self._shared_prefix = shared_prefix
+        self._min_copy = min_copy
         self._clock = clock
         self._last_used = [float("-inf")] * len(slots)  # never used: the least recent
         self._last_prompt: list[Sequence[int]] = [()] * len(slots)
@@ -168,6 +170,7 @@ class SlotScheduler(Generic[SlotT]):
                         [FreeSlot(i, self._slots[i], self._last_used[i], self._last_prompt[i]) for i in self._free],
                         self._clock(),
                         shared=self._shared_prefix(ticket.prompt) if self._shared_prefix else 0,
+                        min_copy=self._min_copy,
                     )
                     self._last_prompt[index] = ticket.prompt
                     self._free.remove(index)
@@ -203,9 +206,10 @@ class FreeSlot:
 
 
 def choose_slot(prompt: Sequence[int], free: Sequence[FreeSlot], now: float, shared: int = 0,
-                half_life: float = IDLE_HALF_LIFE) -> int:
+                half_life: float = IDLE_HALF_LIFE, min_copy: int = 1) -> int:
     """The index of the free slot to use for ``prompt``; see the module doc. ``shared``: the
-    longest prefix of the prompt any slot holds and could copy into another (0 without sharing)."""
+    longest prefix of the prompt any slot holds and could copy into another (0 without sharing),
+    copied only where that brings at least ``min_copy`` tokens more than the slot's own."""
     best_own: dict[int, int] = {}
 
     def own(entry: FreeSlot) -> int:
@@ -225,7 +229,10 @@ def choose_slot(prompt: Sequence[int], free: Sequence[FreeSlot], now: float, sha
             return 0.0
         return lost * 0.5 ** (max(0.0, idle) / half_life)
 
+    def served(entry: FreeSlot) -> int:  # prompt tokens the slot will not evaluate
+        return shared if shared - own(entry) >= min_copy else own(entry)
+
     worthless = [e for e in free if worth(e) < 1.0]
     if worthless:
-        return max(worthless, key=lambda e: (max(own(e), shared), -e.last_used, -e.index)).index
-    return min(free, key=lambda e: (len(prompt) - max(own(e), shared) + worth(e), e.last_used, e.index)).index
+        return max(worthless, key=lambda e: (served(e), -e.last_used, -e.index)).index
+    return min(free, key=lambda e: (len(prompt) - served(e) + worth(e), e.last_used, e.index)).index

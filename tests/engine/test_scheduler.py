@@ -12,7 +12,7 @@ from typing import Sequence
 import pytest
 
 from inference_service.engine.model_context import common_prefix_length
-from inference_service.engine.scheduler import SlotScheduler
+from inference_service.engine.scheduler import FreeSlot, SlotScheduler, choose_slot
 from inference_service.errors import Cancelled, DeadlineExceeded, QueueFull
 from tests.helpers import eventually
 
@@ -410,3 +410,15 @@ def test_a_burst_is_admitted_up_to_free_slots_plus_the_cap():
         scheduler.enqueue(prompt)
     with pytest.raises(QueueFull):
         scheduler.enqueue([5])
+
+
+def test_a_prefix_too_short_to_copy_counts_as_evaluated():
+    """Per-slot llama.cpp copies a prefix only when it brings ``min_copy`` tokens: a 3-token
+    preamble held by slot a is no reason to take slot b (which would evaluate it) when a
+    already holds it and costs about as much to take over."""
+    prompt = [7, 7, 7] + [1000 + i for i in range(100)]
+    a = FakeSlot("a", [7, 7, 7] + [2000 + i for i in range(50)])  # the preamble and 50 tokens of its own
+    b = FakeSlot("b", [3000 + i for i in range(49)])  # 49 tokens of another conversation
+    free = [FreeSlot(0, a, 999.0, a.cached), FreeSlot(1, b, 999.0, b.cached)]  # both active a second ago
+    assert choose_slot(prompt, free, 1000.0, shared=3, min_copy=1) == 1  # b, with the preamble copied in
+    assert choose_slot(prompt, free, 1000.0, shared=3, min_copy=4) == 0  # no copy: a evaluates 3 fewer

@@ -73,6 +73,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                      "lookup) and verifies them in one batch while a stream decodes alone, pausing "
                      "itself when drafts fail: about 2x on answers that repeat their prompt (edits), "
                      "about 0.88x on free text through the edge here; off: one token per step")
+    add_setting(serve, "--stream-interval-ms", type=float, env="INFERENCE_STREAM_INTERVAL_MS", default=0.0,
+                help="after a stream's first piece, send its new tokens at most this often, several to a "
+                     "message (fewer wake-ups of the handler, the edge and the client per token); 0: each "
+                     "token as it comes")
     serve.add_argument("--grace", type=float, default=30.0, help="seconds in-flight streams get on SIGTERM")
     add_setting(serve, "--metrics-address", env="INFERENCE_METRICS_ADDRESS", default=None, metavar="HOST:PORT",
                 help="serve Prometheus metrics over HTTP there (e.g. 127.0.0.1:9090; 0.0.0.0 only inside a "
@@ -91,6 +95,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     return parser, serve
 
 
+# (flag, least, most) of the numeric settings; None: no bound.
+_RANGES = (
+    ("--context-length", 16, None), ("--block-size", 1, None), ("--threads", 1, None), ("--slots", 1, None),
+    ("--max-waiting", 0, None), ("--max-batch-tokens", 1, None), ("--prefill-chunk", 1, None),
+    ("--stream-interval-ms", 0, 1000),
+)
+
+
+def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A numeric setting out of its range is ``parser.error`` naming the flag, as a bad value is."""
+    actions = {action.option_strings[0]: action for action in parser._actions if action.option_strings}
+    for flag, least, most in _RANGES:
+        action = actions[flag]
+        value = getattr(args, action.dest)
+        if value < least or (most is not None and value > most):
+            bounds = f"{least} to {most}" if most is not None else f"at least {least}"
+            parser.error(f"{flag} (env {action.env}) must be {bounds}, not {value:g}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, serve = build_parser()
     args = parser.parse_args(argv if argv is not None else (sys.argv[1:] or ["serve"]))
@@ -99,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "serve":
         resolve(serve, args)
+        check_ranges(serve, args)
 
     registry = ModelRegistry()
     if args.command in ("pull", "path"):
@@ -135,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         prefill_chunk=args.prefill_chunk,
         kv_layout=args.llamacpp_kv,
         speculative=args.speculative,
+        stream_interval=args.stream_interval_ms / 1000,
     )
     from inference_service.engine.cpu_budget import shared_budget
 

@@ -22,7 +22,7 @@ from inference_service.engine.cpu_budget import shared_budget
 from inference_service.engine.decode_loop import SPECULATION_MODES, run_in_slot
 from inference_service.engine.engine_choice import GGUFIdentity, choose_engine, llama_cpp_available
 from inference_service.engine.grammar import LazyGrammarTokenizer
-from inference_service.engine.handoff import run_on_thread
+from inference_service.engine.handoff import Pacing, run_on_thread
 from inference_service.engine.memory import TRIM_AFTER_CHARS, release_freed_memory
 from inference_service.engine.model_context import ModelContext
 from inference_service.engine.output_plan import NO_PLAN, OutputPlan, plan_output
@@ -42,6 +42,7 @@ from inference_service.engine.types import (
     ModelDescription,
     ModelStatus,
     SamplingParams,
+    joined_chunks,
 )
 from inference_service.engine.validation import unknown_model, validate_request
 from inference_service.errors import (
@@ -87,10 +88,15 @@ class EngineConfig:
     kv_layout: str = "per-slot"
     # llama.cpp: "ngram" speculative decoding (prompt lookup, see decode_loop) or "off".
     speculative: str = "off"
+    # Seconds between the pieces ``generate`` hands out after the first (0: each as it comes);
+    # the tokens of an interval go out as one piece (see handoff).
+    stream_interval: float = 0.0
 
     def __post_init__(self):
         if self.thread_policy not in ("adaptive", "fixed"):
             raise ValueError(f"thread_policy must be 'adaptive' or 'fixed', not {self.thread_policy!r}")
+        if not 0 <= self.stream_interval <= 1:
+            raise ValueError(f"stream_interval must be 0 to 1 second, not {self.stream_interval!r}")
         if self.speculative not in SPECULATION_MODES:
             raise ValueError(f"speculative must be one of {', '.join(SPECULATION_MODES)}, not {self.speculative!r}")
 
@@ -451,6 +457,8 @@ class Engine(InferenceEngine):
 
         ``deadline`` is a ``time.monotonic()`` value bounding the wait for a slot.
         Closing the iterator, or setting ``cancelled``, stops generation before the next token.
+        With the config's ``stream_interval``, the pieces after the first come at most that often,
+        each holding the tokens since the last (the last piece of an answer comes at once).
         """
         prepared = self.prepare(request)
         model = self._models[request.model]
@@ -475,7 +483,8 @@ class Engine(InferenceEngine):
             produce = lambda: _generate_choices(model, prepared, tickets, cancelled, deadline, self.counters)  # noqa: E731
         # Started here, not at the first next(): a consumer that never iterates must not
         # leave its ticket blocking the queue.
-        return run_on_thread(produce, name=f"generate-{request.request_id or tickets[0].number}", on_close=stop)
+        return run_on_thread(produce, name=f"generate-{request.request_id or tickets[0].number}", on_close=stop,
+                             pacing=Pacing(model.config.stream_interval, joined_chunks, _ends_an_answer))
 
     def warm_up(self) -> None:
         """Runs one short generation per model so the first real request is not the slow one."""
@@ -545,6 +554,10 @@ def _choice(prepared: PreparedGeneration, index: int) -> PreparedGeneration:
         return prepared
     sampling = replace(prepared.request.sampling, seed=prepared.request.sampling.seed + index)
     return replace(prepared, request=replace(prepared.request, sampling=sampling))
+
+
+def _ends_an_answer(chunk: GenerationChunk) -> bool:
+    return chunk.finish_reason is not None
 
 
 def _generate_in_slot(model: LoadedModel, prepared: PreparedGeneration, ticket: Ticket, cancelled,

@@ -131,6 +131,32 @@ class GenerationChunk:
     reasoning: str = ""  # text inside the template's thinking block (never in ``text``)
     index: int = 0  # which of the request's n answers this piece belongs to
 
+    def followed_by(self, later: "GenerationChunk") -> "GenerationChunk":
+        """This piece and the next one of the same answer as one piece."""
+        assert later.index == self.index and self.finish_reason is None, "only a running answer's pieces join"
+        return GenerationChunk(
+            text=self.text + later.text,
+            token_ids=self.token_ids + later.token_ids,
+            logprobs=self.logprobs + later.logprobs,
+            finish_reason=later.finish_reason,
+            usage=later.usage,
+            tool_calls=self.tool_calls + later.tool_calls,
+            reasoning=self.reasoning + later.reasoning,
+            index=self.index,
+        )
+
+
+def joined_chunks(chunks: Sequence[GenerationChunk]) -> list[GenerationChunk]:
+    """``chunks`` with each run of consecutive pieces of one running answer joined into one."""
+    joined: list[GenerationChunk] = []
+    for chunk in chunks:
+        last = joined[-1] if joined else None
+        if last is not None and last.index == chunk.index and last.finish_reason is None:
+            joined[-1] = last.followed_by(chunk)
+        else:
+            joined.append(chunk)
+    return joined
+
 
 @dataclass(frozen=True)
 class ModelDescription:

@@ -79,6 +79,10 @@ def _run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
     ("INFERENCE_ENGINE", "llama", "INFERENCE_ENGINE must be auto, ctransformers or llamacpp, not 'llama'"),
     ("INFERENCE_LOG_LEVEL", "verbose", "INFERENCE_LOG_LEVEL must be debug, info, warning, error or critical"),
     ("INFERENCE_THREAD_POLICY", "lazy", "INFERENCE_THREAD_POLICY must be adaptive or fixed, not 'lazy'"),
+    ("INFERENCE_SLOTS", "0", "--slots (env INFERENCE_SLOTS) must be at least 1, not 0"),
+    ("INFERENCE_MAX_WAITING", "-1", "--max-waiting (env INFERENCE_MAX_WAITING) must be at least 0, not -1"),
+    ("INFERENCE_STREAM_INTERVAL_MS", "soon", "INFERENCE_STREAM_INTERVAL_MS must be a number, not 'soon'"),
+    ("INFERENCE_STREAM_INTERVAL_MS", "1500", "--stream-interval-ms (env INFERENCE_STREAM_INTERVAL_MS) must be 0 to 1000"),
 ])
 def test_the_service_refuses_to_start_on_a_bad_variable(setting, value, message):
     done = _run([sys.executable, "-m", "inference_service", "serve", "--address", "127.0.0.1:0"], **{setting: value})

@@ -79,7 +79,7 @@ from bench.procfs import CpuAudit, CpuSeconds, PeakMemory, cpu_busy_fraction  # 
 from bench.report import print_failures, pyplot, save_figure  # noqa: E402
 from bench.prompts import MODEL  # noqa: E402
 from bench.servers import LLAMA_SERVER, start_edge, start_llama_server, start_service  # noqa: E402
-from bench.sse import chat_stream  # noqa: E402
+from bench.sse import chat_stream, make_clients  # noqa: E402
 from harness.processes import stop_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -115,6 +115,7 @@ SYSTEMS = [System("ctransformers-2", "ours", "ctransformers", 2),
            System("llamacpp-4", "ours", "llamacpp", 4),
            System("llamacpp-4-ngram", "ours", "llamacpp", 4, ("--speculative", "ngram")),
            System("llamacpp-4-unified", "ours", "llamacpp", 4, ("--llamacpp-kv", "unified")),
+           System("llamacpp-4-paced", "ours", "llamacpp", 4, ("--stream-interval-ms", "50")),
            System("llama-server-2", "llama-server", None, 2),
            System("llama-server-4", "llama-server", None, 4)]
 BY_NAME = {s.name: s for s in SYSTEMS}
@@ -582,6 +583,7 @@ def main(argv=None) -> int:
               f"{JSON_SEED}+i, at most {JSON_MAX_TOKENS} tokens; edit and JSON rows: medians of {args.repeats}; "
               + (f"machine {busy:.0%} busy before the run" if busy is not None else "machine load unknown"))
     print(header, flush=True)
+    make_clients(max(args.concurrency, default=1))  # before any server runs: see bench.sse
 
     # the in-process engine runs with the service's defaults: a system with other options is no match
     breakdown_for = next((s for s in args.systems if s.engine == "llamacpp" and not s.service_args), None)

@@ -42,14 +42,15 @@ _IDLE_CLIENTS: "queue.SimpleQueue[httpx.Client]" = queue.SimpleQueue()
 def make_clients(n: int) -> None:
     """Puts ``n`` more clients in the pool (call before measuring)."""
     for _ in range(n):
-        _IDLE_CLIENTS.put(httpx.Client(timeout=httpx.Timeout(300.0, connect=5.0)))
+        _IDLE_CLIENTS.put(httpx.Client())  # each request sets its own timeout
 
 
 def _pooled_client() -> httpx.Client:
     try:
         return _IDLE_CLIENTS.get_nowait()
     except queue.Empty:
-        return httpx.Client(timeout=httpx.Timeout(300.0, connect=5.0))
+        make_clients(1)
+        return _IDLE_CLIENTS.get_nowait()
 
 
 def chat_stream(base_url: str, model: str, messages: list[dict], max_tokens: int, *,

@@ -35,32 +35,32 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
              "hf.co/OWNER/REPO[:QUANT], a path to a .gguf file, or NAME=PATH to serve a local GGUF file "
              f"under NAME; repeatable (default {DEFAULT_MODEL})",
     )
-    add_setting(serve, "--context-length", type=int, env="INFERENCE_CONTEXT_LENGTH", default=4096,
+    add_setting(serve, "--context-length", type=int, least=16, env="INFERENCE_CONTEXT_LENGTH", default=4096,
                 help="tokens of a slot's context (at most the model's own)")
-    add_setting(serve, "--block-size", type=int, env="INFERENCE_BLOCK_SIZE", default=16,
+    add_setting(serve, "--block-size", type=int, least=1, env="INFERENCE_BLOCK_SIZE", default=16,
                 help="prompt evaluation block, also the unit of prefix reuse")
     add_setting(serve, "--prefix-reuse", choices=("exact", "all"), env="INFERENCE_PREFIX_REUSE", default="exact",
                 help="exact: reuse only what keeps results identical to a cold run; "
                      "all: also reuse decoded tokens, like llama.cpp (faster next turns, cache-dependent text)")
-    add_setting(serve, "--threads", type=int, env="INFERENCE_THREADS", default=os.cpu_count() or 1,
+    add_setting(serve, "--threads", type=int, least=1, env="INFERENCE_THREADS", default=os.cpu_count() or 1,
                 help="most compute threads, shared by the slots computing at once; CPU affinity and "
                      "the cgroup CPU quota (rounded down) cap it further", shown_default="the CPU count")
     add_setting(serve, "--thread-policy", choices=("adaptive", "fixed"), env="INFERENCE_THREAD_POLICY",
                 default="adaptive",
                 help="adaptive: fewer threads while other processes take our cores, back when they leave; "
                      "fixed: always the cap")
-    add_setting(serve, "--slots", type=int, env="INFERENCE_SLOTS", default=2,
+    add_setting(serve, "--slots", type=int, least=1, env="INFERENCE_SLOTS", default=2,
                 help="independent sequences per model (each its own KV cache)")
-    add_setting(serve, "--max-waiting", type=int, env="INFERENCE_MAX_WAITING", default=32,
+    add_setting(serve, "--max-waiting", type=int, least=0, env="INFERENCE_MAX_WAITING", default=32,
                 help="requests that may wait for a slot before RESOURCE_EXHAUSTED")
     add_setting(serve, "--engine", choices=("auto", "ctransformers", "llamacpp"), env="INFERENCE_ENGINE",
                 default="auto",
                 help="what computes the models: auto (ctransformers for the llama-family files it loads, "
                      "llama.cpp for the rest), ctransformers, or llamacpp (needs the llamacpp "
                      "extra); one model's own choice: --model NAME@llamacpp")
-    add_setting(serve, "--max-batch-tokens", type=int, env="INFERENCE_MAX_BATCH_TOKENS", default=512,
+    add_setting(serve, "--max-batch-tokens", type=int, least=1, env="INFERENCE_MAX_BATCH_TOKENS", default=512,
                 help="llama.cpp engine: tokens decoded together in one step (all sequences)")
-    add_setting(serve, "--prefill-chunk", type=int, env="INFERENCE_PREFILL_CHUNK", default=128,
+    add_setting(serve, "--prefill-chunk", type=int, least=1, env="INFERENCE_PREFILL_CHUNK", default=128,
                 help="llama.cpp engine: prompt tokens per step while other streams decode "
                      "(smaller: steadier streams; larger: faster first token of a long prompt)")
     add_setting(serve, "--llamacpp-kv", choices=("unified", "per-slot"), env="INFERENCE_LLAMACPP_KV",
@@ -73,7 +73,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                      "lookup) and verifies them in one batch while a stream decodes alone, pausing "
                      "itself when drafts fail: about 2x on answers that repeat their prompt (edits), "
                      "about 0.88x on free text through the edge here; off: one token per step")
-    add_setting(serve, "--stream-interval-ms", type=float, env="INFERENCE_STREAM_INTERVAL_MS", default=0.0,
+    add_setting(serve, "--stream-interval-ms", type=float, least=0, most=1000, env="INFERENCE_STREAM_INTERVAL_MS",
+                default=0.0,
                 help="after a stream's first piece, send its new tokens at most this often, several to a "
                      "message (fewer wake-ups of the handler, the edge and the client per token); 0: each "
                      "token as it comes")
@@ -95,25 +96,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     return parser, serve
 
 
-# (flag, least, most) of the numeric settings; None: no bound.
-_RANGES = (
-    ("--context-length", 16, None), ("--block-size", 1, None), ("--threads", 1, None), ("--slots", 1, None),
-    ("--max-waiting", 0, None), ("--max-batch-tokens", 1, None), ("--prefill-chunk", 1, None),
-    ("--stream-interval-ms", 0, 1000),
-)
-
-
-def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """A numeric setting out of its range is ``parser.error`` naming the flag, as a bad value is."""
-    actions = {action.option_strings[0]: action for action in parser._actions if action.option_strings}
-    for flag, least, most in _RANGES:
-        action = actions[flag]
-        value = getattr(args, action.dest)
-        if value < least or (most is not None and value > most):
-            bounds = f"{least} to {most}" if most is not None else f"at least {least}"
-            parser.error(f"{flag} (env {action.env}) must be {bounds}, not {value:g}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser, serve = build_parser()
     args = parser.parse_args(argv if argv is not None else (sys.argv[1:] or ["serve"]))
@@ -122,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "serve":
         resolve(serve, args)
-        check_ranges(serve, args)
 
     registry = ModelRegistry()
     if args.command in ("pull", "path"):

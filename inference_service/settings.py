@@ -48,27 +48,34 @@ _FROM_ENVIRONMENT = object()  # the default of a flag not given: its variable de
 
 
 def add_setting(parser: argparse.ArgumentParser, flag: str, *, env: str, default: Any, help: str = "",
-                shown_default: Optional[str] = None, **kwargs) -> argparse.Action:
+                shown_default: Optional[str] = None, least: Optional[float] = None, most: Optional[float] = None,
+                **kwargs) -> argparse.Action:
     """``parser.add_argument(flag, ...)`` whose value, when the flag is not given, comes from
     ``env`` (checked by :func:`resolve`), else ``default``; the help says both
-    (``shown_default``: how to say a default that depends on the machine)."""
+    (``shown_default``: how to say a default that depends on the machine). A numeric setting
+    may have bounds (``least``, ``most``), which :func:`resolve` checks whatever the source."""
     shown = shown_default or ("none" if default is None else default)
     action = parser.add_argument(flag, default=_FROM_ENVIRONMENT, help=f"{help} (env {env}, default {shown})".lstrip(),
                                  **kwargs)
-    action.env, action.fallback = env, default
+    action.env, action.fallback, action.least, action.most = env, default, least, most
     return action
 
 
 def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Fills in every setting of ``parser`` not given as a flag from its variable or default;
-    a bad variable is ``parser.error`` naming it (exit status 2, as a bad flag)."""
+    a bad variable, or a value outside a setting's bounds, is ``parser.error`` naming it (exit
+    status 2, as a bad flag)."""
     for action in parser._actions:
-        if getattr(args, action.dest, None) is not _FROM_ENVIRONMENT:
-            continue
-        try:
-            value = from_environment(action.env, action.fallback, action.type or str, action.choices)
-        except SettingError as error:
-            parser.error(str(error))
-        setattr(args, action.dest, value)
+        if getattr(args, action.dest, None) is _FROM_ENVIRONMENT:
+            try:
+                value = from_environment(action.env, action.fallback, action.type or str, action.choices)
+            except SettingError as error:
+                parser.error(str(error))
+            setattr(args, action.dest, value)
+        least, most = getattr(action, "least", None), getattr(action, "most", None)
+        value = getattr(args, action.dest, None)
+        if value is not None and ((least is not None and value < least) or (most is not None and value > most)):
+            bounds = f"at least {least}" if most is None else f"{least} to {most}"
+            parser.error(f"{action.option_strings[0]} (env {action.env}) must be {bounds}, not {value:g}")
     return args
 

@@ -58,6 +58,26 @@ def test_a_bad_variable_is_a_usage_error_naming_it(monkeypatch, capsys, name, va
     assert _parsed(["--mode", "all", "--slots", "3"]).slots == 3  # the flags given: the variable is not read
 
 
+@pytest.mark.parametrize("argv, env, message", [
+    (["--count", "0"], {}, "--count (env TEST_COUNT) must be at least 1, not 0"),
+    ([], {"TEST_COUNT": "0"}, "--count (env TEST_COUNT) must be at least 1, not 0"),
+    (["--rate", "2.5"], {}, "--rate (env TEST_RATE) must be 0 to 2, not 2.5"),
+])
+def test_a_value_outside_its_bounds_is_a_usage_error_whatever_its_source(monkeypatch, capsys, argv, env, message):
+    for name in ("TEST_COUNT", "TEST_RATE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    parser = argparse.ArgumentParser(prog="test")
+    add_setting(parser, "--count", type=int, least=1, env="TEST_COUNT", default=2)
+    add_setting(parser, "--rate", type=float, least=0, most=2, env="TEST_RATE", default=0.0)
+    with pytest.raises(SystemExit) as stop:
+        resolve(parser, parser.parse_args(argv))
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert vars(resolve(parser, parser.parse_args(["--count", "1", "--rate", "2"]))) == {"count": 1, "rate": 2.0}
+
+
 def test_from_environment_checks_type_and_choices(monkeypatch):
     monkeypatch.setenv("TEST_RATE", "fast")
     with pytest.raises(SettingError, match="TEST_RATE must be a number, not 'fast'"):

@@ -2,9 +2,9 @@
 
 Each slot of a llama.cpp model is a ``BatchedSequence`` (a sequence id in one shared
 context, with its own KV cache stream). A generation thread calls ``evaluate(tokens)`` as it
-would on a ctransformers context and blocks; the ``BatchedDecoder`` thread gathers what
-every sequence has submitted, decodes it in one batch and hands each sequence the logits of
-its last token. While some sequences decode token by token, a new prompt joins the running
+would on a ctransformers context and blocks; the ``BatchedDecoder``, stepped on the process's
+one compute thread (``compute_thread``), gathers what every sequence has submitted, decodes it
+in one batch and hands each sequence the logits of its last token. While some sequences decode token by token, a new prompt joins the running
 batch in chunks (chunked prefill), so it neither waits for a free engine nor stalls the
 streams already running for the length of its whole prompt.
 
@@ -47,6 +47,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from inference_service.engine import compute_thread
 from inference_service.engine.llamacpp_runtime import LlamaModel
 from inference_service.engine.model_context import common_prefix_length
 from inference_service.errors import Cancelled, ModelLoadError
@@ -83,7 +84,8 @@ class _Submission:
 
 
 class BatchedDecoder:
-    """One llama.cpp context with ``sequences`` KV streams and the thread that decodes them."""
+    """One llama.cpp context with ``sequences`` KV streams, decoded in steps on the process's
+    compute thread (``compute_thread``: one thread runs all of llama.cpp's compute)."""
 
     def __init__(
         self,
@@ -95,6 +97,7 @@ class BatchedDecoder:
         max_batch_tokens: int = 512,
         prefill_chunk: int = 128,
         kv_layout: str = "per-slot",
+        compute: compute_thread.ComputeThread | None = None,
     ):
         if kv_layout not in KV_LAYOUTS:
             raise ValueError(f"kv_layout must be one of {', '.join(KV_LAYOUTS)}, not {kv_layout!r}")
@@ -133,15 +136,17 @@ class BatchedDecoder:
         self._batch = llama.llama_batch_init(max_batch_tokens, 0, 1)
         self._current_threads = initial
         self.sequences = [BatchedSequence(self, i) for i in range(sequences)]
-        self._lock = threading.Condition()  # the queue and the submissions' state
+        self._compute_thread = compute or compute_thread.shared()
+        # The queue and the submissions' state; the compute thread's condition, so that a
+        # submission wakes it.
+        self._lock = self._compute_thread.condition
         self._compute = threading.Lock()  # every llama call on the context (it is not thread-safe)
         self._queue: list[_Submission] = []
         self._awaited: set[int] = set()  # sequences that just got logits and will likely submit again
         self._closed = False
         self.steps = 0  # decodes run (for tests and metrics)
         self.batched_sequences = 0  # sum over steps of the sequences in each
-        self._thread = threading.Thread(target=self._run, name=f"llamacpp-decoder-{model.path.name}", daemon=True)
-        self._thread.start()
+        self._compute_thread.register(self)
 
     # --- called from generation threads ---------------------------------------------------
 
@@ -192,7 +197,7 @@ class BatchedDecoder:
         """Drops the sequence's KV cells from ``length`` on (never during a decode); a cache
         that cannot drop part of a sequence (sliding window, recurrent) is cleared instead."""
         with self._lock:
-            if length >= len(sequence.cached_tokens):
+            if length >= len(sequence.cached_tokens) or self._closed:
                 return
             with self._compute:
                 if not self._llama.llama_memory_seq_rm(self._memory, sequence.seq_id, length, -1):
@@ -246,39 +251,54 @@ class BatchedDecoder:
             if self._closed:
                 return
             self._closed = True
+            self._compute_thread.unregister(self)
+            for submission in self._queue:
+                if not submission.in_flight:
+                    submission.error = RuntimeError("the llama.cpp decoder closed")
+                    submission.finished = True
+            self._queue = [s for s in self._queue if s.in_flight]
             self._lock.notify_all()
-        self._thread.join(timeout=30)
-        with self._compute:
+        with self._compute:  # a step already running ends first
             self._llama.llama_batch_free(self._batch)
             self._llama.llama_free(self._context)
+            self._context = None
 
-    # --- the decoder thread ---------------------------------------------------------------
+    # --- steps, on the compute thread (compute_thread.Stepper) ----------------------------
 
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                while not self._closed and not self._queue:
-                    self._lock.wait()
-                if self._closed:
-                    for submission in self._queue:
-                        submission.error = RuntimeError("the llama.cpp decoder closed")
-                        submission.finished = True
-                    self._lock.notify_all()
-                    return
-                gather_until = time.monotonic() + _GATHER_SECONDS
-                while self._awaited and not self._closed:
-                    left = gather_until - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._lock.wait(left)
-                plan = self._plan()
-                for submission, _ in plan:
-                    submission.in_flight = True
-            with self._compute:
-                error = self._decode(plan)
-            with self._lock:
-                self._finish(plan, error)
-                self._lock.notify_all()
+    def has_work(self) -> bool:
+        return bool(self._queue) and not self._closed
+
+    def plan_step(self) -> list[tuple[_Submission, int]] | None:
+        """(Holding the lock.) Waits up to _GATHER_SECONDS for the sequences that just got
+        logits to submit again, then plans the step."""
+        gather_until = time.monotonic() + _GATHER_SECONDS
+        while self._awaited and not self._closed:
+            left = gather_until - time.monotonic()
+            if left <= 0:
+                break
+            self._lock.wait(left)
+        if self._closed:
+            return None
+        # Withdrawn before they were decoded: their waiters see them gone and raise Cancelled.
+        self._queue = [s for s in self._queue if not (s.withdrawn and not s.in_flight)]
+        plan = self._plan()
+        for submission, _ in plan:
+            submission.in_flight = True
+        return plan or None
+
+    def run_step(self, plan: list[tuple[_Submission, int]]) -> BaseException | None:
+        with self._compute:
+            if self._context is None:
+                return RuntimeError("the llama.cpp decoder closed")
+            return self._decode(plan)
+
+    def finish_step(self, plan: list[tuple[_Submission, int]], error: BaseException | None) -> None:
+        self._finish(plan, error)
+        if self._closed:  # closed during the step: nothing more will be decoded
+            for submission in self._queue:
+                submission.error = RuntimeError("the llama.cpp decoder closed")
+                submission.finished = True
+            self._queue = []
 
     def _plan(self) -> list[tuple[_Submission, int]]:
         """(submission, tokens to take now) for this step, in sequence order.
@@ -350,7 +370,8 @@ class BatchedDecoder:
             if error is not None:
                 # The cache state of these sequences is unknown now: forget it all.
                 with self._compute:
-                    self._llama.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
+                    if self._context is not None:
+                        self._llama.llama_memory_seq_rm(self._memory, sequence.seq_id, -1, -1)
                 sequence.cached_tokens.clear()
                 submission.error = error
                 submission.finished = True

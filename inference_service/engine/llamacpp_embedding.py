@@ -69,7 +69,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from inference_service.engine import llamacpp_runtime
+from inference_service.engine import compute_thread, llamacpp_runtime
 from inference_service.errors import Cancelled, ContextLengthExceeded, InvalidRequest
 
 log = logging.getLogger("inference_service.llamacpp")
@@ -270,7 +270,9 @@ class LlamaCppEmbedder:
                 self._threads = n
                 self._llama.llama_set_n_threads(self._ctx, n, n)
         run = self._llama.llama_encode if self.uses_encoder else self._llama.llama_decode
-        code = run(self._ctx, self._batch)
+        # On the process's one compute thread: a second thread running llama.cpp's compute
+        # would halve the decoding speed of every model for as long as it lives (compute_thread).
+        code = compute_thread.shared().call(lambda: run(self._ctx, self._batch))
         if code != 0:
             raise RuntimeError(f"llama.cpp failed to {'encode' if self.uses_encoder else 'decode'} an embedding "
                                f"batch of {self._batch.n_tokens} tokens (code {code})")

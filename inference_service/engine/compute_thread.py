@@ -1,0 +1,146 @@
+"""The one thread of the process that runs llama.cpp's compute (``llama_decode``, ``llama_encode``).
+
+Why one thread: the llama.cpp build here runs ggml's CPU threads with OpenMP. Every thread
+that calls ``llama_decode`` becomes the master of an OpenMP team of its own, and libgomp keeps
+that team for as long as the calling thread lives. Once the process holds more OpenMP threads
+than there are cores, libgomp stops spinning at its barriers ("throttled" spinning) and every
+one of ggml's few hundred barriers per step sleeps and wakes in the kernel. Measured on the
+default model, 2 cores: a bare decode loop ran 106 and 97 tok/s, and 55 and 41 tok/s once a
+second thread that had called ``llama_decode`` stayed alive; the engine's single stream went
+from 95 to 60 tok/s after one embeddings request served by a gRPC worker thread (which lives
+on). ``OMP_WAIT_POLICY=active`` made it worse (27 tok/s: the idle team spins on a core).
+
+So every llama.cpp compute call of the process runs here:
+
+* each ``BatchedDecoder`` (one per loaded llama.cpp model) registers as a *stepper*; the loop
+  takes one step of one stepper at a time, round robin among those with work;
+* anything else (an embedding batch) is a *job*: ``call(fn)`` runs ``fn`` on this thread and
+  returns its result (inline when already on it), interleaved with the steppers' steps.
+
+On 2 cores one computation at a time is also what is fastest: two concurrent 2-thread decodes
+would spin-wait on each other's cores.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Callable, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Stepper(Protocol):
+    """Work that comes in steps (a decoder). Every method but ``run_step`` is called holding
+    the compute thread's ``condition``; ``run_step`` is called without it."""
+
+    def has_work(self) -> bool: ...
+
+    def plan_step(self) -> Any:
+        """What the next step computes, or None for nothing after all. May wait on the condition."""
+
+    def run_step(self, plan: Any) -> BaseException | None:
+        """Computes the step; returns (or raises) the error that ended it, if any."""
+
+    def finish_step(self, plan: Any, error: BaseException | None) -> None: ...
+
+
+class _Job:
+    __slots__ = ("fn", "result", "error", "done")
+
+    def __init__(self, fn: Callable[[], Any]):
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class ComputeThread:
+    def __init__(self, name: str = "llamacpp-compute"):
+        self.condition = threading.Condition()
+        self._steppers: list[Stepper] = []
+        self._jobs: deque[_Job] = deque()
+        self._job_turn = True  # jobs and steps alternate when both wait
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def on_it(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def register(self, stepper: Stepper) -> None:
+        with self.condition:
+            self._steppers.append(stepper)
+            self.condition.notify_all()
+
+    def unregister(self, stepper: Stepper) -> None:
+        """No step of ``stepper`` starts after this returns (one already running may finish)."""
+        with self.condition:
+            if stepper in self._steppers:
+                self._steppers.remove(stepper)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Runs ``fn`` on the compute thread and returns what it returns (raises what it raises)."""
+        if self.on_it():
+            return fn()
+        job = _Job(fn)
+        with self.condition:
+            self._jobs.append(job)
+            self.condition.notify_all()
+            while not job.done:
+                self.condition.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _next(self) -> tuple[_Job | None, Stepper | None]:
+        """Under the condition: the job or the stepper to serve now (waits for one)."""
+        while True:
+            ready = [s for s in self._steppers if s.has_work()]
+            if self._jobs and (self._job_turn or not ready):
+                self._job_turn = False
+                return self._jobs.popleft(), None
+            if ready:
+                self._job_turn = True
+                stepper = ready[0]
+                # Round robin: the stepper served goes to the back.
+                self._steppers.remove(stepper)
+                self._steppers.append(stepper)
+                return None, stepper
+            self.condition.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self.condition:
+                job, stepper = self._next()
+                plan = stepper.plan_step() if stepper is not None else None
+            if job is not None:
+                try:
+                    job.result = job.fn()
+                except BaseException as error:  # handed to the caller, raised there
+                    job.error = error
+                with self.condition:
+                    job.done = True
+                    self.condition.notify_all()
+                continue
+            if plan is None:
+                continue
+            try:
+                outcome = stepper.run_step(plan)
+            except Exception as error:  # the stepper's to report; the thread serves on
+                outcome = error
+            with self.condition:
+                stepper.finish_step(plan, outcome)
+                self.condition.notify_all()
+
+
+_shared: ComputeThread | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> ComputeThread:
+    """The process's compute thread, started on first use."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = ComputeThread()
+        return _shared

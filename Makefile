@@ -8,7 +8,7 @@ BUF    := .tools/node_modules/.bin/buf
 GRPC_ADDRESS ?= 127.0.0.1:50051
 EDGE_BIND    ?= 127.0.0.1:8000
 
-.PHONY: run test setup model test-models browser proto docs-settings lint-proto bench bench-slots bench-contention bench-threads bench-engines bench-structured bench-cluster bench-chat profile soak clean help
+.PHONY: run test setup model test-models browser proto docs-settings lint-proto bench bench-slots bench-contention bench-threads bench-embeddings-beside bench-engines bench-structured bench-cluster bench-chat profile soak clean help
 
 help:
 	@echo "make run     set up, pull the default model, start the gRPC service ($(GRPC_ADDRESS)) and the edge ($(EDGE_BIND))"
@@ -17,6 +17,7 @@ help:
 	@echo "make soak    16 hostile clients for 2 minutes: failures, RSS/Pss_Anon against the memory bound, idle CPU after"
 	@echo "make bench-contention   decode tok/s quiet vs one busy process beside: ours adaptive/fixed, llama-server -t 2/-t 1"
 	@echo "make bench-threads      1 vs 2 compute threads beside a neighbour taking 0-1 core (the adaptive policy's margins)"
+	@echo "make bench-embeddings-beside   single-stream decode alone / after an embeddings request / while another client embeds"
 	@echo "make bench-engines      our ctransformers and llama.cpp engines (via the edge) beside llama-server -np 2/4: tok/s, TTFT, CPU per token, edit and JSON workloads; table + bench/results/engines.png"
 	@echo "make bench-structured   decode tok/s with and without grammar constraints (JSON schema, tool calls), both engines"
 	@echo "make bench-cluster      next-turn chat TTFT through one edge over 3 replicas: prefix-affinity vs least-loaded vs round-robin"
@@ -102,6 +103,10 @@ bench-contention: setup model
 
 bench-threads: setup model
 	$(PY) bench/thread_crossover.py
+
+# A chat stream's decode alone, after an embeddings request and while another client embeds (~3 min).
+bench-embeddings-beside: setup model
+	$(PY) bench/embeddings_beside.py
 
 # Our two engines through the edge beside llama-server -np 2/4 (built as above), ~6 min.
 bench-engines: setup model

@@ -14,8 +14,9 @@ TIMEOUT = 10
 class CountingStepper:
     """Work of ``steps`` steps; records each step's thread and the order of all steps."""
 
-    def __init__(self, name: str, steps: int, log: list, fail_on: int | None = None):
+    def __init__(self, name: str, steps: int, log: list, fail_on: int | None = None, clock=None, seconds=0.0):
         self.name, self.left, self.log, self.fail_on = name, steps, log, fail_on
+        self.clock, self.seconds = clock, seconds
         self.threads: set[int] = set()
         self.errors: list[BaseException | None] = []
         self.done = threading.Event()
@@ -29,6 +30,8 @@ class CountingStepper:
     def run_step(self, plan):
         self.threads.add(threading.get_ident())
         self.log.append(self.name)
+        if self.clock is not None:
+            self.clock.now += self.seconds
         if plan == self.fail_on:
             raise ValueError(f"step {plan} failed")
 
@@ -37,6 +40,16 @@ class CountingStepper:
         self.left -= 1
         if self.left == 0:
             self.done.set()
+
+
+class FakeClock:
+    """Compute time as the fake work says it passed."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -68,9 +81,16 @@ def test_steppers_take_turns_on_one_thread(compute):
     assert a.threads == b.threads and len(a.threads) == 1
 
 
-def test_jobs_interleave_with_steps(compute):
+STEP_SECONDS, JOB_SECONDS = 1 / 64, 3 / 64  # exact in binary, so credit sums are too
+
+
+@pytest.mark.parametrize("share, steps_between_jobs", [(0.2, 12), (0.5, 3)])
+def test_jobs_get_their_share_of_compute_time_while_steps_are_wanted(share, steps_between_jobs):
+    # A job takes 3 times a step: with a fifth of the time for jobs, 12 steps come between jobs.
+    clock = FakeClock()
+    compute = ComputeThread(name="test-compute", job_share=share, clock=clock)
     log: list[str] = []
-    stepper = CountingStepper("step", 3, log)
+    stepper = CountingStepper("step", 2 * steps_between_jobs + 2, log, clock=clock, seconds=STEP_SECONDS)
     results = []
     running, release = threading.Event(), threading.Event()
 
@@ -79,25 +99,44 @@ def test_jobs_interleave_with_steps(compute):
         release.wait(TIMEOUT)
 
     blocker = threading.Thread(target=compute.call, args=(hold,))
-    blocker.start()  # holds the compute thread while the work below queues up
+    blocker.start()  # holds the compute thread (no compute time) while the work below queues up
     assert running.wait(TIMEOUT)
-    callers = [threading.Thread(target=lambda i=i: results.append(compute.call(lambda: log.append("job") or i)))
-               for i in range(3)]
+
+    def job(i):
+        log.append("job")
+        clock.now += JOB_SECONDS
+        return i
+
+    callers = [threading.Thread(target=lambda i=i: results.append(compute.call(lambda: job(i)))) for i in range(3)]
     for caller in callers:
         caller.start()
-    while True:
-        with compute.condition:
-            if len(compute._jobs) == 3:
-                compute.register(stepper)
-                break
-        running.wait(0.001)
+        while True:  # one at a time, in order
+            with compute.condition:
+                if len(compute._jobs) == callers.index(caller) + 1:
+                    break
+            running.wait(0.001)
+    compute.register(stepper)
     release.set()
-    for caller in callers + [blocker]:
+    for caller in [*callers, blocker]:
         caller.join(TIMEOUT)
     assert stepper.done.wait(TIMEOUT)
     assert sorted(results) == [0, 1, 2]
-    # The blocker was a job, so a step comes first, then jobs and steps alternate.
-    assert log == ["step", "job"] * 3
+    between = ["step"] * steps_between_jobs
+    assert log == ["job", *between, "job", *between, "job", "step", "step"]
+
+
+def test_jobs_alone_take_the_whole_thread(compute):
+    assert [compute.call(lambda i=i: i) for i in range(5)] == list(range(5))
+
+
+def test_a_job_waits_no_longer_than_a_moment_for_a_step_that_does_not_come():
+    clock = FakeClock()
+    compute = ComputeThread(name="test-compute", clock=clock)
+    stepper = CountingStepper("step", 1, [], clock=clock, seconds=STEP_SECONDS)
+    compute.register(stepper)
+    assert stepper.done.wait(TIMEOUT)
+    compute.call(lambda: setattr(clock, "now", clock.now + 1))  # deep in debt now
+    assert compute.call(lambda: "served")  # no step is coming: served all the same
 
 
 def test_a_failing_step_reaches_its_stepper_and_the_thread_serves_on(compute):

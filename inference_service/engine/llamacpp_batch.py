@@ -4,9 +4,10 @@ Each slot of a llama.cpp model is a ``BatchedSequence`` (a sequence id in one sh
 context, with its own KV cache stream). A generation thread calls ``evaluate(tokens)`` as it
 would on a ctransformers context and blocks; the ``BatchedDecoder``, stepped on the process's
 one compute thread (``compute_thread``), gathers what every sequence has submitted, decodes it
-in one batch and hands each sequence the logits of its last token. While some sequences decode token by token, a new prompt joins the running
-batch in chunks (chunked prefill), so it neither waits for a free engine nor stalls the
-streams already running for the length of its whole prompt.
+in one batch and hands each sequence the logits of its last token. While some sequences
+decode token by token, a new prompt joins the running batch in chunks (chunked prefill), so
+it neither waits for a free engine nor stalls the streams already running for the length of
+its whole prompt.
 
 Sampling, stop strings, logprobs and the queue stay in the shared engine code: a sequence
 only turns tokens into logits.

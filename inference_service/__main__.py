@@ -78,6 +78,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                 help="after a stream's first piece, send its new tokens at most this often, several to a "
                      "message (fewer wake-ups of the handler, the edge and the client per token); 0: each "
                      "token as it comes")
+    add_setting(serve, "--embeddings-share", type=float, least=0.05, most=0.95, env="INFERENCE_EMBEDDINGS_SHARE",
+                default=0.25,
+                help="llama.cpp: the share of compute time embeddings requests get while chat streams "
+                     "decode (all of it while none does); the streams get the rest")
     serve.add_argument("--grace", type=float, default=30.0, help="seconds in-flight streams get on SIGTERM")
     add_setting(serve, "--metrics-address", env="INFERENCE_METRICS_ADDRESS", default=None, metavar="HOST:PORT",
                 help="serve Prometheus metrics over HTTP there (e.g. 127.0.0.1:9090; 0.0.0.0 only inside a "
@@ -141,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         kv_layout=args.llamacpp_kv,
         speculative=args.speculative,
         stream_interval=args.stream_interval_ms / 1000,
+        embeddings_share=args.embeddings_share,
     )
     from inference_service.engine.cpu_budget import shared_budget
 

@@ -18,7 +18,7 @@ So every llama.cpp compute call of the process runs here:
   and returns its result (inline when already on it).
 
 Jobs and steps share the thread by compute time: while steps are wanted, jobs get
-``job_share`` of it (a quarter by default). One embedding decode of a 20-token text takes
+``job_share`` of it (a quarter by default; ``serve --embeddings-share``). One embedding decode of a 20-token text takes
 ~85 ms on the default model, 2 cores, against ~10 ms a decode step; taking turns one for one,
 a chat stream beside a client embedding back to back fell from 98 to 9 tok/s. Steps are
 "wanted" while a stepper has work or had a step within the last few milliseconds (its
@@ -75,17 +75,23 @@ class _Job:
 class ComputeThread:
     def __init__(self, name: str = "llamacpp-compute", job_share: float = JOB_SHARE,
                  clock: Callable[[], float] = time.perf_counter):
-        if not 0 < job_share < 1:
-            raise ValueError(f"job_share must be between 0 and 1, not {job_share}")
         self.condition = threading.Condition()
         self._steppers: list[Stepper] = []
         self._jobs: deque[_Job] = deque()
-        self._credit_per_step_second = job_share / (1 - job_share)
+        self.set_job_share(job_share)
         self._job_credit = 0.0  # seconds of compute jobs may take before the next wanted step
         self._clock = clock
         self._last_step_end = float("-inf")  # time.monotonic()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    def set_job_share(self, share: float) -> None:
+        """The share of compute time jobs get while steps are wanted (0 < share < 1)."""
+        if not 0 < share < 1:
+            raise ValueError(f"the jobs' share must be between 0 and 1, not {share}")
+        with self.condition:
+            self.job_share = share
+            self._credit_per_step_second = share / (1 - share)
 
     def on_it(self) -> bool:
         return threading.current_thread() is self._thread

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 from inference_service import limits
+from inference_service.engine import compute_thread
 from inference_service.engine.chat_template import FALLBACK_TEMPLATES, ChatTemplate
 from inference_service.engine.cpu_budget import shared_budget
 from inference_service.engine.decode_loop import SPECULATION_MODES, run_in_slot
@@ -91,12 +92,17 @@ class EngineConfig:
     # Seconds between the pieces ``generate`` hands out after the first (0: each as it comes);
     # the tokens of an interval go out as one piece (see handoff).
     stream_interval: float = 0.0
+    # llama.cpp: the share of the process's compute time embeddings get while chat streams
+    # decode (all of it when none does); see compute_thread.
+    embeddings_share: float = compute_thread.JOB_SHARE
 
     def __post_init__(self):
         if self.thread_policy not in ("adaptive", "fixed"):
             raise ValueError(f"thread_policy must be 'adaptive' or 'fixed', not {self.thread_policy!r}")
         if not 0 <= self.stream_interval <= 1:
             raise ValueError(f"stream_interval must be 0 to 1 second, not {self.stream_interval!r}")
+        if not 0 < self.embeddings_share < 1:
+            raise ValueError(f"embeddings_share must be between 0 and 1, not {self.embeddings_share!r}")
         if self.speculative not in SPECULATION_MODES:
             raise ValueError(f"speculative must be one of {', '.join(SPECULATION_MODES)}, not {self.speculative!r}")
 
@@ -331,6 +337,7 @@ class Engine(InferenceEngine):
         """Loads each model on its engine (``engines[i]``, or ``config.engine`` when None)."""
         config = config or EngineConfig()
         engines = list(engines) if engines is not None else [None] * len(model_files)
+        compute_thread.shared().set_job_share(config.embeddings_share)  # one thread per process
         return cls([LoadedModel(f, config, engine) for f, engine in zip(model_files, engines)])
 
     def close(self) -> None:

@@ -83,3 +83,16 @@ def test_chats_on_two_models_and_embeddings_compute_on_one_thread(two_models, co
     for key in ("embed-1", "embed-2"):
         np.testing.assert_allclose(np.asarray(answers[key]), np.asarray(vectors_alone), atol=1e-5)
     assert len(compute_callers) == 1 and threading.get_ident() not in compute_callers
+
+
+def test_the_embeddings_share_of_the_config_is_the_compute_threads(model_file):
+    from inference_service.engine import compute_thread
+
+    engine = Engine.load([model_file], EngineConfig(slots=1, context_length=CONTEXT_LENGTH, embeddings_share=0.6),
+                         engines=["llamacpp"])
+    try:
+        assert compute_thread.shared().job_share == 0.6
+        assert engine.embed(SMOLLM2, TEXTS).vectors
+    finally:
+        engine.close()
+        compute_thread.shared().set_job_share(compute_thread.JOB_SHARE)

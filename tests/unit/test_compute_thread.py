@@ -125,6 +125,13 @@ def test_jobs_get_their_share_of_compute_time_while_steps_are_wanted(share, step
     assert log == ["job", *between, "job", *between, "job", "step", "step"]
 
 
+@pytest.mark.parametrize("share", [0, 1, -0.5, 2])
+def test_a_share_outside_0_to_1_is_refused(compute, share):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        compute.set_job_share(share)
+    assert compute.job_share == 0.25
+
+
 def test_jobs_alone_take_the_whole_thread(compute):
     assert [compute.call(lambda i=i: i) for i in range(5)] == list(range(5))
 

@@ -103,6 +103,7 @@ def _run(argv: list[str], **env: str) -> subprocess.CompletedProcess:
     ("INFERENCE_MAX_WAITING", "-1", "--max-waiting (env INFERENCE_MAX_WAITING) must be at least 0, not -1"),
     ("INFERENCE_STREAM_INTERVAL_MS", "soon", "INFERENCE_STREAM_INTERVAL_MS must be a number, not 'soon'"),
     ("INFERENCE_STREAM_INTERVAL_MS", "1500", "--stream-interval-ms (env INFERENCE_STREAM_INTERVAL_MS) must be 0 to 1000"),
+    ("INFERENCE_EMBEDDINGS_SHARE", "1", "--embeddings-share (env INFERENCE_EMBEDDINGS_SHARE) must be 0.05 to 0.95"),
 ])
 def test_the_service_refuses_to_start_on_a_bad_variable(setting, value, message):
     done = _run([sys.executable, "-m", "inference_service", "serve", "--address", "127.0.0.1:0"], **{setting: value})

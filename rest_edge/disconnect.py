@@ -35,6 +35,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Optional
 
+from inference_service.per_process import PerProcess
+
 log = logging.getLogger("rest_edge")
 
 # Where gunicorn puts the client socket in the WSGI environ (gunicorn/http/wsgi.py).
@@ -280,26 +282,11 @@ class Watcher:
 
 # --- the process's watcher ---------------------------------------------------------------
 
-_default: Optional[Watcher] = None
-_default_lock = threading.Lock()
-
-
-def _forget_after_fork() -> None:
-    global _default, _default_lock
-    _default = None  # the parent's thread does not exist in the child
-    _default_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)
+_default: PerProcess[Watcher] = PerProcess(Watcher)  # a forked child makes its own (per_process)
 
 
 def default_watcher() -> Watcher:
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = Watcher()
-        return _default
+    return _default.get()
 
 
 def watch(sock: Optional[socket.socket], on_gone: Callable[[], Any]) -> "Watch | _NotWatched":

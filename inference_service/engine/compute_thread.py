@@ -18,9 +18,10 @@ So every llama.cpp compute call of the process runs here:
   and returns its result (inline when already on it).
 
 Jobs and steps share the thread by compute time: while steps are wanted, jobs get
-``job_share`` of it (a quarter by default; ``serve --embeddings-share``). One embedding decode of a 20-token text takes
-~85 ms on the default model, 2 cores, against ~10 ms a decode step; taking turns one for one,
-a chat stream beside a client embedding back to back fell from 98 to 9 tok/s. Steps are
+``job_share`` of it (a quarter by default; ``serve --embeddings-share``). One embedding decode
+of a 20-token text takes ~85 ms on the default model, 2 cores, against ~10 ms a decode step;
+taking turns one for one, a chat stream beside a client embedding back to back fell from 98
+to 9 tok/s. Steps are
 "wanted" while a stepper has work or had a step within the last few milliseconds (its
 sequences are sampling their next token). With nothing else to do, jobs take all of it.
 
@@ -34,6 +35,8 @@ import threading
 import time
 from collections import deque
 from typing import Any, Callable, Protocol, TypeVar
+
+from inference_service.per_process import PerProcess
 
 T = TypeVar("T")
 
@@ -166,14 +169,9 @@ class ComputeThread:
                 self.condition.notify_all()
 
 
-_shared: ComputeThread | None = None
-_shared_lock = threading.Lock()
+_shared: PerProcess[ComputeThread] = PerProcess(ComputeThread)  # a forked child makes its own
 
 
 def shared() -> ComputeThread:
     """The process's compute thread, started on first use."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = ComputeThread()
-        return _shared
+    return _shared.get()

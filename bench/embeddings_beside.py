@@ -57,34 +57,41 @@ def one_launch(args, bias: dict) -> dict[str, float]:
     try:
         with start_edge(address, RESULTS, "embeddings-beside-edge") as edge, httpx.Client() as client:
             url = edge.base_url
+
+            def median_decode_tps() -> float:
+                return statistics.median(decode_tps(url, args.max_tokens, bias) for _ in range(args.repeats))
+
             decode_tps(url, args.max_tokens, bias)  # warm-up
-            rows = {"alone": statistics.median(decode_tps(url, args.max_tokens, bias) for _ in range(args.repeats))}
+            rows = {"alone": median_decode_tps()}
             started = time.perf_counter()
             embed(client, url)
             rows["embed alone"] = len(TEXTS) / (time.perf_counter() - started)
-            rows["after embeddings"] = statistics.median(
-                decode_tps(url, args.max_tokens, bias) for _ in range(args.repeats))
+            rows["after embeddings"] = median_decode_tps()
             stop = threading.Event()
-            embedded = []
+            embedded: list[float] = []
+            failed: list[BaseException] = []
 
             def keep_embedding():
-                with httpx.Client() as own:
+                try:  # on the client made before measuring (a new one is a burst of CPU: bench.sse)
                     while not stop.is_set():
-                        embed(own, url)
+                        embed(client, url)
                         embedded.append(time.perf_counter())
+                except Exception as error:  # reported below: a silent 0 texts/s would be a lie
+                    failed.append(error)
 
             embedder = threading.Thread(target=keep_embedding, daemon=True)
             embedder.start()
             started = time.perf_counter()
             try:
-                rows["while embedding"] = statistics.median(
-                    decode_tps(url, args.max_tokens, bias) for _ in range(args.repeats))
+                rows["while embedding"] = median_decode_tps()
                 ended = time.perf_counter()
                 done = [t for t in embedded if t <= ended]
                 rows["embed beside"] = len(TEXTS) * len(done) / (ended - started)
             finally:
                 stop.set()
                 embedder.join(120)
+            if failed:
+                raise SystemExit(f"the embeddings client failed: {failed[0]!r}")
             return rows
     finally:
         stop_process(proc)

@@ -253,11 +253,7 @@ class BatchedDecoder:
                 return
             self._closed = True
             self._compute_thread.unregister(self)
-            for submission in self._queue:
-                if not submission.in_flight:
-                    submission.error = RuntimeError("the llama.cpp decoder closed")
-                    submission.finished = True
-            self._queue = [s for s in self._queue if s.in_flight]
+            self._fail_waiting()
             self._lock.notify_all()
         with self._compute:  # a step already running ends first
             self._llama.llama_batch_free(self._batch)
@@ -290,16 +286,22 @@ class BatchedDecoder:
     def run_step(self, plan: list[tuple[_Submission, int]]) -> BaseException | None:
         with self._compute:
             if self._context is None:
-                return RuntimeError("the llama.cpp decoder closed")
+                return _closed_error()
             return self._decode(plan)
 
     def finish_step(self, plan: list[tuple[_Submission, int]], error: BaseException | None) -> None:
         self._finish(plan, error)
-        if self._closed:  # closed during the step: nothing more will be decoded
-            for submission in self._queue:
-                submission.error = RuntimeError("the llama.cpp decoder closed")
+        if self._closed:  # closed during the step
+            self._fail_waiting()
+
+    def _fail_waiting(self) -> None:
+        """(Closed, holding the lock.) The queued submissions not being decoded now end with
+        an error: nothing more will be decoded."""
+        for submission in self._queue:
+            if not submission.in_flight:
+                submission.error = _closed_error()
                 submission.finished = True
-            self._queue = []
+        self._queue = [s for s in self._queue if s.in_flight]
 
     def _plan(self) -> list[tuple[_Submission, int]]:
         """(submission, tokens to take now) for this step, in sequence order.
@@ -384,6 +386,10 @@ class BatchedDecoder:
                 submission.finished = True
                 self._drop(submission)
                 self._awaited.add(sequence.seq_id)
+
+
+def _closed_error() -> RuntimeError:
+    return RuntimeError("the llama.cpp decoder closed")
 
 
 def _can_copy_partial_sequences(llama, model: LlamaModel) -> bool:

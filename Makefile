@@ -8,7 +8,7 @@ BUF    := .tools/node_modules/.bin/buf
 GRPC_ADDRESS ?= 127.0.0.1:50051
 EDGE_BIND    ?= 127.0.0.1:8000
 
-.PHONY: run test setup model test-models browser proto docs-settings lint-proto bench bench-slots bench-contention bench-threads bench-embeddings-beside bench-engines bench-structured bench-cluster bench-chat profile soak clean help
+.PHONY: run test setup model test-models browser proto docs-settings lint-proto bench bench-slots bench-contention bench-threads bench-embeddings-beside bench-engines bench-paired bench-structured bench-cluster bench-chat profile soak clean help
 
 help:
 	@echo "make run     set up, pull the default model, start the gRPC service ($(GRPC_ADDRESS)) and the edge ($(EDGE_BIND))"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-contention   decode tok/s quiet vs one busy process beside: ours adaptive/fixed, llama-server -t 2/-t 1"
 	@echo "make bench-threads      1 vs 2 compute threads beside a neighbour taking 0-1 core (the adaptive policy's margins)"
 	@echo "make bench-embeddings-beside   single-stream decode alone / after an embeddings request / while another client embeds"
+	@echo "make bench-paired       single-stream decode and CPU per token in pairs, seconds apart: ours (edge, gRPC) vs llama-server -np 4"
 	@echo "make bench-engines      our ctransformers and llama.cpp engines (via the edge) beside llama-server -np 2/4: tok/s, TTFT, CPU per token, edit and JSON workloads; table + bench/results/engines.png"
 	@echo "make bench-structured   decode tok/s with and without grammar constraints (JSON schema, tool calls), both engines"
 	@echo "make bench-cluster      next-turn chat TTFT through one edge over 3 replicas: prefix-affinity vs least-loaded vs round-robin"
@@ -107,6 +108,11 @@ bench-threads: setup model
 # A chat stream's decode alone, after an embeddings request and while another client embeds (~3 min).
 bench-embeddings-beside: setup model
 	$(PY) bench/embeddings_beside.py
+
+# Single-stream decode and CPU per token, ours (edge, gRPC) and llama-server up at once, in pairs (~4 min).
+bench-paired: setup model
+	bash bench/install_peer.sh llama-server
+	$(PY) bench/paired.py
 
 # Our two engines through the edge beside llama-server -np 2/4 (built as above), ~6 min.
 bench-engines: setup model

@@ -1,0 +1,305 @@
+"""`make bench-paired`: ours against llama-server, workload by workload, in pairs seconds apart.
+
+`make bench-engines` launches one system after another, minutes apart; this machine's speed
+drifts by ±10% over minutes, within one process as much as between launches, so a 5%
+difference between two systems there is not a measurement. Here every system is up at once
+and idle while another one works:
+
+* ours through the edge (HTTP SSE, the OpenAI path) and over gRPC to the same service
+  (llama.cpp engine, --slots slots, --threads compute threads, fixed thread policy);
+* llama.cpp's ``llama-server -np <slots>`` (bench/install_peer.sh llama-server) on the same
+  GGUF and threads;
+* with --in-process, ours on ``Engine`` in this process (no transport at all);
+* with --baseline DIR, a second service from another checkout (a git worktree of an older
+  commit) over gRPC: a code change measured in pairs.
+
+Workloads (--workloads): ``single``, one greedy --max-tokens stream (end of generation
+banned): decode tok/s; ``four``, four such streams at once: aggregate tok/s; ``cold``, a
+~1,000-token chat history no cache holds (bench/prompts.chat_history, 8 tokens out): TTFT.
+
+Each repeat runs every workload on every system, the systems' order reversed every repeat
+(A B C, C B A, ...), --gap seconds apart so that one server's spinning threads are not the
+next one's neighbour. A repeat's ratios compare runs seconds apart; each table shows their
+median and quartiles: a ratio whose quartiles both lie on one side of 1.0 is a real
+difference. CPU per 1,000 tokens (single and four) is each system's process trees (service
++ gunicorn master and workers; llama-server; this process for in-process) over its own runs,
+from /proc ticks.
+
+    python bench/paired.py --repeats 12
+    python bench/paired.py --workloads single --repeats 16 --baseline /tmp/old-worktree
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+
+from bench import prompts  # noqa: E402
+from bench.measure import Stream, aggregate_tps, concurrent, time_pieces  # noqa: E402
+from bench.procfs import CpuSeconds, cpu_busy_fraction  # noqa: E402
+from bench.prompts import MODEL  # noqa: E402
+from bench.servers import start_edge, start_llama_server, start_service  # noqa: E402
+from bench.sse import chat_stream  # noqa: E402
+from harness.processes import stop_process  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+REFERENCE = "llama-server"
+COLD_HISTORY_TOKENS = 1000
+COLD_MAX_TOKENS = 8
+
+# messages, max_tokens -> one stream
+Streamer = Callable[[list[dict], int], Stream]
+
+
+@dataclass
+class System:
+    name: str
+    stream: Streamer
+    pids: list[int]                                             # process trees whose CPU is this system's
+    values: dict[str, list[float]] = field(default_factory=dict)  # workload -> one value a repeat
+    cpu_s: float = 0.0
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    unit: str
+    higher_is_better: bool
+    run: Callable[[System, str, "argparse.Namespace"], tuple[float, int]]  # (value, tokens) of one run
+
+
+def single(system: System, nonce: str, args) -> tuple[float, int]:
+    s = system.stream([{"role": "user", "content": prompts.story(nonce)}], args.max_tokens)
+    check(system, "single", [s], args.max_tokens)
+    return s.decode_tps or 0.0, s.completion_tokens
+
+
+def four(system: System, nonce: str, args) -> tuple[float, int]:
+    streams = concurrent(lambda i: system.stream([{"role": "user", "content": prompts.story(f"{nonce}-{i}")}],
+                                                 args.max_tokens), 4)
+    check(system, "four", streams, args.max_tokens)
+    return aggregate_tps(streams) or 0.0, sum(s.completion_tokens for s in streams)
+
+
+def cold(system: System, nonce: str, args) -> tuple[float, int]:
+    s = system.stream(prompts.chat_history(COLD_HISTORY_TOKENS, nonce), COLD_MAX_TOKENS)
+    check(system, "cold", [s])
+    return (s.ttft_s or 0.0) * 1000, 0  # its few tokens stay out of the CPU-per-token count
+
+
+WORKLOADS = {
+    "single": Workload("single", "decode tok/s", True, single),
+    "four": Workload("four", "aggregate tok/s, 4 streams", True, four),
+    "cold": Workload("cold", f"TTFT ms, cold ~{COLD_HISTORY_TOKENS}-token chat", False, cold),
+}
+
+
+def check(system: System, workload: str, streams: list[Stream], tokens: int | None = None) -> None:
+    for s in streams:
+        if not s.ok or (tokens is not None and s.completion_tokens != tokens):
+            raise SystemExit(f"{system.name}: a {workload} run failed or came short: {s.error or s.completion_tokens}")
+
+
+# ---------------------------------------------------------------- clients
+
+def grpc_streamer(address: str, bias: dict[int, float]) -> Streamer:
+    from inference_service.v1 import inference_pb2 as pb
+    from inference_service.v1 import inference_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(address))
+
+    def stream(messages: list[dict], max_tokens: int) -> Stream:
+        request = pb.GenerateRequest(model=MODEL, messages=[pb.ChatMessage(role=m["role"], content=m["content"])
+                                                            for m in messages],
+                                     max_tokens=max_tokens, temperature=0.0, logit_bias=bias)
+        return time_pieces(lambda: stub.Generate(request, timeout=600), lambda piece: len(piece.token_ids))
+    return stream
+
+
+def engine_streamer(engine, bias: dict[int, float]) -> Streamer:
+    from inference_service.engine.types import ChatMessage, GenerationRequest, SamplingParams
+
+    sampling = SamplingParams(temperature=0.0, logit_bias=bias)
+
+    def stream(messages: list[dict], max_tokens: int) -> Stream:
+        request = GenerationRequest(model=MODEL, messages=tuple(ChatMessage(m["role"], m["content"]) for m in messages),
+                                    max_tokens=max_tokens, sampling=sampling)
+        return time_pieces(lambda: engine.generate(request), lambda chunk: len(chunk.token_ids))
+    return stream
+
+
+def http_streamer(base_url: str, bias: dict[int, float]) -> Streamer:
+    extra = {"logit_bias": {str(k): v for k, v in bias.items()}}
+
+    def stream(messages: list[dict], max_tokens: int) -> Stream:
+        return chat_stream(base_url, MODEL, messages, max_tokens, extra=extra)
+    return stream
+
+
+# ---------------------------------------------------------------- measuring
+
+def run(systems: list[System], workloads: list[Workload], args) -> list[dict[str, dict[str, float]]]:
+    """Per repeat {workload: {system: value}}; each system's CPU seconds and tokens summed on it."""
+    for system in systems:   # warm-up, not counted
+        system.stream([{"role": "user", "content": prompts.story(f"warm-{time.time_ns()}")}], 16)
+    time.sleep(args.gap)
+    repeats: list[dict[str, dict[str, float]]] = []
+    order = list(systems)
+    for i in range(args.repeats):
+        row: dict[str, dict[str, float]] = {w.name: {} for w in workloads}
+        for workload in workloads:
+            for system in order:
+                with CpuSeconds(all=system.pids) as cpu:
+                    value, tokens = workload.run(system, f"p{i}-{time.time_ns()}", args)
+                row[workload.name][system.name] = value
+                system.values.setdefault(workload.name, []).append(value)
+                if tokens:
+                    system.cpu_s += cpu.seconds["all"]
+                    system.tokens += tokens
+                time.sleep(args.gap)
+            order.reverse()
+        repeats.append(row)
+        print(f"  repeat {i + 1}/{args.repeats}: " + "; ".join(
+            f"{w}: " + " ".join(f"{k} {v:.1f}" for k, v in vals.items()) for w, vals in row.items()), flush=True)
+    return repeats
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        v = values[0] if values else float("nan")
+        return v, v, v
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def fmt(q: tuple[float, float, float], digits: int) -> str:
+    return " / ".join(f"{v:.{digits}f}" for v in q)
+
+
+def report(systems: list[System], workloads: list[Workload], repeats, args, busy: float | None) -> str:
+    out = [f"{MODEL}, llama.cpp engine {args.slots} slots (fixed threads) vs llama-server -np {args.slots}, "
+           f"{args.threads} threads; {args.repeats} repeats, systems' order reversed each time, {args.gap:.1f} s apart; "
+           f"single and four: greedy {args.max_tokens}-token streams; machine "
+           f"{busy * 100 if busy is not None else float('nan'):.0f}% busy before the run", ""]
+    names = [s.name for s in systems]
+    for w in workloads:
+        head = (f"{w.unit:40s} {'q1 / median / q3':>26s}   {'/ ' + REFERENCE + ' per repeat (q1 / median / q3)':>44s}"
+                f" {'better':>7s}")
+        out += [head, "-" * len(head)]
+        for s in systems:
+            vals = s.values[w.name]
+            line = f"{s.name:40s} {fmt(quartiles(vals), 1):>26s}"
+            if s.name != REFERENCE:
+                ratios = [r[w.name][s.name] / r[w.name][REFERENCE] for r in repeats]
+                better = sum((x > 1) if w.higher_is_better else (x < 1) for x in ratios)
+                line += f"   {fmt(quartiles(ratios), 3):>44s} {better:>3d}/{len(ratios):<3d}"
+            out.append(line)
+        out.append("")
+    if any(s.tokens for s in systems):
+        ref = next(s for s in systems if s.name == REFERENCE)
+        ref_cpu = ref.cpu_s / ref.tokens * 1000 if ref.tokens else float("nan")
+        out.append("CPU-s per 1,000 streamed tokens (single and four): " + ", ".join(
+            f"{s.name} {s.cpu_s / s.tokens * 1000:.2f} ({s.cpu_s / s.tokens * 1000 / ref_cpu:.3f}x)"
+            for s in systems if s.tokens))
+    if "baseline, gRPC" in names:
+        for w in workloads:
+            ratios = [r[w.name]["ours, gRPC"] / r[w.name]["baseline, gRPC"] for r in repeats]
+            out.append(f"ours, gRPC / baseline ({args.baseline}), gRPC, {w.name}: {fmt(quartiles(ratios), 3)} "
+                       f"(q1 / median / q3 of {len(ratios)} pairs)")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--workloads", default="single,four,cold", help=f"comma list of {', '.join(WORKLOADS)}")
+    parser.add_argument("--max-tokens", type=int, default=200, help="tokens a stream of single and four")
+    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gap", type=float, default=1.0, help="seconds of quiet between two runs")
+    parser.add_argument("--in-process", action="store_true",
+                        help="also ours on Engine in this process (no gRPC): what the transport costs")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="also a service from this checkout (e.g. a git worktree of an older commit), over "
+                             "gRPC: a code change measured in pairs")
+    parser.add_argument("--service-args", default="", help="extra `serve` arguments of our services (space-separated)")
+    args = parser.parse_args(argv)
+    unknown = [w for w in args.workloads.split(",") if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
+    workloads = [WORKLOADS[w] for w in args.workloads.split(",")]
+
+    from inference_service.models.registry import ModelRegistry
+
+    model_file = Path(ModelRegistry().pull(MODEL))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    busy = cpu_busy_fraction(1.0)
+    print(f"machine busy before the run: {busy * 100 if busy is not None else float('nan'):.0f}% (should be ~0)",
+          flush=True)
+    # Fixed threads, as llama-server's: the adaptive policy (our default) rightly takes a thread
+    # away while another server works beside it, and would still be stepping back up when its
+    # own turn comes a --gap later.
+    service_args = ["--thread-policy", "fixed", *args.service_args.split()]
+    started: list = []   # processes to stop
+    engine = None
+    try:
+        service, address = start_service(args.slots, RESULTS, args.threads, engine="llamacpp",
+                                         extra_args=service_args, name="paired-service")
+        started.append(service)
+        edge = start_edge(address, RESULTS, "paired-edge")
+        started.append(edge.process)
+        llama = start_llama_server(model_file, RESULTS, args.threads, args.slots, name="paired-llama-server")
+        started.append(llama.process)
+        with grpc.insecure_channel(address) as channel:
+            bias = prompts.no_eos_bias(prompts.end_of_turn_ids_over_grpc(channel))
+        systems = [
+            System("ours, edge", http_streamer(edge.base_url, bias), [service.pid, edge.process.pid]),
+            System("ours, gRPC", grpc_streamer(address, bias), [service.pid, edge.process.pid]),
+            System(REFERENCE, http_streamer(llama.base_url, bias), [llama.process.pid]),
+        ]
+        if args.baseline is not None:
+            baseline, baseline_address = start_service(args.slots, RESULTS, args.threads, engine="llamacpp",
+                                                       extra_args=service_args, name="paired-baseline",
+                                                       cwd=args.baseline.resolve())
+            started.append(baseline)
+            systems.append(System("baseline, gRPC", grpc_streamer(baseline_address, bias), [baseline.pid]))
+        if args.in_process:
+            from inference_service.engine.engine import Engine, EngineConfig
+
+            engine = Engine.load([ModelRegistry().resolve(MODEL)],
+                                 EngineConfig(slots=args.slots, threads=args.threads, engine="llamacpp",
+                                              thread_policy="fixed"))
+            engine.warm_up()
+            systems.insert(0, System("ours, in process", engine_streamer(engine, bias), [os.getpid()]))
+        repeats = run(systems, workloads, args)
+    finally:
+        if engine is not None:
+            engine.close()
+        for process in reversed(started):
+            stop_process(process)
+    text = report(systems, workloads, repeats, args, busy)
+    print()
+    print(text)
+    (RESULTS / "paired.txt").write_text(text + "\n")
+    (RESULTS / "paired.json").write_text(json.dumps({
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "repeats": repeats,
+        "cpu_s_per_1k": {s.name: s.cpu_s / s.tokens * 1000 for s in systems if s.tokens}}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

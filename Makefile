@@ -18,7 +18,7 @@ help:
 	@echo "make bench-contention   decode tok/s quiet vs one busy process beside: ours adaptive/fixed, llama-server -t 2/-t 1"
 	@echo "make bench-threads      1 vs 2 compute threads beside a neighbour taking 0-1 core (the adaptive policy's margins)"
 	@echo "make bench-embeddings-beside   single-stream decode alone / after an embeddings request / while another client embeds"
-	@echo "make bench-paired       single-stream decode and CPU per token in pairs, seconds apart: ours (edge, gRPC) vs llama-server -np 4"
+	@echo "make bench-paired       ours (edge, gRPC) vs llama-server -np 4 in pairs seconds apart: one stream, four, cold chat TTFT, CPU per token"
 	@echo "make bench-engines      our ctransformers and llama.cpp engines (via the edge) beside llama-server -np 2/4: tok/s, TTFT, CPU per token, edit and JSON workloads; table + bench/results/engines.png"
 	@echo "make bench-structured   decode tok/s with and without grammar constraints (JSON schema, tool calls), both engines"
 	@echo "make bench-cluster      next-turn chat TTFT through one edge over 3 replicas: prefix-affinity vs least-loaded vs round-robin"
@@ -109,7 +109,7 @@ bench-threads: setup model
 bench-embeddings-beside: setup model
 	$(PY) bench/embeddings_beside.py
 
-# Single-stream decode and CPU per token, ours (edge, gRPC) and llama-server up at once, in pairs (~4 min).
+# Ours (edge, gRPC) and llama-server up at once, each workload run on every system seconds apart (~15 min).
 bench-paired: setup model
 	bash bench/install_peer.sh llama-server
 	$(PY) bench/paired.py

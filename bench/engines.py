@@ -77,7 +77,7 @@ from bench.measure import (Stream, aggregate_tps, concurrent, median, per_1k_tok
                            streamed_tokens, successes, time_pieces)
 from bench.procfs import CpuAudit, CpuSeconds, PeakMemory, cpu_busy_fraction  # noqa: E402
 from bench.report import print_failures, pyplot, save_figure  # noqa: E402
-from bench.prompts import MODEL  # noqa: E402
+from bench.prompts import MODEL, http_bias  # noqa: E402
 from bench.servers import LLAMA_SERVER, start_edge, start_llama_server, start_service  # noqa: E402
 from bench.sse import chat_stream, make_clients  # noqa: E402
 from harness.processes import stop_process  # noqa: E402
@@ -137,10 +137,6 @@ def kept(who: str, what: str, streams: list[Stream], tokens: int | None = None) 
     ok, failed = successes(streams, tokens)
     FAILURES[who].extend(f"{what}: {error}" for error in failed)
     return ok
-
-
-def http_bias(bias: dict[int, float]) -> dict:
-    return {"logit_bias": {str(k): v for k, v in bias.items()}}
 
 
 def end_of_generation_ids(model_file: Path) -> list[int]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from bench import prompts  # noqa: E402
-from bench.measure import Stream, aggregate_tps, concurrent, time_pieces  # noqa: E402
+from bench.measure import Stream, aggregate_tps, concurrent, percentile, successes, time_pieces  # noqa: E402
 from bench.procfs import CpuSeconds, cpu_busy_fraction  # noqa: E402
 from bench.prompts import MODEL  # noqa: E402
 from bench.servers import start_edge, start_llama_server, start_service  # noqa: E402
@@ -108,9 +107,9 @@ WORKLOADS = {
 
 
 def check(system: System, workload: str, streams: list[Stream], tokens: int | None = None) -> None:
-    for s in streams:
-        if not s.ok or (tokens is not None and s.completion_tokens != tokens):
-            raise SystemExit(f"{system.name}: a {workload} run failed or came short: {s.error or s.completion_tokens}")
+    _, failed = successes(streams, tokens)
+    if failed:
+        raise SystemExit(f"{system.name}: a {workload} run failed: {failed[0]}")
 
 
 # ---------------------------------------------------------------- clients
@@ -142,7 +141,7 @@ def engine_streamer(engine, bias: dict[int, float]) -> Streamer:
 
 
 def http_streamer(base_url: str, bias: dict[int, float]) -> Streamer:
-    extra = {"logit_bias": {str(k): v for k, v in bias.items()}}
+    extra = prompts.http_bias(bias)
 
     def stream(messages: list[dict], max_tokens: int) -> Stream:
         return chat_stream(base_url, MODEL, messages, max_tokens, extra=extra)
@@ -178,11 +177,7 @@ def run(systems: list[System], workloads: list[Workload], args) -> list[dict[str
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
-    if len(values) < 2:
-        v = values[0] if values else float("nan")
-        return v, v, v
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q2, q3
+    return percentile(values, 25), percentile(values, 50), percentile(values, 75)
 
 
 def fmt(q: tuple[float, float, float], digits: int) -> str:

@@ -32,6 +32,11 @@ def no_eos_bias(token_ids) -> dict[int, float]:
     return {int(i): -100.0 for i in sorted(token_ids)}
 
 
+def http_bias(bias: dict[int, float]) -> dict:
+    """The request fields that carry ``bias`` over HTTP (string keys)."""
+    return {"logit_bias": {str(k): v for k, v in bias.items()}}
+
+
 def end_of_turn_ids_in_process(engine, model: str = MODEL) -> list[int]:
     return sorted(engine.model(model).end_of_turn_ids)
 

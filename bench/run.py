@@ -37,7 +37,7 @@ from bench import aiperf_run, prompts  # noqa: E402
 from bench.chat_turns import chat_turn_rows  # noqa: E402
 from bench.measure import Stream, aggregate_tps, concurrent, median, single_rows, successes, time_pieces  # noqa: E402
 from bench.procfs import CpuAudit, PeakMemory, cpu_busy_fraction  # noqa: E402
-from bench.prompts import MODEL  # noqa: E402
+from bench.prompts import MODEL, http_bias  # noqa: E402
 from bench.report import print_failures, write_report  # noqa: E402
 from bench.servers import start_edge, start_peer, start_service  # noqa: E402  (soak.py imports the first two from here)
 from bench.sse import chat_stream  # noqa: E402
@@ -108,10 +108,6 @@ def measure_grpc(address: str, args, bias: dict[int, float]) -> dict:
 
 
 # ---------------------------------------------------------------- over HTTP: edge, peer
-
-def http_bias(bias: dict[int, float]) -> dict:
-    return {"logit_bias": {str(k): v for k, v in bias.items()}}
-
 
 def measure_http(system: str, base_url: str, args, bias: dict[int, float]) -> dict:
     """The decode request of the engine and gRPC rows, as an OpenAI streamed chat."""

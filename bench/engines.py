@@ -84,7 +84,6 @@ from harness.processes import stop_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 FAILURES: dict[str, list[str]] = defaultdict(list)  # system (or breakdown row) -> what failed
-EDIT_SLACK_TOKENS = 16      # edit answers may run this much past the paragraph (a preamble, a longer word)
 JSON_MAX_TOKENS = 200
 JSON_TEMPERATURE = 0.7
 JSON_SEED = 1000            # repeat i samples with seed JSON_SEED + i, on every system
@@ -162,14 +161,6 @@ def end_of_generation_ids(model_file: Path) -> list[int]:
     finally:
         model.close()
     return sorted(i for i in ids if i is not None)
-
-
-def edit_max_tokens(model_file: Path) -> int:
-    """The edit answer's token limit: the exact copy's tokens and EDIT_SLACK_TOKENS more, so a
-    faithful answer ends by itself."""
-    from inference_service.engine.tokenizer import TextTokenizer
-
-    return len(TextTokenizer.from_gguf(model_file).encode_text(prompts.edit_expected())) + EDIT_SLACK_TOKENS
 
 
 # ---------------------------------------------------------------- the requests, three ways
@@ -305,7 +296,7 @@ def measure_http(system: System, base_url: str, process_groups: dict[str, list[i
         rows.update(cpu_rows(cpu.seconds, streamed_tokens(streamed)))
         print(f"  {who}: chat, cold ~{HISTORY_TOKENS}-token history and next turn x {args.repeats}", flush=True)
         rows.update(chat_turn_rows(base_url, args.repeats, lambda what, streams: kept(who, what, streams)))
-        print(f"  {who}: edit (copy a {args.edit_max_tokens - EDIT_SLACK_TOKENS}-token paragraph with one word "
+        print(f"  {who}: edit (copy a {args.edit_max_tokens - prompts.EDIT_SLACK_TOKENS}-token paragraph with one word "
               f"changed) x {args.repeats}", flush=True)
         rows.update(edit_rows(who, base_url, args))
         print(f"  {who}: JSON schema, temperature {JSON_TEMPERATURE} x {args.repeats}", flush=True)
@@ -570,7 +561,7 @@ def main(argv=None) -> int:
     busy = cpu_busy_fraction(1.0)
     started = time.monotonic()
     bias = prompts.no_eos_bias(end_of_generation_ids(model_file))
-    args.edit_max_tokens = edit_max_tokens(model_file)
+    args.edit_max_tokens = prompts.edit_max_tokens(model_file)
     header = (f"{MODEL} ({model_file.name}); {args.threads} compute threads for every system (ours: the cap, "
               f"{args.thread_policy} policy); {args.max_tokens}-token greedy streams, end-of-generation tokens "
               f"{sorted(bias)} banned; single-stream rows: median of {args.repeats} after a warm-up; "
@@ -629,7 +620,7 @@ def main(argv=None) -> int:
               "CPU-s/1k tok = CPU-seconds (user + system, from /proc) each process tree used over the single and "
               "concurrent streams, per 1,000 tokens they streamed: service = ours' gRPC service (llama-server: "
               "its one process), edge = gunicorn's master and workers. edit = a copy of a "
-              f"{args.edit_max_tokens - EDIT_SLACK_TOKENS}-token paragraph with one word replaced: ended = answers "
+              f"{args.edit_max_tokens - prompts.EDIT_SLACK_TOKENS}-token paragraph with one word replaced: ended = answers "
               "that ended by themselves, copy = closeness to the exact copy (0..1). json = answers to the "
               "schema: (x decode) = over the system's free-text single-stream decode; valid = parse and match "
               f"the schema; cut = stopped at {JSON_MAX_TOKENS} tokens."]

@@ -11,11 +11,15 @@ and idle while another one works:
   GGUF and threads;
 * with --in-process, ours on ``Engine`` in this process (no transport at all);
 * with --baseline DIR, a second service from another checkout (a git worktree of an older
-  commit) over gRPC: a code change measured in pairs.
+  commit) over gRPC: a code change measured in pairs;
+* with --drafts, a second service of this checkout with ``--speculative ngram`` (prompt-lookup
+  drafts) through its own edge: what drafts win on the edit and cost on free text.
 
 Workloads (--workloads): ``single``, one greedy --max-tokens stream (end of generation
 banned): decode tok/s; ``four``, four such streams at once: aggregate tok/s; ``cold``, a
-~1,000-token chat history no cache holds (bench/prompts.chat_history, 8 tokens out): TTFT.
+~1,000-token chat history no cache holds (bench/prompts.chat_history, 8 tokens out): TTFT;
+``edit``, one greedy stream asked to repeat a ~250-token paragraph with one word replaced (end of
+generation allowed, as bench-engines' edit): decode tok/s, where drafts pay.
 
 Each repeat runs every workload on every system, the systems' order reversed every repeat
 (A B C, C B A, ...), --gap seconds apart so that one server's spinning threads are not the
@@ -55,11 +59,12 @@ from harness.processes import stop_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 REFERENCE = "llama-server"
+DRAFTS = "ours + drafts, edge"
 COLD_HISTORY_TOKENS = 1000
 COLD_MAX_TOKENS = 8
 
-# messages, max_tokens -> one stream
-Streamer = Callable[[list[dict], int], Stream]
+# messages, max_tokens, ban_end (end of generation banned: exactly max_tokens out) -> one stream
+Streamer = Callable[[list[dict], int, bool], Stream]
 
 
 @dataclass
@@ -99,10 +104,17 @@ def cold(system: System, nonce: str, args) -> tuple[float, int]:
     return (s.ttft_s or 0.0) * 1000, 0  # its few tokens stay out of the CPU-per-token count
 
 
+def edit(system: System, nonce: str, args) -> tuple[float, int]:
+    s = system.stream(prompts.edit_messages(), args.edit_max_tokens, False)
+    check(system, "edit", [s])
+    return s.decode_tps or 0.0, 0  # greedy, the same answer every time: out of the CPU-per-token count
+
+
 WORKLOADS = {
     "single": Workload("single", "decode tok/s", True, single),
     "four": Workload("four", "aggregate tok/s, 4 streams", True, four),
     "cold": Workload("cold", f"TTFT ms, cold ~{COLD_HISTORY_TOKENS}-token chat", False, cold),
+    "edit": Workload("edit", "edit decode tok/s", True, edit),
 }
 
 
@@ -120,10 +132,10 @@ def grpc_streamer(address: str, bias: dict[int, float]) -> Streamer:
 
     stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(address))
 
-    def stream(messages: list[dict], max_tokens: int) -> Stream:
+    def stream(messages: list[dict], max_tokens: int, ban_end: bool = True) -> Stream:
         request = pb.GenerateRequest(model=MODEL, messages=[pb.ChatMessage(role=m["role"], content=m["content"])
                                                             for m in messages],
-                                     max_tokens=max_tokens, temperature=0.0, logit_bias=bias)
+                                     max_tokens=max_tokens, temperature=0.0, logit_bias=bias if ban_end else {})
         return time_pieces(lambda: stub.Generate(request, timeout=600), lambda piece: len(piece.token_ids))
     return stream
 
@@ -131,11 +143,11 @@ def grpc_streamer(address: str, bias: dict[int, float]) -> Streamer:
 def engine_streamer(engine, bias: dict[int, float]) -> Streamer:
     from inference_service.engine.types import ChatMessage, GenerationRequest, SamplingParams
 
-    sampling = SamplingParams(temperature=0.0, logit_bias=bias)
+    banned, allowed = SamplingParams(temperature=0.0, logit_bias=bias), SamplingParams(temperature=0.0)
 
-    def stream(messages: list[dict], max_tokens: int) -> Stream:
+    def stream(messages: list[dict], max_tokens: int, ban_end: bool = True) -> Stream:
         request = GenerationRequest(model=MODEL, messages=tuple(ChatMessage(m["role"], m["content"]) for m in messages),
-                                    max_tokens=max_tokens, sampling=sampling)
+                                    max_tokens=max_tokens, sampling=banned if ban_end else allowed)
         return time_pieces(lambda: engine.generate(request), lambda chunk: len(chunk.token_ids))
     return stream
 
@@ -143,8 +155,8 @@ def engine_streamer(engine, bias: dict[int, float]) -> Streamer:
 def http_streamer(base_url: str, bias: dict[int, float]) -> Streamer:
     extra = prompts.http_bias(bias)
 
-    def stream(messages: list[dict], max_tokens: int) -> Stream:
-        return chat_stream(base_url, MODEL, messages, max_tokens, extra=extra)
+    def stream(messages: list[dict], max_tokens: int, ban_end: bool = True) -> Stream:
+        return chat_stream(base_url, MODEL, messages, max_tokens, extra=extra if ban_end else None)
     return stream
 
 
@@ -209,6 +221,11 @@ def report(systems: list[System], workloads: list[Workload], repeats, args, busy
         out.append("CPU-s per 1,000 streamed tokens (single and four): " + ", ".join(
             f"{s.name} {s.cpu_s / s.tokens * 1000:.2f} ({s.cpu_s / s.tokens * 1000 / ref_cpu:.3f}x)"
             for s in systems if s.tokens))
+    if DRAFTS in names:
+        for w in workloads:
+            ratios = [r[w.name][DRAFTS] / r[w.name]["ours, edge"] for r in repeats]
+            out.append(f"{DRAFTS} / ours, edge (drafts on / off), {w.name}: {fmt(quartiles(ratios), 3)} "
+                       f"(q1 / median / q3 of {len(ratios)} pairs)")
     if "baseline, gRPC" in names:
         for w in workloads:
             ratios = [r[w.name]["ours, gRPC"] / r[w.name]["baseline, gRPC"] for r in repeats]
@@ -230,6 +247,8 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="also a service from this checkout (e.g. a git worktree of an older commit), over "
                              "gRPC: a code change measured in pairs")
+    parser.add_argument("--drafts", action="store_true",
+                        help="also a service with --speculative ngram, through its own edge")
     parser.add_argument("--service-args", default="", help="extra `serve` arguments of our services (space-separated)")
     args = parser.parse_args(argv)
     unknown = [w for w in args.workloads.split(",") if w not in WORKLOADS]
@@ -240,6 +259,7 @@ def main(argv=None) -> int:
     from inference_service.models.registry import ModelRegistry
 
     model_file = Path(ModelRegistry().pull(MODEL))
+    args.edit_max_tokens = prompts.edit_max_tokens(model_file)
     RESULTS.mkdir(parents=True, exist_ok=True)
     busy = cpu_busy_fraction(1.0)
     print(f"machine busy before the run: {busy * 100 if busy is not None else float('nan'):.0f}% (should be ~0)",
@@ -271,6 +291,15 @@ def main(argv=None) -> int:
                                                        cwd=args.baseline.resolve())
             started.append(baseline)
             systems.append(System("baseline, gRPC", grpc_streamer(baseline_address, bias), [baseline.pid]))
+        if args.drafts:
+            drafting, drafting_address = start_service(args.slots, RESULTS, args.threads, engine="llamacpp",
+                                                       extra_args=[*service_args, "--speculative", "ngram"],
+                                                       name="paired-drafts")
+            started.append(drafting)
+            drafting_edge = start_edge(drafting_address, RESULTS, "paired-drafts-edge")
+            started.append(drafting_edge.process)
+            systems.append(System(DRAFTS, http_streamer(drafting_edge.base_url, bias),
+                                  [drafting.pid, drafting_edge.process.pid]))
         if args.in_process:
             from inference_service.engine.engine import Engine, EngineConfig
 

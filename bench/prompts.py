@@ -123,6 +123,7 @@ EDIT_PARAGRAPH = (
     "still asked about every loaf she had sold that week and how the new oven was behaving."
 )
 EDIT_FROM, EDIT_TO = "bread", "cake"
+EDIT_SLACK_TOKENS = 16  # edit answers may run this much past the paragraph (a preamble, a longer word)
 
 
 def edit_messages() -> list[dict]:
@@ -135,6 +136,14 @@ def edit_messages() -> list[dict]:
 def edit_expected() -> str:
     """The answer a perfect copy would give."""
     return EDIT_PARAGRAPH.replace(EDIT_FROM, EDIT_TO)
+
+
+def edit_max_tokens(model_file) -> int:
+    """The edit answer's token limit: the exact copy's tokens and EDIT_SLACK_TOKENS more, so a
+    faithful answer ends by itself."""
+    from inference_service.engine.tokenizer import TextTokenizer
+
+    return len(TextTokenizer.from_gguf(model_file).encode_text(edit_expected())) + EDIT_SLACK_TOKENS
 
 
 def edit_fidelity(answer: str) -> float:

@@ -48,7 +48,7 @@ def main() -> int:
     args = parser.parse_args()
     model_file = ModelRegistry().resolve(MODEL)
     streams = [int(s) for s in args.streams.split(",")]
-    print(f"{'slots':>5} " + " ".join(f"{f'{n} streams tok/s':>16} {f'TTFT ms':>8}" for n in streams))
+    print(f"{'slots':>5} " + " ".join(f"{f'{n} streams tok/s':>16} {'TTFT ms':>8}" for n in streams))
     for slots in (int(s) for s in args.slots.split(",")):
         engine = Engine.load([model_file], EngineConfig(slots=slots, max_waiting=64))
         engine.warm_up()

@@ -78,7 +78,8 @@ class _Job:
 class ComputeThread:
     def __init__(self, name: str = "llamacpp-compute", job_share: float = JOB_SHARE,
                  clock: Callable[[], float] = time.perf_counter):
-        self.condition = threading.Condition()
+        self._mutex = threading.RLock()
+        self.condition = threading.Condition(self._mutex)
         self._steppers: list[Stepper] = []
         self._jobs: deque[_Job] = deque()
         self.set_job_share(job_share)
@@ -95,6 +96,11 @@ class ComputeThread:
         with self.condition:
             self.job_share = share
             self._credit_per_step_second = share / (1 - share)
+
+    def waiter(self) -> threading.Condition:
+        """A condition on ``condition``'s lock for one waiter to be woken alone (``notify`` on
+        ``condition`` wakes everyone waiting there: the compute thread and every caller)."""
+        return threading.Condition(self._mutex)
 
     def on_it(self) -> bool:
         return threading.current_thread() is self._thread

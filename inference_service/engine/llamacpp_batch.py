@@ -78,6 +78,9 @@ class _Submission:
     error: BaseException | None = None
     finished: bool = False
     enqueued: float = field(default_factory=time.monotonic)
+    # Wakes this submission's waiter alone (on the decoder's lock): with one condition for all,
+    # every submission and every step woke every waiting sequence, n² wake-ups a step.
+    ready: threading.Condition | None = None
 
     @property
     def remaining(self) -> int:
@@ -152,7 +155,9 @@ class BatchedDecoder:
     # --- called from generation threads ---------------------------------------------------
 
     def submit(self, sequence: "BatchedSequence", tokens: Sequence[int], rows: int = 1) -> _Submission:
-        submission = _Submission(sequence, tokens, rows=rows)
+        if not 0 < rows <= len(tokens):  # an empty submission would never finish
+            raise ValueError(f"{len(tokens)} tokens cannot give {rows} rows of logits")
+        submission = _Submission(sequence, tokens, rows=rows, ready=self._compute_thread.waiter())
         with self._lock:
             if self._closed:
                 raise RuntimeError("the llama.cpp decoder is closed")
@@ -171,7 +176,7 @@ class BatchedDecoder:
                 if submission.withdrawn and not submission.in_flight and not submission.finished:
                     self._drop(submission)
                     raise Cancelled("cancelled during evaluation")
-                self._lock.wait(_POLL_SECONDS)
+                submission.ready.wait(_POLL_SECONDS)
             if submission.error is not None:
                 raise submission.error
             assert len(submission.logits) == submission.rows
@@ -293,6 +298,8 @@ class BatchedDecoder:
         self._finish(plan, error)
         if self._closed:  # closed during the step
             self._fail_waiting()
+        for submission, _ in plan:
+            submission.ready.notify()
 
     def _fail_waiting(self) -> None:
         """(Closed, holding the lock.) The queued submissions not being decoded now end with
@@ -301,6 +308,7 @@ class BatchedDecoder:
             if not submission.in_flight:
                 submission.error = _closed_error()
                 submission.finished = True
+                submission.ready.notify()
         self._queue = [s for s in self._queue if s.in_flight]
 
     def _plan(self) -> list[tuple[_Submission, int]]:

@@ -77,16 +77,13 @@ from bench.measure import (Stream, aggregate_tps, concurrent, median, per_1k_tok
                            streamed_tokens, successes, time_pieces)
 from bench.procfs import CpuAudit, CpuSeconds, PeakMemory, cpu_busy_fraction  # noqa: E402
 from bench.report import print_failures, pyplot, save_figure  # noqa: E402
-from bench.prompts import MODEL, http_bias  # noqa: E402
+from bench.prompts import JSON_MAX_TOKENS, JSON_SEED, JSON_TEMPERATURE, MODEL, http_bias  # noqa: E402
 from bench.servers import LLAMA_SERVER, start_edge, start_llama_server, start_service  # noqa: E402
 from bench.sse import chat_stream, make_clients  # noqa: E402
 from harness.processes import stop_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 FAILURES: dict[str, list[str]] = defaultdict(list)  # system (or breakdown row) -> what failed
-JSON_MAX_TOKENS = 200
-JSON_TEMPERATURE = 0.7
-JSON_SEED = 1000            # repeat i samples with seed JSON_SEED + i, on every system
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ Workloads (--workloads): ``single``, one greedy --max-tokens stream (end of gene
 banned): decode tok/s; ``four``, four such streams at once: aggregate tok/s; ``cold``, a
 ~1,000-token chat history no cache holds (bench/prompts.chat_history, 8 tokens out): TTFT;
 ``edit``, one greedy stream asked to repeat a ~250-token paragraph with one word replaced (end of
-generation allowed, as bench-engines' edit): decode tok/s, where drafts pay.
+generation allowed, as bench-engines' edit): decode tok/s, where drafts pay; ``json``, an answer
+constrained by bench-engines' pet schema (response_format json_schema, temperature 0.7, seed
+1000 + repeat): decode tok/s, and with ``single`` each system's JSON over free-text rate.
 
 Each repeat runs every workload on every system, the systems' order reversed every repeat
 (A B C, C B A, ...), --gap seconds apart so that one server's spinning threads are not the
@@ -63,8 +65,22 @@ DRAFTS = "ours + drafts, edge"
 COLD_HISTORY_TOKENS = 1000
 COLD_MAX_TOKENS = 8
 
-# messages, max_tokens, ban_end (end of generation banned: exactly max_tokens out) -> one stream
-Streamer = Callable[[list[dict], int, bool], Stream]
+# (messages, max_tokens, Shape) -> one stream
+Streamer = Callable[..., Stream]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a workload's requests sample: greedy with end of generation banned (exactly
+    max_tokens out) unless it says otherwise."""
+
+    ban_end: bool = True
+    temperature: float = 0.0
+    seed: int | None = None
+    json_schema: dict | None = None  # response_format json_schema
+
+
+FREE_TEXT = Shape()
 
 
 @dataclass
@@ -105,9 +121,18 @@ def cold(system: System, nonce: str, args) -> tuple[float, int]:
 
 
 def edit(system: System, nonce: str, args) -> tuple[float, int]:
-    s = system.stream(prompts.edit_messages(), args.edit_max_tokens, False)
+    s = system.stream(prompts.edit_messages(), args.edit_max_tokens, Shape(ban_end=False))
     check(system, "edit", [s])
     return s.decode_tps or 0.0, 0  # greedy, the same answer every time: out of the CPU-per-token count
+
+
+def json_answer(system: System, nonce: str, args) -> tuple[float, int]:
+    repeat = int(nonce.split("-")[0].lstrip("p"))  # the same seed for every system of a repeat
+    shape = Shape(ban_end=False, temperature=prompts.JSON_TEMPERATURE, seed=prompts.JSON_SEED + repeat,
+                  json_schema=prompts.PET_SCHEMA)
+    s = system.stream(prompts.json_messages(), prompts.JSON_MAX_TOKENS, shape)
+    check(system, "json", [s])
+    return s.decode_tps or 0.0, 0
 
 
 WORKLOADS = {
@@ -115,6 +140,7 @@ WORKLOADS = {
     "four": Workload("four", "aggregate tok/s, 4 streams", True, four),
     "cold": Workload("cold", f"TTFT ms, cold ~{COLD_HISTORY_TOKENS}-token chat", False, cold),
     "edit": Workload("edit", "edit decode tok/s", True, edit),
+    "json": Workload("json", "JSON-schema answer decode tok/s", True, json_answer),
 }
 
 
@@ -132,22 +158,26 @@ def grpc_streamer(address: str, bias: dict[int, float]) -> Streamer:
 
     stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(address))
 
-    def stream(messages: list[dict], max_tokens: int, ban_end: bool = True) -> Stream:
+    def stream(messages: list[dict], max_tokens: int, shape: Shape = FREE_TEXT) -> Stream:
         request = pb.GenerateRequest(model=MODEL, messages=[pb.ChatMessage(role=m["role"], content=m["content"])
                                                             for m in messages],
-                                     max_tokens=max_tokens, temperature=0.0, logit_bias=bias if ban_end else {})
+                                     max_tokens=max_tokens, temperature=shape.temperature,
+                                     logit_bias=bias if shape.ban_end else {}, seed=shape.seed,
+                                     constraint=pb.Constraint(json_schema=json.dumps(shape.json_schema))
+                                     if shape.json_schema else None)
         return time_pieces(lambda: stub.Generate(request, timeout=600), lambda piece: len(piece.token_ids))
     return stream
 
 
 def engine_streamer(engine, bias: dict[int, float]) -> Streamer:
-    from inference_service.engine.types import ChatMessage, GenerationRequest, SamplingParams
+    from inference_service.engine.types import ChatMessage, Constraint, GenerationRequest, SamplingParams
 
-    banned, allowed = SamplingParams(temperature=0.0, logit_bias=bias), SamplingParams(temperature=0.0)
-
-    def stream(messages: list[dict], max_tokens: int, ban_end: bool = True) -> Stream:
+    def stream(messages: list[dict], max_tokens: int, shape: Shape = FREE_TEXT) -> Stream:
+        sampling = SamplingParams(temperature=shape.temperature, seed=shape.seed,
+                                  logit_bias=bias if shape.ban_end else {})
+        constraint = Constraint("json_schema", json.dumps(shape.json_schema)) if shape.json_schema else None
         request = GenerationRequest(model=MODEL, messages=tuple(ChatMessage(m["role"], m["content"]) for m in messages),
-                                    max_tokens=max_tokens, sampling=banned if ban_end else allowed)
+                                    max_tokens=max_tokens, sampling=sampling, constraint=constraint)
         return time_pieces(lambda: engine.generate(request), lambda chunk: len(chunk.token_ids))
     return stream
 
@@ -155,8 +185,13 @@ def engine_streamer(engine, bias: dict[int, float]) -> Streamer:
 def http_streamer(base_url: str, bias: dict[int, float]) -> Streamer:
     extra = prompts.http_bias(bias)
 
-    def stream(messages: list[dict], max_tokens: int, ban_end: bool = True) -> Stream:
-        return chat_stream(base_url, MODEL, messages, max_tokens, extra=extra if ban_end else None)
+    def stream(messages: list[dict], max_tokens: int, shape: Shape = FREE_TEXT) -> Stream:
+        body = dict(extra) if shape.ban_end else {}
+        if shape.json_schema:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "answer", "schema": shape.json_schema, "strict": True}}
+        return chat_stream(base_url, MODEL, messages, max_tokens, temperature=shape.temperature, seed=shape.seed,
+                           extra=body)
     return stream
 
 
@@ -221,6 +256,10 @@ def report(systems: list[System], workloads: list[Workload], repeats, args, busy
         out.append("CPU-s per 1,000 streamed tokens (single and four): " + ", ".join(
             f"{s.name} {s.cpu_s / s.tokens * 1000:.2f} ({s.cpu_s / s.tokens * 1000 / ref_cpu:.3f}x)"
             for s in systems if s.tokens))
+    if "json" in repeats[0] and "single" in repeats[0]:
+        out.append("JSON-schema answers over free text (json / single decode tok/s of the same repeat): " + ", ".join(
+            f"{s.name} {fmt(quartiles([r['json'][s.name] / r['single'][s.name] for r in repeats]), 2)}"
+            for s in systems))
     if DRAFTS in names:
         for w in workloads:
             ratios = [r[w.name][DRAFTS] / r[w.name]["ours, edge"] for r in repeats]

@@ -167,6 +167,11 @@ PET_SCHEMA = {
 }
 
 
+JSON_MAX_TOKENS = 200
+JSON_TEMPERATURE = 0.7
+JSON_SEED = 1000  # repeat i samples with seed JSON_SEED + i, on every system
+
+
 def json_messages() -> list[dict]:
     return [{"role": "user", "content": "Invent a pet for a children's story and describe it as JSON: "
                                         "its name, species, age, colour and up to three favourite toys."}]

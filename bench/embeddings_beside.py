@@ -30,8 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import prompts  # noqa: E402
 from bench.engines import RESULTS, end_of_generation_ids  # noqa: E402
-from bench.prompts import http_bias  # noqa: E402
-from bench.prompts import MODEL  # noqa: E402
+from bench.prompts import MODEL, http_bias  # noqa: E402
 from bench.servers import start_edge, start_service  # noqa: E402
 from bench.sse import chat_stream, make_clients  # noqa: E402
 from harness.processes import stop_process  # noqa: E402

@@ -98,36 +98,42 @@ class Workload:
     name: str
     unit: str
     higher_is_better: bool
-    run: Callable[[System, str, "argparse.Namespace"], tuple[float, int]]  # (value, tokens) of one run
+    run: Callable[[System, int, "argparse.Namespace"], tuple[float, int]]  # (system, repeat, args) -> (value, tokens)
 
 
-def single(system: System, nonce: str, args) -> tuple[float, int]:
-    s = system.stream([{"role": "user", "content": prompts.story(nonce)}], args.max_tokens)
+def fresh(repeat: int) -> str:
+    """A nonce no earlier prompt had: no cache holds a prompt made with it."""
+    return f"p{repeat}-{time.time_ns()}"
+
+
+def single(system: System, repeat: int, args) -> tuple[float, int]:
+    s = system.stream([{"role": "user", "content": prompts.story(fresh(repeat))}], args.max_tokens)
     check(system, "single", [s], args.max_tokens)
     return s.decode_tps or 0.0, s.completion_tokens
 
 
-def four(system: System, nonce: str, args) -> tuple[float, int]:
+def four(system: System, repeat: int, args) -> tuple[float, int]:
+    nonce = fresh(repeat)
     streams = concurrent(lambda i: system.stream([{"role": "user", "content": prompts.story(f"{nonce}-{i}")}],
                                                  args.max_tokens), 4)
     check(system, "four", streams, args.max_tokens)
     return aggregate_tps(streams) or 0.0, sum(s.completion_tokens for s in streams)
 
 
-def cold(system: System, nonce: str, args) -> tuple[float, int]:
-    s = system.stream(prompts.chat_history(COLD_HISTORY_TOKENS, nonce), COLD_MAX_TOKENS)
+def cold(system: System, repeat: int, args) -> tuple[float, int]:
+    s = system.stream(prompts.chat_history(COLD_HISTORY_TOKENS, fresh(repeat)), COLD_MAX_TOKENS)
     check(system, "cold", [s])
     return (s.ttft_s or 0.0) * 1000, 0  # its few tokens stay out of the CPU-per-token count
 
 
-def edit(system: System, nonce: str, args) -> tuple[float, int]:
+def edit(system: System, repeat: int, args) -> tuple[float, int]:
     s = system.stream(prompts.edit_messages(), args.edit_max_tokens, Shape(ban_end=False))
     check(system, "edit", [s])
     return s.decode_tps or 0.0, 0  # greedy, the same answer every time: out of the CPU-per-token count
 
 
-def json_answer(system: System, nonce: str, args) -> tuple[float, int]:
-    repeat = int(nonce.split("-")[0].lstrip("p"))  # the same seed for every system of a repeat
+def json_answer(system: System, repeat: int, args) -> tuple[float, int]:
+    # the same seed for every system of a repeat
     shape = Shape(ban_end=False, temperature=prompts.JSON_TEMPERATURE, seed=prompts.JSON_SEED + repeat,
                   json_schema=prompts.PET_SCHEMA)
     s = system.stream(prompts.json_messages(), prompts.JSON_MAX_TOKENS, shape)
@@ -188,8 +194,7 @@ def http_streamer(base_url: str, bias: dict[int, float]) -> Streamer:
     def stream(messages: list[dict], max_tokens: int, shape: Shape = FREE_TEXT) -> Stream:
         body = dict(extra) if shape.ban_end else {}
         if shape.json_schema:
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "answer", "schema": shape.json_schema, "strict": True}}
+            body["response_format"] = prompts.json_response_format(shape.json_schema)
         return chat_stream(base_url, MODEL, messages, max_tokens, temperature=shape.temperature, seed=shape.seed,
                            extra=body)
     return stream
@@ -209,7 +214,7 @@ def run(systems: list[System], workloads: list[Workload], args) -> list[dict[str
         for workload in workloads:
             for system in order:
                 with CpuSeconds(all=system.pids) as cpu:
-                    value, tokens = workload.run(system, f"p{i}-{time.time_ns()}", args)
+                    value, tokens = workload.run(system, i, args)
                 row[workload.name][system.name] = value
                 system.values.setdefault(workload.name, []).append(value)
                 if tokens:

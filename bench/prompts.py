@@ -177,5 +177,6 @@ def json_messages() -> list[dict]:
                                         "its name, species, age, colour and up to three favourite toys."}]
 
 
-def json_response_format() -> dict:
-    return {"type": "json_schema", "json_schema": {"name": "pet", "schema": PET_SCHEMA, "strict": True}}
+def json_response_format(schema: dict = PET_SCHEMA, name: str = "pet") -> dict:
+    """The OpenAI ``response_format`` asking for JSON valid against ``schema``."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}

@@ -10,8 +10,8 @@ and idle while another one works:
 * llama.cpp's ``llama-server -np <slots>`` (bench/install_peer.sh llama-server) on the same
   GGUF and threads;
 * with --in-process, ours on ``Engine`` in this process (no transport at all);
-* with --baseline DIR, a second service from another checkout (a git worktree of an older
-  commit) over gRPC: a code change measured in pairs;
+* with --baseline DIR, a second service and edge from another checkout (a git worktree of an
+  older commit), over gRPC and through that edge: a code change measured in pairs;
 * with --drafts, a second service of this checkout with ``--speculative ngram`` (prompt-lookup
   drafts) through its own edge: what drafts win on the edit and cost on free text.
 
@@ -272,9 +272,10 @@ def report(systems: list[System], workloads: list[Workload], repeats, args, busy
                        f"(q1 / median / q3 of {len(ratios)} pairs)")
     if "baseline, gRPC" in names:
         for w in workloads:
-            ratios = [r[w.name]["ours, gRPC"] / r[w.name]["baseline, gRPC"] for r in repeats]
-            out.append(f"ours, gRPC / baseline ({args.baseline}), gRPC, {w.name}: {fmt(quartiles(ratios), 3)} "
-                       f"(q1 / median / q3 of {len(ratios)} pairs)")
+            for via in ("gRPC", "edge"):
+                ratios = [r[w.name][f"ours, {via}"] / r[w.name][f"baseline, {via}"] for r in repeats]
+                out.append(f"ours, {via} / baseline ({args.baseline}), {via}, {w.name}: {fmt(quartiles(ratios), 3)} "
+                           f"(q1 / median / q3 of {len(ratios)} pairs)")
     return "\n".join(out)
 
 
@@ -289,8 +290,8 @@ def main(argv=None) -> int:
     parser.add_argument("--in-process", action="store_true",
                         help="also ours on Engine in this process (no gRPC): what the transport costs")
     parser.add_argument("--baseline", type=Path, default=None,
-                        help="also a service from this checkout (e.g. a git worktree of an older commit), over "
-                             "gRPC: a code change measured in pairs")
+                        help="also a service and edge from this checkout (e.g. a git worktree of an older commit), "
+                             "over gRPC and the edge: a code change measured in pairs")
     parser.add_argument("--drafts", action="store_true",
                         help="also a service with --speculative ngram, through its own edge")
     parser.add_argument("--service-args", default="", help="extra `serve` arguments of our services (space-separated)")
@@ -334,7 +335,13 @@ def main(argv=None) -> int:
                                                        extra_args=service_args, name="paired-baseline",
                                                        cwd=args.baseline.resolve())
             started.append(baseline)
-            systems.append(System("baseline, gRPC", grpc_streamer(baseline_address, bias), [baseline.pid]))
+            baseline_edge = start_edge(baseline_address, RESULTS, "paired-baseline-edge", cwd=args.baseline.resolve())
+            started.append(baseline_edge.process)
+            systems += [
+                System("baseline, edge", http_streamer(baseline_edge.base_url, bias),
+                       [baseline.pid, baseline_edge.process.pid]),
+                System("baseline, gRPC", grpc_streamer(baseline_address, bias), [baseline.pid, baseline_edge.process.pid]),
+            ]
         if args.drafts:
             drafting, drafting_address = start_service(args.slots, RESULTS, args.threads, engine="llamacpp",
                                                        extra_args=[*service_args, "--speculative", "ngram"],

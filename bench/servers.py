@@ -42,12 +42,13 @@ def start_service(slots: int, log_dir: Path, threads: int | None = None, engine:
 
 
 def start_edge(target: str, log_dir: Path, name: str, workers: int = 1, threads: int = 16,
-               routing: str | None = None, log_level: str = "warning") -> HttpServer:
-    """The REST edge in front of ``target`` (one address, or a comma list of replicas routed by
-    ``routing``: EDGE_ROUTING, None for the edge's default), access log off; a context manager
-    that stops it."""
+               routing: str | None = None, log_level: str = "warning", cwd: Path = processes.REPO) -> HttpServer:
+    """The REST edge (of the tree at ``cwd``) in front of ``target`` (one address, or a comma
+    list of replicas routed by ``routing``: EDGE_ROUTING, None for the edge's default), access
+    log off; a context manager that stops it."""
     env = {"EDGE_ROUTING": routing} if routing else {}
-    return _started(processes.start_edge, target, log_dir / f"{name}.log", gunicorn_args=["--access-logfile", "/dev/null"],
+    return _started(processes.start_edge, target, log_dir / f"{name}.log", cwd=cwd,
+                    gunicorn_args=["--access-logfile", "/dev/null"],
                     EDGE_WORKERS=str(workers), EDGE_THREADS=str(threads), EDGE_LOG_LEVEL=log_level, **env)
 
 

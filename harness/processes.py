@@ -136,20 +136,20 @@ def start_service(log_path: Path, *args: str, timeout: float = 300, cwd: Path = 
 
 
 def start_http_server(argv: Sequence[str], base_url: str, log_path: Path, *, ready_path: str = "/health",
-                      env: dict | None = None, timeout: float = 180) -> HttpServer:
-    """Any HTTP server command; waits until GET base_url + ready_path answers 200."""
-    proc = _spawn(argv, log_path, env)
+                      env: dict | None = None, timeout: float = 180, cwd: Path = REPO) -> HttpServer:
+    """Any HTTP server command (run in ``cwd``); waits until GET base_url + ready_path answers 200."""
+    proc = _spawn(argv, log_path, env, cwd=cwd)
     running = HttpServer(proc, log_path, base_url)
     return wait_until(running, lambda: http_ok(base_url + ready_path), Path(argv[0]).name, timeout)
 
 
 def start_edge(target: str, log_path: Path, *, gunicorn_args: Sequence[str] = (), timeout: float = 60,
-               **env_overrides: str) -> HttpServer:
-    """Real gunicorn with rest_edge.gunicorn_conf in front of ``target``; waits for /health 200
-    (which needs the service behind it SERVING). One worker, 8 threads, no API keys unless
-    overridden (EDGE_WORKERS=..., EDGE_THREADS=...)."""
+               cwd: Path = REPO, **env_overrides: str) -> HttpServer:
+    """Real gunicorn with rest_edge.gunicorn_conf (of the tree at ``cwd``) in front of
+    ``target``; waits for /health 200 (which needs the service behind it SERVING). One worker,
+    8 threads, no API keys unless overridden (EDGE_WORKERS=..., EDGE_THREADS=...)."""
     port = free_port()
     env = {**os.environ, "INFERENCE_TARGET": target, "EDGE_BIND": f"127.0.0.1:{port}",
            "EDGE_WORKERS": "1", "EDGE_THREADS": "8", "EDGE_API_KEYS": "", **env_overrides}
     argv = [str(Path(sys.executable).with_name("gunicorn")), "-c", "python:rest_edge.gunicorn_conf", *gunicorn_args]
-    return start_http_server(argv, f"http://127.0.0.1:{port}", log_path, env=env, timeout=timeout)
+    return start_http_server(argv, f"http://127.0.0.1:{port}", log_path, env=env, timeout=timeout, cwd=cwd)

@@ -186,7 +186,7 @@ class TokenSteps:
             logits[self._banned_end_of_turn] = -np.inf
         if self.guide is not None:
             self.guide.mask(logits)
-        return self.sampler.sample(logits)
+        return self.sampler.sample(logits, in_place=True)
 
     def forced_tokens(self) -> list[int]:
         """Tokens the grammar allows as the only continuation, within max_tokens (jump-forward)."""

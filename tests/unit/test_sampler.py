@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inference_service.engine.sampler import SampledToken, Sampler
 from inference_service.engine.types import SamplingParams
@@ -262,6 +264,35 @@ def test_sample_does_not_modify_input_logits() -> None:
     sampler.accept(3)
     sampler.sample(logits)
     np.testing.assert_array_equal(logits, original)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    temperature=st.sampled_from([0.0, 0.7, 1.3]),
+    top_k=st.sampled_from([0, 5]),
+    top_p=st.sampled_from([1.0, 0.9]),
+    bias=st.dictionaries(st.integers(0, 63), st.floats(-100, 100, width=32), max_size=4),
+    repetition_penalty=st.sampled_from([1.0, 1.3]),
+    frequency_penalty=st.sampled_from([0.0, 0.5]),
+    top_logprobs=st.sampled_from([0, 3]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_sampling_in_place_is_sampling_a_copy(temperature, top_k, top_p, bias, repetition_penalty,
+                                             frequency_penalty, top_logprobs, seed) -> None:
+    """The decode loop lets the sampler work in its own row (``in_place``): same tokens, same
+    logprobs, step after step, as sampling a copy; only the row it was given changes."""
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, logit_bias=bias,
+                            repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                            logprobs=bool(top_logprobs), top_logprobs=top_logprobs, seed=seed)
+    copying, in_place = (Sampler(params, vocab_size=64, prompt_token_ids=[1, 2, 3]) for _ in range(2))
+    for logits in random_logits_sequence(20, 64):
+        kept = logits.copy()
+        a = copying.sample(logits)
+        np.testing.assert_array_equal(logits, kept)
+        b = in_place.sample(logits, in_place=True)
+        assert (a.token_id, a.logprob, a.top_logprobs) == (b.token_id, b.logprob, b.top_logprobs)
+        copying.accept(a.token_id)
+        in_place.accept(b.token_id)
 
 
 # --- penalties --------------------------------------------------------------

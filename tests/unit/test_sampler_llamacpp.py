@@ -21,7 +21,7 @@ def penalized(params: SamplingParams, prompt, generated=()) -> set[int]:
     for token in generated:
         sampler.accept(token)
     logits = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], dtype=np.float32)
-    processed = sampler._processed(logits)
+    processed = sampler._processed(logits.copy())
     return {i for i in range(6) if processed[i] != logits[i]}
 
 
